@@ -1,0 +1,1 @@
+"""Numba and Torch hot loops: plain functions over arrays and tensors, with no project imports."""

@@ -1,0 +1,298 @@
+"""Data: the embedded sets by name, the user's own tensors, Datasets and DataLoaders, and batching.
+
+Nothing here downloads: digits ships inside scikit-learn's wheel, the 2-D sets are generated.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import param
+import torch
+from sklearn import datasets as skd
+from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader, Dataset
+
+from .registry import Registry
+
+datasets = Registry("data set")
+
+_N = dict(n=param.Integer(400, bounds=(10, None), softbounds=(50, 2000), doc="number of points"))
+_SEED = dict(seed=param.Integer(0, bounds=(0, None), doc="seed of the generator and of the split"))
+
+
+def _noise(default: float) -> dict:
+    return dict(noise=param.Number(default, bounds=(0, None), softbounds=(0, 1), doc="noise level"))
+
+
+@dataclass
+class Data:
+    """Training data and optional validation data, with what a model needs to know about them.
+
+    Tensor data (`X`, `y`) is kept whole on the device and batched by indexing; a Dataset or
+    DataLoader (`source`) is batched by a DataLoader.
+    """
+
+    name: str
+    X: torch.Tensor | None = None
+    y: torch.Tensor | None = None
+    X_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
+    source: Dataset | DataLoader | None = None
+    val_source: Dataset | DataLoader | None = None
+    task: str = "classification"  # or "regression"
+    n_out: int = 1
+    image_shape: tuple[int, ...] | None = None
+    spec: tuple[str, dict] | None = None  # (registry name, options) when rebuilt from a name
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_features(self) -> int:
+        return int(np.prod(self.input_shape))
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.sample()[0].shape[1:])
+
+    @property
+    def is_2d(self) -> bool:
+        """True for points in the plane, where a decision boundary can be drawn."""
+        return self.X is not None and self.X.ndim == 2 and self.X.shape[1] == 2
+
+    @property
+    def has_val(self) -> bool:
+        return self.X_val is not None or self.val_source is not None
+
+    def sample(self, n: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+        """A few training examples, for shape checks before any step."""
+        if self.X is not None:
+            return self.X[:n], self.y[:n]
+        loader = self.source if isinstance(self.source, DataLoader) else DataLoader(self.source, batch_size=n)
+        xb, yb = next(iter(loader))
+        return xb[:n], yb[:n]
+
+    def to(self, device: torch.device) -> Data:
+        """Tensors moved once, so no step copies data between devices."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        self.X, self.y, self.X_val, self.y_val = map(move, (self.X, self.y, self.X_val, self.y_val))
+        return self
+
+
+def _standardize(X_train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    mu, sd = X_train.mean(0), X_train.std(0)
+    sd[sd == 0] = 1.0  # constant pixels (the digits' borders) stay at zero
+    return [(a - mu) / sd for a in (X_train, *others)]
+
+
+def _from_arrays(name: str, X: np.ndarray, y: np.ndarray, seed: int, val_fraction: float = 0.2, **extra) -> Data:
+    """A stratified split, standardized with the training statistics."""
+    Xtr, Xva, ytr, yva = train_test_split(X, y, test_size=val_fraction, stratify=y, random_state=seed)
+    Xtr, Xva = _standardize(Xtr, Xva)
+    f = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
+    g = lambda a: torch.as_tensor(a, dtype=torch.long)  # noqa: E731
+    return Data(name, f(Xtr), g(ytr), f(Xva), g(yva), task="classification", n_out=int(y.max()) + 1, **extra)
+
+
+@datasets.register("digits", **_SEED)
+def digits(seed: int = 0) -> Data:
+    """scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), standardized, 80/20 split."""
+    X, y = skd.load_digits(return_X_y=True)
+    return _from_arrays("digits", X, y, seed, image_shape=(1, 8, 8))
+
+
+@datasets.register("moons", **_N, **_noise(0.15), **_SEED)
+def moons(n: int = 400, noise: float = 0.15, seed: int = 0) -> Data:
+    """Two interleaving half circles."""
+    X, y = skd.make_moons(n, noise=noise, random_state=seed)
+    return _from_arrays("moons", X, y, seed)
+
+
+@datasets.register("circles", **_N, **_noise(0.1), **_SEED)
+def circles(n: int = 400, noise: float = 0.1, seed: int = 0) -> Data:
+    """A small circle inside a large one."""
+    X, y = skd.make_circles(n, noise=noise, factor=0.5, random_state=seed)
+    return _from_arrays("circles", X, y, seed)
+
+
+@datasets.register("spirals", **_N, **_noise(0.1), **_SEED)
+def spirals(n: int = 400, noise: float = 0.1, seed: int = 0) -> Data:
+    """Two interleaved spiral arms, 1.5 turns each (TensorFlow Playground's hardest set)."""
+    rng = np.random.default_rng(seed)
+    k = np.arange(n) % 2
+    t = np.sqrt(rng.uniform(0.0, 1.0, n)) * 3 * np.pi
+    X = np.stack([t * np.cos(t + k * np.pi), t * np.sin(t + k * np.pi)], 1) / (3 * np.pi)
+    X += noise * rng.standard_normal(X.shape) / 3
+    return _from_arrays("spirals", X, k, seed)
+
+
+@datasets.register("xor", **_N, **_noise(0.05), **_SEED)
+def xor(n: int = 400, noise: float = 0.05, seed: int = 0) -> Data:
+    """Points in the four quadrants, labelled by the sign of x*y (kept a margin away from the axes)."""
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(-1.0, 1.0, (n, 2))
+    X += np.sign(X) * 0.1  # the margin TensorFlow Playground leaves around the axes
+    y = (X[:, 0] * X[:, 1] > 0).astype(np.int64)
+    return _from_arrays("xor", X + noise * rng.standard_normal(X.shape), y, seed)
+
+
+@datasets.register("gaussians", **_N, **_noise(0.3), **_SEED)
+def gaussians(n: int = 400, noise: float = 0.3, seed: int = 0) -> Data:
+    """Two Gaussian blobs at (1, 1) and (-1, -1) whose spread grows with the noise."""
+    X, y = skd.make_blobs(n, centers=[(1.0, 1.0), (-1.0, -1.0)], cluster_std=0.2 + noise, random_state=seed)
+    return _from_arrays("gaussians", X, y, seed)
+
+
+def _tensor_pair(X, y) -> tuple[torch.Tensor, torch.Tensor, str, int]:
+    X = torch.as_tensor(np.asarray(X) if not torch.is_tensor(X) else X)
+    y = torch.as_tensor(np.asarray(y) if not torch.is_tensor(y) else y)
+    if X.shape[0] != y.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} examples but y has {y.shape[0]}: give one label per example")
+    if y.dtype.is_floating_point:
+        y = y.float().reshape(len(y), -1) if y.ndim == 1 else y.float()
+        return X.float(), y, "regression", int(y.shape[1])
+    if y.dtype == torch.bool or y.ndim != 1:
+        raise ValueError(f"integer labels must be one class index per example (shape (N,)), got {tuple(y.shape)}")
+    return X.float(), y.long(), "classification", int(y.max()) + 1
+
+
+def _label_info(ds: Dataset) -> tuple[str, int]:
+    first = ds[0][1]
+    if (torch.is_tensor(first) and first.is_floating_point()) or isinstance(first, float):
+        return "regression", int(torch.as_tensor(first).numel())
+    targets = getattr(ds, "targets", None)
+    if targets is None:
+        targets = [int(ds[i][1]) for i in range(len(ds))]
+    return "classification", int(torch.as_tensor(targets).max()) + 1
+
+
+def as_data(data: Any, val: Any = None) -> Data:
+    """Whatever a user passes as data, as a Data.
+
+    `data` may be a registered name ("digits", "moons", ...), a `(name, {options})` pair, a Data,
+    an `(X, y)` pair of tensors or arrays, a map-style torch Dataset, or a DataLoader. `val` is
+    optional validation data of the same kinds (registered sets bring their own split).
+    """
+    if isinstance(data, Data):
+        out = data
+    elif isinstance(data, str):
+        out = datasets.build(data)
+        out.spec = (data, datasets[data].defaults())
+    elif isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], str) and isinstance(data[1], dict):
+        name, options = data
+        out = datasets.build(name, **options)
+        out.spec = (name, {**datasets[name].defaults(), **options})
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        X, y, task, n_out = _tensor_pair(*data)
+        out = Data("custom", X, y, task=task, n_out=n_out)
+    elif isinstance(data, (Dataset, DataLoader)):
+        ds = data.dataset if isinstance(data, DataLoader) else data
+        if not hasattr(ds, "__len__") or not hasattr(ds, "__getitem__"):
+            raise ValueError("a Dataset needs __len__ and __getitem__ (map-style); iterable datasets are not supported")
+        task, n_out = _label_info(ds)
+        out = Data(type(ds).__name__, source=data, task=task, n_out=n_out)
+    else:
+        raise ValueError(
+            f"data must be a data set name ({', '.join(datasets.names())}), a (name, options) pair, "
+            f"an (X, y) pair, a torch Dataset or a DataLoader; got {type(data).__name__}"
+        )
+    if val is not None:
+        if isinstance(val, (Dataset, DataLoader)):
+            out.val_source = val
+        else:
+            out.X_val, out.y_val, *_ = _tensor_pair(*val)
+    return out
+
+
+class TensorBatches:
+    """Random batches from tensors held on the device, reshuffled each epoch.
+
+    Faster than a DataLoader for in-memory data (no per-example collate), and the batch size can
+    change between any two steps. A batch size at or above the set size gives full-batch steps.
+    """
+
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator):
+        self.X, self.y, self.batch_size, self.gen = X, y, batch_size, generator
+        self.n = len(X)
+        self.epoch, self._pos, self._perm = -1, self.n, None  # the first call opens epoch 0
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        bs = min(self.batch_size, self.n)
+        if self._pos + bs > self.n:  # the last partial batch is dropped: every step sees bs examples
+            self.epoch += 1
+            self._pos = 0
+            self._perm = None if bs == self.n else torch.randperm(self.n, generator=self.gen).to(self.X.device)
+        self._pos += bs
+        if self._perm is None:
+            return self.X, self.y
+        idx = self._perm[self._pos - bs : self._pos]
+        return self.X[idx], self.y[idx]
+
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "pos": self._pos, "perm": self._perm}
+
+    def load_state(self, state: dict) -> None:
+        self.epoch, self._pos = state["epoch"], state["pos"]
+        self._perm = None if state["perm"] is None else state["perm"].to(self.X.device)
+
+
+class _LiveBatchSampler(torch.utils.data.Sampler):
+    """Shuffled index batches whose size is read at every batch, so it can change mid-epoch."""
+
+    def __init__(self, n: int, owner: LoaderBatches):
+        self.n, self.owner = n, owner
+
+    def __iter__(self):
+        perm = torch.randperm(self.n, generator=self.owner.gen).tolist()
+        pos = 0
+        while pos < self.n:
+            bs = self.owner.batch_size
+            yield perm[pos : pos + bs]
+            pos += bs
+
+    def __len__(self) -> int:
+        return -(-self.n // self.owner.batch_size)
+
+
+class LoaderBatches:
+    """Batches from a Dataset (the batch size is live) or from the user's own DataLoader (it is fixed)."""
+
+    def __init__(self, source, batch_size: int, generator: torch.Generator, device: torch.device):
+        self.gen, self.device, self.epoch = generator, device, 0
+        if isinstance(source, DataLoader):
+            self.loader, self.fixed = source, True
+            self.batch_size = source.batch_size or batch_size
+        else:
+            self.batch_size, self.fixed = batch_size, False
+            self.loader = DataLoader(source, batch_sampler=_LiveBatchSampler(len(source), self))
+        self._it = None
+
+    def next(self):
+        if self._it is None:
+            self._it = iter(self.loader)
+        try:
+            xb, yb = next(self._it)
+        except StopIteration:
+            self.epoch += 1
+            self._it = iter(self.loader)
+            xb, yb = next(self._it)
+        return xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+
+
+def batches(data: Data, batch_size: int, generator: torch.Generator, device: torch.device):
+    if data.X is not None:
+        return TensorBatches(data.X, data.y, batch_size, generator)
+    return LoaderBatches(data.source, batch_size, generator, device)
+
+
+def val_batches(data: Data, device: torch.device, batch_size: int = 4096):
+    """The validation set in large batches, for evaluation."""
+    if data.X_val is not None:
+        for i in range(0, len(data.X_val), batch_size):
+            yield data.X_val[i : i + batch_size], data.y_val[i : i + batch_size]
+    elif data.val_source is not None:
+        src = data.val_source
+        loader = src if isinstance(src, DataLoader) else DataLoader(src, batch_size=min(batch_size, 1024))
+        for xb, yb in loader:
+            yield xb.to(device), yb.to(device)

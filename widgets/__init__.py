@@ -1,0 +1,1 @@
+"""Panel/HoloViews components over trainlab\x27s core objects."""
