@@ -13,10 +13,10 @@ from .models import models  # noqa: E402
 from .norms import norms  # noqa: E402
 from .optimizers import optimizers  # noqa: E402
 from .probes import DecisionBoundary, GradNorm, Probe, UpdateRatio  # noqa: E402
-from .registry import LogNumber, Registry  # noqa: E402
+from .registry import LogInteger, LogNumber, Registry  # noqa: E402
 from .run import Run, resolve_device  # noqa: E402
 
 __all__ = [
-    "Data", "DecisionBoundary", "GradNorm", "History", "LogNumber", "Probe", "Registry", "Run", "UpdateRatio",
+    "Data", "DecisionBoundary", "GradNorm", "History", "LogInteger", "LogNumber", "Probe", "Registry", "Run", "UpdateRatio",
     "as_data", "datasets", "inits", "models", "norms", "optimizers", "resolve_device",
 ]

@@ -103,6 +103,12 @@ class DecisionBoundary(Probe):
         gx, gy = np.meshgrid(self.x, self.y)  # (ny, nx) each
         self._grid = torch.tensor(np.stack([gx.ravel(), gy.ravel()], 1), dtype=torch.float32, device=run.device)
 
+    def blank(self, run: Run) -> dict[str, np.ndarray]:
+        """The grid with no prediction yet (z = 0.5), for a plot drawn before the first measurement."""
+        if self._grid is None:
+            self._setup(run)
+        return {"x": self.x, "y": self.y, "z": np.full((len(self.y), len(self.x)), 0.5)}
+
     def measure(self, run: Run) -> dict[str, Any]:
         if not run.data.is_2d:
             return {}

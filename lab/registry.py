@@ -12,6 +12,10 @@ class LogNumber(param.Number):
     """A Number best moved on a log scale (learning rates, eps): controls show it as 10^x."""
 
 
+class LogInteger(param.Integer):
+    """An Integer best moved in powers of two (batch sizes, widths)."""
+
+
 def describe_range(p: param.Parameter) -> str:
     """The allowed range of a parameter in interval notation, for error messages."""
     if isinstance(p, param.Selector):

@@ -19,7 +19,7 @@ from .history import History
 from .models import check_fits, default_loss, models
 from .optimizers import check_hparams, optimizers, write_groups
 from .probes import Probe, default_probes
-from .registry import LogNumber, option_values, validate
+from .registry import LogInteger, LogNumber, option_values, validate
 
 FORMAT = "trainlab-run/1"
 
@@ -68,7 +68,7 @@ class Run(param.Parameterized):
 
     lr = LogNumber(0.05, bounds=(0, None), inclusive_bounds=(False, True), softbounds=(1e-4, 1.0),
                    doc="learning rate")
-    batch_size = param.Integer(64, bounds=(1, None), softbounds=(1, 1024), doc="examples per step")
+    batch_size = LogInteger(64, bounds=(1, None), softbounds=(1, 1024), doc="examples per step")
     optimizer = param.Selector(default="sgd", objects=optimizers.names(), doc="optimizer, by name")
     eval_every = param.Integer(50, bounds=(1, None), softbounds=(1, 1000), doc="steps between validation passes")
     status = param.Selector(default="idle", objects=["idle", "running", "paused", "stopped"], constant=True,

@@ -1,1 +1,5 @@
-"""Panel/HoloViews components over trainlab\x27s core objects."""
+"""Panel/HoloViews components over trainlab's core objects: they draw and control, and own no math."""
+from .dashboard import TrainingDashboard
+from .feed import Feed
+
+__all__ = ["Feed", "TrainingDashboard"]

@@ -1,0 +1,36 @@
+# The two set-up commands of the README: `make serve` and `make test`. Each makes .venv first.
+# Every install goes through constraints.txt, which pins torch: an unpinned torch (or anything that
+# drags torchvision) would swap the CPU build for gigabytes of CUDA libraries.
+PYTHON ?= python3
+VENV ?= .venv
+PORT ?= 5006
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
+
+.PHONY: serve test install browser benchmark clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[test,jupyter]"
+	touch $@
+
+install: $(VENV)/.installed
+
+serve: install
+	$(VENV)/bin/trainlab serve --port $(PORT)
+
+# Chromium for the browser test comes from Debian (never `playwright install`, which downloads).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	  else echo "The browser test needs Chromium: sudo apt-get install chromium"; exit 1; fi; }
+
+test: install browser
+	$(PY) -m pytest
+
+benchmark: install
+	$(PY) benchmarks/run_overhead.py
+
+clean:
+	rm -rf $(VENV)

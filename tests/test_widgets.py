@@ -1,0 +1,210 @@
+"""The dashboard and its feed, driven by setting widget values (no browser)."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import panel as pn
+import pytest
+
+from trainlab import Run
+from trainlab.optimizers import optimizers
+from trainlab.widgets import Feed, TrainingDashboard
+from trainlab.widgets.app import create_app
+
+
+@pytest.fixture
+def dash():
+    d = TrainingDashboard(Run(data="moons", device="cpu", seed=0))
+    yield d
+    d.close()
+
+
+def _rows(buffer):
+    return len(buffer.data)
+
+
+def test_controls_are_built_from_declared_parameters(dash):
+    lr = dash.controls["lr"].widget
+    lo, hi = Run.param.lr.softbounds
+    assert (lr.start, lr.end) == pytest.approx((math.log10(lo), math.log10(hi)))
+    bs = dash.controls["batch_size"].widget
+    assert bs.options == [2**k for k in range(0, 11)] and bs.value == 64
+    momentum = dash.controls["momentum"].widget
+    assert (momentum.start, momentum.end) == optimizers["sgd"].params["momentum"].softbounds
+    assert momentum.value == pytest.approx(dash.run.opt_params.momentum)
+    # every declared hyperparameter of the optimizer has a control, and nothing else does
+    assert set(dash.controls) == {"optimizer", "lr", "batch_size", *optimizers["sgd"].params}
+
+
+def test_moving_a_slider_sets_the_run_at_the_next_step(dash):
+    dash.controls["lr"].widget.value = math.log10(0.01)
+    dash.controls["batch_size"].widget.value = 16
+    dash.controls["momentum"].widget.value = 0.5
+    assert dash.run.lr == pytest.approx(0.01) and dash.run.batch_size == 16
+    dash.run.step(3)
+    df = dash.run.history.frame()
+    assert df["lr"].iloc[-1] == pytest.approx(0.01)
+    group = dash.run.torch_optimizer.param_groups[0]
+    assert group["momentum"] == 0.5 and group["lr"] == pytest.approx(0.01)
+
+
+def test_a_rejected_change_is_shown_and_changes_nothing(dash):
+    before = dash.run.settings()
+    dash.controls["momentum"].widget.value = 0.0
+    dash.controls["nesterov"].widget.value = True  # torch: Nesterov needs momentum > 0
+    assert "Nesterov" in dash.error and "Rejected" in dash.status.object
+    assert dash.status.alert_type == "danger"
+    assert dash.run.opt_params.nesterov is False
+    dash._apply("momentum", 1.0)  # outside the bounds, which no slider offers
+    assert "momentum" in dash.error and "[0, 1)" in dash.error
+    assert dash.run.settings() == {**before, "momentum": 0.0}
+    assert dash.controls["nesterov"].widget.value is False  # the control shows the run's value again
+
+
+def test_controls_follow_changes_made_from_code(dash):
+    dash.run.set(lr=0.2, batch_size=32)
+    dash.tick()
+    assert 10 ** dash.controls["lr"].widget.value == pytest.approx(0.2)
+    assert dash.controls["batch_size"].widget.value == 32
+
+
+def test_feed_streams_only_new_rows(dash, monkeypatch):
+    sent = []
+    train = dash.feed._channels[0]
+    monkeypatch.setattr(train.buffer, "send", lambda df: sent.append(df.copy()) or type(train.buffer).send(train.buffer, df))
+    dash.run.step(30)
+    dash.tick()
+    dash.run.step(20)
+    dash.tick()
+    dash.tick()  # nothing new: nothing sent
+    assert [len(s) for s in sent] == [30, 20]
+    assert sent[1]["step"].tolist() == list(range(31, 51))
+    hist = dash.run.history.frame()
+    np.testing.assert_allclose(train.buffer.data["train_loss"], hist["train_loss"])
+    val = dash.feed._channels[1]
+    assert val.buffer.data["step"].tolist() == hist.dropna(subset=["val_loss"])["step"].tolist()
+
+
+def test_feed_thins_a_burst_to_a_steady_rate():
+    run = Run(data="moons", device="cpu")
+    feed = Feed(run.history, max_rows_per_tick=50)
+    buf = feed.buffer(["train_loss"])
+    run.step(600)
+    feed.tick()
+    steps = buf.data["step"].tolist()
+    assert len(steps) <= 50 and steps[-1] == 600 and steps == sorted(steps)
+
+
+def test_feed_rebases_a_full_buffer_on_the_thinned_history():
+    run = Run(data="moons", device="cpu")
+    feed = Feed(run.history, length=100)
+    buf = feed.buffer(["train_loss"])
+    for _ in range(5):
+        run.step(40)
+        feed.tick()
+    steps = buf.data["step"].tolist()
+    assert len(steps) <= 100 and steps[0] == 1 and steps[-1] == 200  # the whole run, thinned
+
+
+def test_reset_starts_the_plots_over(dash):
+    dash.run.step(20)
+    dash.tick()
+    assert _rows(dash.feed._channels[0].buffer) == 20
+    dash.reset_button.clicks += 1
+    dash.tick()
+    assert _rows(dash.feed._channels[0].buffer) == 0 and dash.run.steps == 0
+
+
+def test_decision_boundary_streams_for_2d_data(dash):
+    pipe, _ = dash.feed._pipes["boundary"]
+    assert np.all(pipe.data["z"] == 0.5)  # drawn before the first measurement
+    dash.run.step(20)
+    dash.tick()
+    z = pipe.data["z"]
+    assert z.shape == (60, 60) and 0 <= z.min() < z.max() <= 1
+    np.testing.assert_array_equal(z, dash.run.history.snapshot("boundary")[1]["z"])
+
+
+def test_choosing_data_and_model_builds_a_new_run_or_refuses(dash):
+    old = dash.run
+    dash._model.value = "cnn"  # moons are not images
+    assert dash.run is old and dash._model.value == "mlp" and "cnn needs image data" in dash.error
+    dash._data.value = "digits"
+    assert dash.run is not old and dash.run.data.name == "digits" and dash.error == ""
+    assert "boundary" not in dash.feed._pipes  # 10-D data: no decision boundary
+    dash._model.value = "cnn"
+    assert dash.run.model_spec[0] == "cnn"
+    assert dash.run.lr == old.lr and dash.run.settings() == old.settings()
+
+
+def test_switching_optimizer_rebuilds_its_controls(dash):
+    dash.controls["optimizer"].widget.value = "adam"
+    assert dash.run.optimizer == "adam"
+    assert set(dash.controls) == {"optimizer", "lr", "batch_size", *optimizers["adam"].params}
+    dash.controls["beta1"].widget.value = 0.8
+    dash.run.step(1)
+    assert dash.run.torch_optimizer.param_groups[0]["betas"] == (0.8, 0.999)
+
+
+def test_divergence_is_shown(dash):
+    dash.run.set(lr=1e6, momentum=0.0)
+    dash.run.step(50)
+    dash.tick()
+    assert dash.run.status == "paused"
+    assert "diverged" in dash.status.object and dash.status.alert_type == "danger"
+
+
+def test_buttons_start_pause_and_close_leave_no_thread():
+    dash = TrainingDashboard(Run(data="moons", device="cpu"))
+    dash.start_button.clicks += 1
+    assert dash.run.status == "running"
+    dash.pause_button.clicks += 1
+    assert dash.run.status == "paused"
+    n = dash.run.steps
+    assert dash.run.steps == n
+    dash.close()
+    assert not any(t.name == "trainlab-run" for t in threading.enumerate())
+    assert not dash.feed.running
+
+
+def test_each_session_gets_its_own_run():
+    a, b = create_app(data="moons", device="cpu"), create_app(data="moons", device="cpu")
+    da, db = a, b
+    try:
+        assert da.run is not db.run
+        da.controls["lr"].widget.value = math.log10(0.3)
+        da.run.step(5)
+        assert db.run.lr == Run.param.lr.default and db.run.steps == 0
+    finally:
+        da.close()
+        db.close()
+
+
+def test_displays_as_a_panel_and_as_an_ipywidget(dash):
+    import ipywidgets
+
+    model = pn.panel(dash).get_root()
+    assert model is not None
+    widget = pn.ipywidget(dash)
+    assert isinstance(widget, ipywidgets.DOMWidget)
+
+
+def test_core_never_imports_the_ui():
+    code = ("import sys, trainlab, trainlab.kernels; trainlab.Run(data='moons', device='cpu').step(2); "
+            "bad = [m for m in ('panel', 'holoviews', 'bokeh', 'ipywidgets') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_version_and_port_check():
+    from trainlab import __version__
+
+    out = subprocess.run([sys.executable, "-m", "trainlab.widgets.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and __version__ in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "trainlab.widgets.cli", "serve", "--port", "0"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "--port" in bad.stderr

@@ -1,0 +1,36 @@
+"""`trainlab serve` and `trainlab --version`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from trainlab import __version__
+
+    parser = argparse.ArgumentParser(prog="trainlab", description="An interactive lab for training dynamics.")
+    parser.add_argument("--version", action="version", version=f"trainlab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="start the dashboard (an MLP on digits) with Panel's server")
+    serve.add_argument("--port", type=int, default=5006, help="port to listen on (default 5006)")
+    serve.add_argument("--address", default="localhost", help="address to listen on (default localhost)")
+    serve.add_argument("--show", action=argparse.BooleanOptionalAction, default=False,
+                       help="open a browser tab (default: no)")
+    serve.add_argument("--allow-websocket-origin", action="append", default=None, metavar="HOST[:PORT]",
+                       help="extra origin allowed to connect (repeatable), e.g. when served behind a proxy")
+    args = parser.parse_args(argv)
+    if not 0 < args.port < 65536:
+        parser.error(f"--port must be between 1 and 65535, got {args.port}")
+    from .app import serve as run_server
+
+    extra = {}
+    if args.allow_websocket_origin:
+        extra["websocket_origin"] = [f"{args.address}:{args.port}", f"localhost:{args.port}",
+                                     f"127.0.0.1:{args.port}", *args.allow_websocket_origin]
+    print(f"trainlab {__version__}: serving the dashboard at http://{args.address}:{args.port}/", flush=True)
+    run_server(port=args.port, address=args.address, show=args.show, **extra)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Controls built from declared parameters: the range comes from softbounds, validity from bounds.
+
+A control never writes a value itself: it hands it to `apply` (the dashboard's run.set), so a
+rejected value is reported and the run keeps its old one; `show` moves it to the run's value.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import panel as pn
+import param
+from bokeh.models import CustomJSTickFormatter
+
+from trainlab.registry import LogInteger, LogNumber
+
+_POW10 = CustomJSTickFormatter(code="return (10 ** tick).toPrecision(2)")
+
+
+def _range(p: param.Parameter) -> tuple[float, float]:
+    lo, hi = p.get_soft_bounds()
+    lo = 0.0 if lo is None else lo
+    hi = (lo + 1.0) if hi is None else hi
+    return lo, hi
+
+
+class Control:
+    """One widget for one setting of `owner`."""
+
+    def __init__(self, owner: param.Parameterized, name: str, apply: Callable[[str, Any], None]):
+        self.name, self.apply = name, apply
+        p = owner.param[name]
+        value = getattr(owner, name)
+        label = name.replace("_", " ")
+        self._to = self._from = lambda v: v  # noqa: E731
+        if isinstance(p, LogNumber):
+            lo, hi = _range(p)
+            self._to = lambda x: float(f"{10 ** x:.3g}")
+            self._from = lambda v: min(max(math.log10(v), math.log10(lo)), math.log10(hi))
+            self.widget = pn.widgets.FloatSlider(label=label, start=math.log10(lo), end=math.log10(hi), step=0.01,
+                                                 value=self._from(value), format=_POW10)
+        elif isinstance(p, LogInteger):
+            lo, hi = _range(p)
+            options = [2**k for k in range(int(math.log2(max(lo, 1))), int(math.log2(hi)) + 1)]
+            self._from = lambda v: min(options, key=lambda o: abs(math.log2(o) - math.log2(max(v, 1))))
+            self.widget = pn.widgets.DiscreteSlider(label=label, options=options, value=self._from(value))
+        elif isinstance(p, param.Boolean):
+            self.widget = pn.widgets.Checkbox(label=label, value=bool(value))
+        elif isinstance(p, param.Selector):
+            self.widget = pn.widgets.Select(label=label, options=list(p.objects), value=value)
+        elif isinstance(p, param.Integer):
+            lo, hi = _range(p)
+            self.widget = pn.widgets.IntSlider(label=label, start=int(lo), end=int(hi), value=int(value))
+        elif isinstance(p, param.Number):
+            lo, hi = _range(p)
+            self._from = lambda v: min(max(v, lo), hi)
+            self.widget = pn.widgets.FloatSlider(label=label, start=lo, end=hi, step=p.step or (hi - lo) / 100,
+                                                 value=self._from(value))
+        else:
+            raise TypeError(f"no control for {type(p).__name__} parameter {name!r}")
+        self.widget.description = p.doc
+        self._showing = False
+        self.widget.param.watch(self._changed, "value")
+
+    def _changed(self, event) -> None:
+        if not self._showing:
+            self.apply(self.name, self._to(event.new))
+
+    def show(self, value: Any) -> None:
+        """Move the widget to the run's value without sending it back."""
+        shown = self._from(value)
+        if self.widget.value != shown:
+            self._showing = True
+            try:
+                self.widget.value = shown
+            finally:
+                self._showing = False
+
+
+def controls_for(owner: param.Parameterized, names: list[str], apply: Callable[[str, Any], None]) -> list[Control]:
+    return [Control(owner, n, apply) for n in names]

@@ -1,0 +1,194 @@
+"""The training dashboard: choosers, live settings, and plots that stream while the run trains."""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import holoviews as hv
+import pandas as pd
+import panel as pn
+import param
+from panel.viewable import Viewer
+
+from trainlab import Run, datasets, models, optimizers
+from trainlab.probes import DecisionBoundary
+from trainlab.registry import option_values
+
+from .controls import Control
+from .feed import Feed
+
+hv.extension("bokeh", logo=False)
+
+_CUSTOM = "(your own)"
+_PLOT = dict(width=430, height=240, framewise=True, tools=["hover"], show_grid=True)
+
+
+def _curve(data: pd.DataFrame, y: str, label: str, ylabel: str) -> hv.Curve:
+    return hv.Curve(data, "step", (y, ylabel), label=label)
+
+
+def _layer_curves(data: pd.DataFrame, layers: list[str]) -> hv.NdOverlay:
+    return hv.NdOverlay({l: hv.Curve(data, "step", (l, "gradient norm")) for l in layers}, kdims="layer")
+
+
+def _boundary(data: dict) -> hv.Image:
+    return hv.Image((data["x"], data["y"], data["z"]), ["x1", "x2"], "p(class 1)")
+
+
+class TrainingDashboard(Viewer):
+    """Train a Run and watch it: data, model and optimizer choosers, live settings, streaming plots.
+
+    In a notebook it displays inline (after `pn.extension(inline=True)`) and as an ipywidget
+    (`pn.ipywidget(dashboard)`); `trainlab serve` builds one per browser session.
+    """
+
+    run = param.ClassSelector(class_=Run, doc="the run shown and controlled")
+    period = param.Integer(100, bounds=(20, 5000), doc="milliseconds between plot updates (10 a second)")
+    error = param.String("", doc="the last rejected change, shown until the next accepted one")
+
+    def __init__(self, run: Run | None = None, **params):
+        super().__init__(run=run if run is not None else Run(), **params)
+        self._data = pn.widgets.Select(label="data")
+        self._model = pn.widgets.Select(label="model")
+        self._data.param.watch(self._rebuild, "value")
+        self._model.param.watch(self._rebuild, "value")
+        self.start_button = pn.widgets.Button(label="Start", button_type="success", width=90)
+        self.pause_button = pn.widgets.Button(label="Pause", button_type="warning", width=90)
+        self.reset_button = pn.widgets.Button(label="Reset", button_type="default", width=90)
+        self.start_button.on_click(lambda e: self.run.start())
+        self.pause_button.on_click(lambda e: self.run.pause())
+        self.reset_button.on_click(lambda e: self.reset())
+        self.status = pn.pane.Alert("", alert_type="secondary", sizing_mode="stretch_width")
+        self._controls = pn.Column(sizing_mode="stretch_width")
+        self._plots = pn.FlexBox(sizing_mode="stretch_width")
+        sidebar = pn.Column(
+            pn.pane.Markdown("### trainlab"), self._data, self._model, self._controls,
+            pn.Row(self.start_button, self.pause_button, self.reset_button), width=330,
+        )
+        self._layout = pn.Row(sidebar, pn.Column(self.status, self._plots, sizing_mode="stretch_width"),
+                              sizing_mode="stretch_width")
+        self.feed: Feed | None = None
+        self._attach(self.run)
+
+    # ---- building ---------------------------------------------------------------------------
+    def _attach(self, run: Run) -> None:
+        """Build the controls, plots and feed of `run` (on start and when data or model change)."""
+        if self.feed is not None:
+            self.feed.stop()
+        self.run = run
+        self._choosing = True
+        for chooser, spec, registry in ((self._data, run.data.spec, datasets), (self._model, run.model_spec, models)):
+            names = registry.names() if spec else [_CUSTOM, *registry.names()]
+            chooser.options, chooser.value = names, spec[0] if spec else _CUSTOM
+        self._choosing = False
+        self.feed = Feed(run.history, period=self.period)
+        self.feed.on_tick(self._refresh)
+        self._build_controls()
+        self._plots.objects = self._build_plots(run)
+        self.feed.start()
+        self._refresh()
+
+    def _build_controls(self) -> None:
+        run = self.run
+        self.controls: dict[str, Control] = {}
+        for owner, names in ((run, ["optimizer", "lr", "batch_size"]),
+                             (run.opt_params, [n for n in run.opt_params.param if n != "name"])):
+            for n in names:
+                self.controls[n] = Control(owner, n, self._apply)
+        self._opt_shown = run.optimizer
+        self._controls.objects = [c.widget for c in self.controls.values()]
+
+    def _build_plots(self, run: Run) -> list:
+        feed, plots = self.feed, []
+        train = feed.buffer(["train_loss", "train_acc", "lr", "grad_norm"])
+        val = feed.buffer(["val_loss", "val_acc"], sparse=True)
+        dm = lambda buf, y, label, ylabel: hv.DynamicMap(partial(_curve, y=y, label=label, ylabel=ylabel),  # noqa: E731
+                                                         streams=[buf])
+        plots.append((dm(train, "train_loss", "train", "loss") * dm(val, "val_loss", "validation", "loss"))
+                     .opts(hv.opts.Curve(**_PLOT, logy=True), hv.opts.Overlay(title="Loss", legend_position="top_right")))
+        if run.data.task == "classification":
+            plots.append((dm(train, "train_acc", "train", "accuracy") * dm(val, "val_acc", "validation", "accuracy"))
+                         .opts(hv.opts.Curve(**_PLOT), hv.opts.Overlay(title="Accuracy", legend_position="bottom_right")))
+        plots.append(dm(train, "lr", "lr", "learning rate").opts(**_PLOT, logy=True, title="Learning rate"))
+        layers = list(run.layers)
+        grads = feed.buffer({f"grad_norm/{l}": l for l in layers}, sparse=True)
+        plots.append(hv.DynamicMap(partial(_layer_curves, layers=layers), streams=[grads])
+                     .opts(hv.opts.Curve(**_PLOT, logy=True), hv.opts.NdOverlay(title="Gradient norm per layer",
+                                                                               legend_position="top_right")))
+        probe = next((p for p in run.probes if isinstance(p, DecisionBoundary)), None)
+        if probe is not None:
+            pipe = feed.pipe("boundary", empty=probe.blank(run))
+            X, y = run.data.X.cpu().numpy(), run.data.y.cpu().numpy()
+            points = hv.Points(pd.DataFrame({"x1": X[:, 0], "x2": X[:, 1], "label": y}), ["x1", "x2"], "label")
+            colors = hv.dim("label").categorize({0: "#b2182b", 1: "#2166ac"}, default="#444444")
+            plots.append((hv.DynamicMap(_boundary, streams=[pipe]).opts(cmap="RdBu", clim=(0, 1), alpha=0.6)
+                          * points.opts(color=colors, size=6, line_color="white"))
+                         .opts(width=430, height=360, title="Decision boundary", xlabel="x1", ylabel="x2"))
+        return [pn.pane.HoloViews(p, linked_axes=False) for p in plots]
+
+    # ---- events -----------------------------------------------------------------------------
+    def _apply(self, name: str, value: Any) -> None:
+        """A control moved: hand the value to run.set; a rejection is shown and the run is unchanged."""
+        try:
+            self.run.set(**{name: value})
+            self.error = ""
+        except ValueError as e:
+            self.error = str(e)
+        self._refresh()
+
+    def _rebuild(self, event) -> None:
+        """Data or model chosen: a fresh run with the same settings, or an error and no change."""
+        if self._choosing or event.new == _CUSTOM:
+            return
+        old = self.run
+        data = self._data.value if self._data.value != _CUSTOM else old.data
+        model = self._model.value if self._model.value != _CUSTOM else old.model
+        try:
+            new = Run(model=model, data=data, optimizer=old.optimizer, lr=old.lr, batch_size=old.batch_size,
+                      eval_every=old.eval_every, seed=old.seed, device=old.device, **option_values(old.opt_params))
+        except ValueError as e:
+            self.error = str(e)
+            self._choosing = True
+            event.obj.value = event.old
+            self._choosing = False
+            self._refresh()
+            return
+        old.stop()
+        self.error = ""
+        self._attach(new)
+
+    def reset(self) -> None:
+        self.run.reset()
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """On the UI's tick: show the run's status and move controls to its current settings."""
+        run = self.run
+        if run.optimizer != self._opt_shown:  # switched: this optimizer has other knobs
+            self._build_controls()
+        settings = run.settings()
+        for name, control in self.controls.items():
+            control.show(settings[name])
+        text = f"**{run.status}** · step {run.steps}"
+        kind = {"running": "success", "paused": "warning", "stopped": "secondary", "idle": "secondary"}[run.status]
+        if run.message:
+            text += f" · {run.message}"
+            kind = "danger" if "diverged" in run.message else kind
+        if self.error:
+            text += f"\n\nRejected: {self.error}"
+            kind = "danger"
+        if self.status.object != text:
+            self.status.object, self.status.alert_type = text, kind
+
+    def tick(self) -> None:
+        """One UI update (the periodic callback calls this about 10 times a second)."""
+        self.feed.tick()
+
+    def close(self) -> None:
+        """Stop the plot updates and the training thread (a session ended)."""
+        if self.feed is not None:
+            self.feed.stop()
+        self.run.stop()
+
+    def __panel__(self):
+        return self._layout

@@ -1,0 +1,118 @@
+"""The one way data gets from the training thread to the browser.
+
+The training thread only appends to a History (lock-protected). Each session's UI owns a Feed:
+its periodic callback (about 10 a second, whatever the step rate) pulls the rows logged since
+its cursor and sends them to HoloViews Buffers, so plots stream new points instead of redrawing;
+snapshots (a decision boundary, later a landscape or a spectrum) go to Pipes when they change.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import panel as pn
+from holoviews.streams import Buffer, Pipe
+
+from trainlab.history import History
+
+
+class _Channel:
+    def __init__(self, columns: dict[str, str], length: int, sparse: bool):
+        self.columns = columns  # history column -> buffer column
+        self.sparse = sparse  # rows lacking every value column are dropped (validation every k steps)
+        self.buffer = Buffer(pd.DataFrame({c: pd.Series(dtype=float) for c in ["step", *columns.values()]}),
+                             length=length, index=False)
+        self.sent = 0
+
+    def select(self, rows: pd.DataFrame) -> pd.DataFrame:
+        out = pd.DataFrame({"step": rows["step"].astype(float)})
+        for src, dst in self.columns.items():
+            out[dst] = rows[src].astype(float) if src in rows else np.nan
+        if self.sparse:
+            out = out.dropna(how="all", subset=list(self.columns.values()))
+        return out
+
+
+class Feed:
+    """Streams a History into Buffers and Pipes on the owning session's periodic callback."""
+
+    def __init__(self, history: History, period: int = 100, length: int = 5_000, max_rows_per_tick: int = 200):
+        self.history, self.period, self.length, self.max_rows = history, period, length, max_rows_per_tick
+        self._channels: list[_Channel] = []
+        self._pipes: dict[str, tuple[Pipe, int]] = {}
+        self._listeners: list[Callable[[], None]] = []
+        self.cursor, self.generation = -1, history.generation
+        self._callback = None
+
+    def buffer(self, columns: list[str] | dict[str, str], sparse: bool = False) -> Buffer:
+        """A Buffer of `step` and these history columns (a dict renames them for the plot)."""
+        columns = columns if isinstance(columns, dict) else {c: c for c in columns}
+        channel = _Channel(columns, self.length, sparse)
+        self._channels.append(channel)
+        return channel.buffer
+
+    def pipe(self, snapshot: str, empty=None) -> Pipe:
+        """A Pipe that receives the newest snapshot stored under this name."""
+        pipe = Pipe(data=empty)
+        self._pipes[snapshot] = (pipe, -1)
+        return pipe
+
+    def on_tick(self, fn: Callable[[], None]) -> None:
+        """Also call fn on every tick (status text, control values): UI work on the UI's thread."""
+        self._listeners.append(fn)
+
+    def tick(self) -> None:
+        if self.history.generation != self.generation:  # reset or load: start the plots over
+            self.generation, self.cursor = self.history.generation, -1
+            for ch in self._channels:
+                ch.buffer.clear()
+                ch.sent = 0
+            self._pipes = {k: (p, -1) for k, (p, _) in self._pipes.items()}
+        rows = self.history.since(self.cursor)
+        if len(rows):
+            self.cursor = int(rows["step"].iloc[-1])
+            for ch in self._channels:
+                if ch.sent + len(rows) > self.length:
+                    self._rebase(ch)
+                    continue
+                part = _thin(ch.select(rows), self.max_rows)
+                if len(part):
+                    ch.buffer.send(part)
+                    ch.sent += len(part)
+        for name, (pipe, seen) in list(self._pipes.items()):
+            snap = self.history.snapshot(name)
+            if snap is not None and snap[0] != seen:
+                pipe.send(snap[1])
+                self._pipes[name] = (pipe, snap[0])
+        for fn in self._listeners:
+            fn()
+
+    def _rebase(self, ch: _Channel) -> None:
+        """The buffer is full: redraw it once from the whole (thinned) history, at half its length."""
+        whole = ch.select(self.history.frame())
+        whole = _thin(whole, self.length // 2)
+        ch.buffer.clear()
+        ch.buffer.send(whole)
+        ch.sent = len(whole)
+
+    def start(self) -> None:
+        if self._callback is None:
+            self._callback = pn.state.add_periodic_callback(self.tick, period=self.period)
+
+    def stop(self) -> None:
+        if self._callback is not None:
+            self._callback.stop()
+            self._callback = None
+
+    @property
+    def running(self) -> bool:
+        return self._callback is not None and self._callback.running
+
+
+def _thin(rows: pd.DataFrame, most: int) -> pd.DataFrame:
+    """At most `most` rows, evenly spaced, always keeping the last."""
+    if len(rows) <= most:
+        return rows
+    idx = np.unique(np.linspace(0, len(rows) - 1, most).round().astype(int))
+    return rows.iloc[idx]
