@@ -30,7 +30,11 @@ def _rows(buffer):
 def test_controls_are_built_from_declared_parameters(dash):
     lr = dash.controls["lr"].widget
     lo, hi = Run.param.lr.softbounds
-    assert (lr.start, lr.end) == pytest.approx((math.log10(lo), math.log10(hi)))
+    grid = list(lr.options.values())
+    assert grid[0] == lo and grid[-1] == hi and len(grid) == 10 * round(math.log10(hi / lo)) + 1
+    ratios = np.diff(np.log10(grid))
+    assert np.all(ratios > 0.05) and np.all(ratios < 0.15)  # evenly spaced on a log scale
+    assert lr.value == dash.run.lr
     bs = dash.controls["batch_size"].widget
     assert bs.options == [2**k for k in range(0, 11)] and bs.value == 64
     momentum = dash.controls["momentum"].widget
@@ -41,7 +45,7 @@ def test_controls_are_built_from_declared_parameters(dash):
 
 
 def test_moving_a_slider_sets_the_run_at_the_next_step(dash):
-    dash.controls["lr"].widget.value = math.log10(0.01)
+    dash.controls["lr"].widget.value = 0.01
     dash.controls["batch_size"].widget.value = 16
     dash.controls["momentum"].widget.value = 0.5
     assert dash.run.lr == pytest.approx(0.01) and dash.run.batch_size == 16
@@ -68,7 +72,7 @@ def test_a_rejected_change_is_shown_and_changes_nothing(dash):
 def test_controls_follow_changes_made_from_code(dash):
     dash.run.set(lr=0.2, batch_size=32)
     dash.tick()
-    assert 10 ** dash.controls["lr"].widget.value == pytest.approx(0.2)
+    assert dash.controls["lr"].widget.value == pytest.approx(0.2)
     assert dash.controls["batch_size"].widget.value == 32
 
 
@@ -176,7 +180,7 @@ def test_each_session_gets_its_own_run():
     da, db = a, b
     try:
         assert da.run is not db.run
-        da.controls["lr"].widget.value = math.log10(0.3)
+        da.controls["lr"].widget.value = 0.32
         da.run.step(5)
         assert db.run.lr == Run.param.lr.default and db.run.steps == 0
     finally:

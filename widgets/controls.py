@@ -10,11 +10,16 @@ from typing import Any, Callable
 
 import panel as pn
 import param
-from bokeh.models import CustomJSTickFormatter
 
 from trainlab.registry import LogInteger, LogNumber
 
-_POW10 = CustomJSTickFormatter(code="return (10 ** tick).toPrecision(2)")
+
+
+def _log_grid(lo: float, hi: float, per_decade: int = 10) -> dict[str, float]:
+    """Log-spaced values with two significant digits, labelled as they read."""
+    k0, k1 = math.floor(math.log10(lo) * per_decade + 1e-9), math.ceil(math.log10(hi) * per_decade - 1e-9)
+    values = sorted({float(f"{10 ** (k / per_decade):.2g}") for k in range(k0, k1 + 1)})
+    return {f"{v:g}": v for v in values}
 
 
 def _range(p: param.Parameter) -> tuple[float, float]:
@@ -34,11 +39,12 @@ class Control:
         label = name.replace("_", " ")
         self._to = self._from = lambda v: v  # noqa: E731
         if isinstance(p, LogNumber):
-            lo, hi = _range(p)
-            self._to = lambda x: float(f"{10 ** x:.3g}")
-            self._from = lambda v: min(max(math.log10(v), math.log10(lo)), math.log10(hi))
-            self.widget = pn.widgets.FloatSlider(label=label, start=math.log10(lo), end=math.log10(hi), step=0.01,
-                                                 value=self._from(value), format=_POW10)
+            # a discrete slider over a log grid: it shows real values (a slider over log10 would
+            # need a JS formatter, a Bokeh model that cannot be shared by a notebook's two views)
+            options = _log_grid(*_range(p))
+            grid = list(options.values())
+            self._from = lambda v: min(grid, key=lambda o: abs(math.log10(o) - math.log10(v)))
+            self.widget = pn.widgets.DiscreteSlider(label=label, options=options, value=self._from(value))
         elif isinstance(p, LogInteger):
             lo, hi = _range(p)
             options = [2**k for k in range(int(math.log2(max(lo, 1))), int(math.log2(hi)) + 1)]
