@@ -67,9 +67,16 @@ def cnn(data: Data, channels=16, activation="relu", norm="none", init="default")
     return model
 
 
+def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean squared error; one target per example may come as (N,) against an (N, 1) output."""
+    if out.shape != y.shape and out.numel() == y.numel():
+        y = y.reshape(out.shape)  # never let (N, 1) - (N,) broadcast to (N, N)
+    return nn.functional.mse_loss(out, y)
+
+
 def default_loss(task: str):
     """Cross-entropy for class labels, mean squared error for real-valued targets."""
-    return nn.functional.cross_entropy if task == "classification" else nn.functional.mse_loss
+    return nn.functional.cross_entropy if task == "classification" else mse
 
 
 def check_fits(model: nn.Module, loss_fn, data: Data, device: torch.device) -> None:
@@ -92,7 +99,7 @@ def check_fits(model: nn.Module, loss_fn, data: Data, device: torch.device) -> N
                 f"model output does not fit the labels: {shapes}; {data.n_out} classes need an output of "
                 f"shape (batch, {data.n_out})"
             )
-    elif data.task == "regression" and loss_fn is nn.functional.mse_loss and out.shape != yb.shape:
+    elif data.task == "regression" and loss_fn is mse and out.numel() != yb.numel():
         raise ValueError(f"model output does not fit the targets: {shapes}; they must be equal")
     try:
         loss = loss_fn(out, yb)

@@ -125,9 +125,9 @@ class Run(param.Parameterized):
 
         self.layers = _layers(self.model)
         self._params = [p for ps in self.layers.values() for p in ps]
-        self._buffers = [b for b in self.model.buffers() if b.is_floating_point()]
+        self._buffers = list(self.model.buffers())  # all of them: BatchNorm's num_batches_tracked too
         self._initial_state = copy.deepcopy(self.model.state_dict())
-        self.history = history or History()
+        self.history = History() if history is None else history  # an empty History is falsy
         self.probes = default_probes(self) if probes is None else list(probes)
 
         self._lock = threading.RLock()          # held for each step: steps never interleave
@@ -242,8 +242,8 @@ class Run(param.Parameterized):
         """One optimizer step with its logging and probes; False (and paused) if it diverged."""
         if self._dirty:
             self._apply_settings()
+        nxt = self._stepping = self._step + 1
         xb, yb = self._batches.next()
-        nxt = self._step + 1
         measuring = [p for p in self.probes if nxt % p.every == 0]
         for p in measuring:
             p.before(self)
@@ -262,8 +262,7 @@ class Run(param.Parameterized):
         if self._classify:
             head.append((out.detach().argmax(1) == yb).sum().to(loss.dtype).reshape(1))
         stats = torch.cat([*head, torch.stack(norms).to(loss.dtype)]).tolist()
-        k = len(head)
-        self.grad_norms = stats[k:]  # per tensor, aligned with self.layers' parameters
+        self.grad_norms = stats[len(head):]  # per tensor, aligned with self.layers' parameters
         gnorm = math.sqrt(math.fsum(g * g for g in self.grad_norms))
         if not (math.isfinite(stats[0]) and math.isfinite(gnorm)):
             self._diverged(stats[0], gnorm)
@@ -276,15 +275,17 @@ class Run(param.Parameterized):
             row["train_acc"] = stats[1] / len(yb)
         if self._event:
             row["event"], self._event = self._event, None
-        for p in measuring:
-            for k, v in p.measure(self).items():
-                if isinstance(v, (int, float)):
-                    row[k] = v
-                else:
-                    self.history.put_snapshot(k, nxt, v)
-        if nxt % self._eval_every == 0 and self.data.has_val:
-            row.update(self.evaluate())
-        self.history.append(row)
+        try:
+            for p in measuring:
+                for k, v in p.measure(self).items():
+                    if isinstance(v, (int, float)):
+                        row[k] = v
+                    else:
+                        self.history.put_snapshot(k, nxt, v)
+            if nxt % self._eval_every == 0 and self.data.has_val:
+                row.update(self.evaluate())
+        finally:  # the step happened: its row is logged even if a probe failed
+            self.history.append(row)
         return True
 
     def evaluate(self) -> dict[str, float]:
@@ -343,8 +344,14 @@ class Run(param.Parameterized):
                 if self._halt.is_set() or not self._go.is_set():
                     continue
                 self._since = time.perf_counter()
-                ok = self._step_once()
-                self._elapsed += time.perf_counter() - self._since
+                try:
+                    ok = self._step_once()
+                except Exception as e:  # a probe or a user's model/loss failed: pause and say so
+                    self._go.clear()
+                    self._set_state("paused", f"error at step {self._stepping}: {type(e).__name__}: {e}")
+                    ok = False
+                finally:
+                    self._elapsed += time.perf_counter() - self._since
             done += ok
         if not self._halt.is_set():
             self._set_state("stopped")
@@ -430,7 +437,13 @@ class Run(param.Parameterized):
         A run on a registered model and data set rebuilds them by name; one on the user's own
         model or data needs them passed again (`model=`, `data=`).
         """
-        ckpt = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+        try:
+            ckpt = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+        except OSError:
+            raise
+        except Exception as e:  # not a torch file, or one holding objects other than tensors and plain data
+            raise ValueError(f"{path} is not a trainlab run (expected format {FORMAT!r}); "
+                             f"it was not loaded ({type(e).__name__})") from e
         if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
             raise ValueError(f"{path} is not a trainlab run (expected format {FORMAT!r})")
         if model is None:

@@ -17,7 +17,9 @@ from trainlab.registry import option_values
 from .controls import Control
 from .feed import Feed
 
-hv.extension("bokeh", logo=False)
+# Load the Bokeh plotting backend without emitting notebook JS: pn.extension(inline=True) in the
+# notebook (or the server) loads BokehJS, and a second, CDN-based load would break offline notebooks.
+hv.renderer("bokeh")
 
 _CUSTOM = "(your own)"
 _PLOT = dict(width=430, height=240, framewise=True, tools=["hover"], show_grid=True)
@@ -100,16 +102,21 @@ class TrainingDashboard(Viewer):
 
     def _build_plots(self, run: Run) -> list:
         feed, plots = self.feed, []
-        train = feed.buffer(["train_loss", "train_acc", "lr", "grad_norm"])
-        val = feed.buffer(["val_loss", "val_acc"], sparse=True)
-        dm = lambda buf, y, label, ylabel: hv.DynamicMap(partial(_curve, y=y, label=label, ylabel=ylabel),  # noqa: E731
-                                                         streams=[buf])
-        plots.append((dm(train, "train_loss", "train", "loss") * dm(val, "val_loss", "validation", "loss"))
+
+        def curve(y: str, label: str, ylabel: str, sparse: bool = False) -> hv.DynamicMap:
+            # one Buffer per plotted element: HoloViews streams a Buffer's new rows into the plot
+            # that consumes them, so two plots sharing one Buffer would each miss rows
+            return hv.DynamicMap(partial(_curve, y=y, label=label, ylabel=ylabel),
+                                 streams=[feed.buffer([y], sparse=sparse)])
+
+        plots.append((curve("train_loss", "train", "loss") * curve("val_loss", "validation", "loss", sparse=True))
                      .opts(hv.opts.Curve(**_PLOT, logy=True), hv.opts.Overlay(title="Loss", legend_position="top_right")))
         if run.data.task == "classification":
-            plots.append((dm(train, "train_acc", "train", "accuracy") * dm(val, "val_acc", "validation", "accuracy"))
+            plots.append((curve("train_acc", "train", "accuracy") * curve("val_acc", "validation", "accuracy", sparse=True))
                          .opts(hv.opts.Curve(**_PLOT), hv.opts.Overlay(title="Accuracy", legend_position="bottom_right")))
-        plots.append(dm(train, "lr", "lr", "learning rate").opts(**_PLOT, logy=True, title="Learning rate"))
+        # a fixed axis over the slider's range: a constant lr has no span to scale a log axis by
+        plots.append(curve("lr", "lr", "learning rate").opts(**_PLOT, logy=True, title="Learning rate",
+                                                             ylim=Run.param.lr.softbounds))
         layers = list(run.layers)
         grads = feed.buffer({f"grad_norm/{l}": l for l in layers}, sparse=True)
         plots.append(hv.DynamicMap(partial(_layer_curves, layers=layers), streams=[grads])

@@ -37,7 +37,7 @@ class _Channel:
 class Feed:
     """Streams a History into Buffers and Pipes on the owning session's periodic callback."""
 
-    def __init__(self, history: History, period: int = 100, length: int = 5_000, max_rows_per_tick: int = 200):
+    def __init__(self, history: History, period: int = 100, length: int = 10_000, max_rows_per_tick: int = 200):
         self.history, self.period, self.length, self.max_rows = history, period, length, max_rows_per_tick
         self._channels: list[_Channel] = []
         self._pipes: dict[str, tuple[Pipe, int]] = {}
@@ -69,15 +69,18 @@ class Feed:
                 ch.buffer.clear()
                 ch.sent = 0
             self._pipes = {k: (p, -1) for k, (p, _) in self._pipes.items()}
+        first = self.cursor < 0
         rows = self.history.since(self.cursor)
         if len(rows):
             self.cursor = int(rows["step"].iloc[-1])
+            # catching up on a run's past (a first tick, after a reset) may send up to half a
+            # buffer; after that, at most max_rows a tick, whatever the step rate
+            most = self.length // 2 if first else self.max_rows
             for ch in self._channels:
-                if ch.sent + len(rows) > self.length:
+                part = _thin(ch.select(rows), most)
+                if ch.sent + len(part) > self.length:
                     self._rebase(ch)
-                    continue
-                part = _thin(ch.select(rows), self.max_rows)
-                if len(part):
+                elif len(part):
                     ch.buffer.send(part)
                     ch.sent += len(part)
         for name, (pipe, seen) in list(self._pipes.items()):
