@@ -10,7 +10,7 @@ import panel as pn
 import param
 from panel.viewable import Viewer
 
-from trainlab import Run, datasets, models, optimizers
+from trainlab import Run, datasets, models
 from trainlab.probes import DecisionBoundary
 from trainlab.registry import option_values
 
