@@ -15,15 +15,6 @@ ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "linear": nn.Identity
 GAIN = {"relu": math.sqrt(2.0), "gelu": math.sqrt(2.0), "tanh": 5.0 / 3.0, "linear": 1.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small models run fastest on one intra-op thread, and a busy 2-core machine slows two ~10x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return as_data("digits")

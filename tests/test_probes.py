@@ -13,15 +13,6 @@ from torch import nn
 from trainlab import DecisionBoundary, GradNorm, Probe, Run, UpdateRatio
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small models run fastest on one intra-op thread, and a busy 2-core machine slows two ~10x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def moons_run(**kw) -> Run:
     kw.setdefault("model", ("mlp", {"width": 16, "depth": 2}))
     kw.setdefault("data", "moons")

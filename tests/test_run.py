@@ -21,15 +21,6 @@ from trainlab.models import mse
 SMALL = ("mlp", {"width": 16, "depth": 1})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small models run fastest on one intra-op thread, and a busy 2-core machine slows two ~10x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def small_run(**kw) -> Run:
     """A fast run: a one-hidden-layer MLP on moons, on the CPU."""
     kw.setdefault("model", SMALL)

@@ -9,6 +9,7 @@ import threading
 import numpy as np
 import panel as pn
 import pytest
+from bokeh.models import ColumnDataSource
 
 from trainlab import Run
 from trainlab.optimizers import optimizers
@@ -23,8 +24,8 @@ def dash():
     d.close()
 
 
-def _rows(buffer):
-    return len(buffer.data)
+def _rows(source):
+    return len(source.data["step"])
 
 
 def test_controls_are_built_from_declared_parameters(dash):
@@ -79,61 +80,72 @@ def test_controls_follow_changes_made_from_code(dash):
 def test_feed_streams_only_new_rows(dash, monkeypatch):
     sent = []
     train = dash.feed._channels[0]
-    monkeypatch.setattr(train.buffer, "send", lambda df: sent.append(df.copy()) or type(train.buffer).send(train.buffer, df))
+    stream = ColumnDataSource.stream
+
+    def spy(self, data, *args, **kwargs):
+        if self is train.source:
+            sent.append(data)
+        return stream(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(ColumnDataSource, "stream", spy)
     dash.run.step(30)
     dash.tick()
     dash.run.step(20)
     dash.tick()
     dash.tick()  # nothing new: nothing sent
-    assert [len(s) for s in sent] == [30, 20]
+    assert [len(s["step"]) for s in sent] == [30, 20]
     assert sent[1]["step"].tolist() == list(range(31, 51))
     hist = dash.run.history.frame()
-    np.testing.assert_allclose(train.buffer.data["train_loss"], hist["train_loss"])
+    np.testing.assert_allclose(train.source.data["train_loss"], hist["train_loss"])
+    np.testing.assert_allclose(train.source.data["lr"], hist["lr"])
     val = dash.feed._channels[1]
-    assert val.buffer.data["step"].tolist() == hist.dropna(subset=["val_loss"])["step"].tolist()
+    assert list(val.source.data["step"]) == hist.dropna(subset=["val_loss"])["step"].tolist()
+    np.testing.assert_allclose(val.source.data["val_acc"], hist["val_acc"].dropna())
 
 
 def test_feed_thins_a_burst_to_a_steady_rate():
     run = Run(data="moons", device="cpu")
     feed = Feed(run.history, max_rows_per_tick=50, length=1000)
-    buf = feed.buffer(["train_loss"])
+    src = feed.source(["train_loss"])
     run.step(300)
-    feed.tick()  # catching up on the past: up to half a buffer
-    assert buf.data["step"].tolist() == list(range(1, 301))
+    feed.tick()  # catching up on the past: up to half a source's length
+    assert list(src.data["step"]) == list(range(1, 301))
     run.step(600)
     feed.tick()  # a burst while watching: at most max_rows_per_tick
-    steps = buf.data["step"].tolist()
+    steps = list(src.data["step"])
     assert len(steps) - 300 <= 50 and steps[-1] == 900 and steps == sorted(steps)
 
 
 def test_feed_rebases_a_full_buffer_on_the_thinned_history():
     run = Run(data="moons", device="cpu")
     feed = Feed(run.history, length=100)
-    buf = feed.buffer(["train_loss"])
+    src = feed.source(["train_loss"])
     for _ in range(5):
         run.step(40)
         feed.tick()
-    steps = buf.data["step"].tolist()
+    steps = list(src.data["step"])
     assert len(steps) <= 100 and steps[0] == 1 and steps[-1] == 200  # the whole run, thinned
 
 
 def test_reset_starts_the_plots_over(dash):
     dash.run.step(20)
     dash.tick()
-    assert _rows(dash.feed._channels[0].buffer) == 20
+    assert _rows(dash.feed._channels[0].source) == 20
     dash.reset_button.clicks += 1
     dash.tick()
-    assert _rows(dash.feed._channels[0].buffer) == 0 and dash.run.steps == 0
+    assert _rows(dash.feed._channels[0].source) == 0 and dash.run.steps == 0
 
 
 def test_decision_boundary_streams_for_2d_data(dash):
-    pipe, _ = dash.feed._pipes["boundary"]
-    assert np.all(pipe.data["z"] == 0.5)  # drawn before the first measurement
+    grid, _, _ = dash.feed._snapshots["boundary"]
+    assert np.all(grid.data["z"][0] == 0.5)  # drawn before the first measurement
     dash.run.step(20)
     dash.tick()
-    z = pipe.data["z"]
+    z = grid.data["z"][0]
     assert z.shape == (60, 60) and 0 <= z.min() < z.max() <= 1
-    np.testing.assert_array_equal(z, dash.run.history.snapshot("boundary")[1]["z"])
+    snap = dash.run.history.snapshot("boundary")[1]
+    np.testing.assert_array_equal(z, snap["z"])
+    assert grid.data["x0"][0] == snap["x"][0] and grid.data["dw"][0] == pytest.approx(snap["x"][-1] - snap["x"][0])
 
 
 def test_choosing_data_and_model_builds_a_new_run_or_refuses(dash):
@@ -142,7 +154,7 @@ def test_choosing_data_and_model_builds_a_new_run_or_refuses(dash):
     assert dash.run is old and dash._model.value == "mlp" and "cnn needs image data" in dash.error
     dash._data.value = "digits"
     assert dash.run is not old and dash.run.data.name == "digits" and dash.error == ""
-    assert "boundary" not in dash.feed._pipes  # 10-D data: no decision boundary
+    assert "boundary" not in dash.feed._snapshots  # 10-D data: no decision boundary
     dash._model.value = "cnn"
     assert dash.run.model_spec[0] == "cnn"
     assert dash.run.lr == old.lr and dash.run.settings() == old.settings()
@@ -191,13 +203,25 @@ def test_each_session_gets_its_own_run():
         db.close()
 
 
-def test_displays_as_a_panel_and_as_an_ipywidget(dash):
+def test_displays_as_a_panel_and_as_an_ipywidget():
     import ipywidgets
+    from bokeh.document import Document
 
-    model = pn.panel(dash).get_root()
-    assert model is not None
-    widget = pn.ipywidget(dash)
-    assert isinstance(widget, ipywidgets.DOMWidget)
+    run = Run(data="moons", device="cpu")
+    inline, other = TrainingDashboard(run), TrainingDashboard(run)
+    try:
+        root = inline.__panel__().get_root(Document())
+        sources = list(root.select({"type": ColumnDataSource}))
+        assert len(sources) >= 4  # the plots' sources are in the page
+        widget = pn.ipywidget(other)  # a second view of the same run is a second dashboard
+        assert isinstance(widget, ipywidgets.DOMWidget)
+        run.step(15)
+        inline.tick()
+        other.tick()
+        assert _rows(inline.feed._channels[0].source) == _rows(other.feed._channels[0].source) == 15
+    finally:
+        inline.close()
+        other.close()
 
 
 def test_core_never_imports_the_ui():
@@ -215,3 +239,16 @@ def test_cli_version_and_port_check():
     bad = subprocess.run([sys.executable, "-m", "trainlab.widgets.cli", "serve", "--port", "0"],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "--port" in bad.stderr
+
+
+def test_a_dashboard_on_a_trained_run_shows_its_past_before_any_tick():
+    run = Run(data="moons", device="cpu")
+    run.step(120)
+    dash = TrainingDashboard(run)  # no tick yet: a notebook renders the sources as they are now
+    try:
+        assert _rows(dash.feed._channels[0].source) == 120
+        assert list(dash.feed._channels[1].source.data["step"]) == [50.0, 100.0]
+        grid, _, _ = dash.feed._snapshots["boundary"]
+        np.testing.assert_array_equal(grid.data["z"][0], run.history.snapshot("boundary")[1]["z"])
+    finally:
+        dash.close()

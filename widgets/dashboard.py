@@ -1,40 +1,30 @@
 """The training dashboard: choosers, live settings, and plots that stream while the run trains."""
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
-import holoviews as hv
-import pandas as pd
+import numpy as np
 import panel as pn
 import param
+from bokeh.models import ColumnDataSource
 from panel.viewable import Viewer
 
 from trainlab import Run, datasets, models
 from trainlab.probes import DecisionBoundary
 from trainlab.registry import option_values
 
+from . import plots
 from .controls import Control
 from .feed import Feed
 
-# Load the Bokeh plotting backend without emitting notebook JS: pn.extension(inline=True) in the
-# notebook (or the server) loads BokehJS, and a second, CDN-based load would break offline notebooks.
-hv.renderer("bokeh")
-
 _CUSTOM = "(your own)"
-_PLOT = dict(width=430, height=240, framewise=True, tools=["hover"], show_grid=True)
+_CLASS_COLORS = ["#b2182b", "#2166ac"]  # red for class 0, blue for class 1, as the boundary's palette
 
 
-def _curve(data: pd.DataFrame, y: str, label: str, ylabel: str) -> hv.Curve:
-    return hv.Curve(data, "step", (y, ylabel), label=label)
-
-
-def _layer_curves(data: pd.DataFrame, layers: list[str]) -> hv.NdOverlay:
-    return hv.NdOverlay({l: hv.Curve(data, "step", (l, "gradient norm")) for l in layers}, kdims="layer")
-
-
-def _boundary(data: dict) -> hv.Image:
-    return hv.Image((data["x"], data["y"], data["z"]), ["x1", "x2"], "p(class 1)")
+def _image(snapshot: dict) -> dict:
+    """A boundary snapshot as the columns of a Bokeh image glyph."""
+    x, y = snapshot["x"], snapshot["y"]
+    return {"z": [snapshot["z"]], "x0": [x[0]], "y0": [y[0]], "dw": [x[-1] - x[0]], "dh": [y[-1] - y[0]]}
 
 
 class TrainingDashboard(Viewer):
@@ -87,8 +77,8 @@ class TrainingDashboard(Viewer):
         self.feed.on_tick(self._refresh)
         self._build_controls()
         self._plots.objects = self._build_plots(run)
+        self.feed.tick()  # the run's past goes in before the first render: a notebook view would miss it
         self.feed.start()
-        self._refresh()
 
     def _build_controls(self) -> None:
         run = self.run
@@ -101,37 +91,22 @@ class TrainingDashboard(Viewer):
         self._controls.objects = [c.widget for c in self.controls.values()]
 
     def _build_plots(self, run: Run) -> list:
-        feed, plots = self.feed, []
-
-        def curve(y: str, label: str, ylabel: str, sparse: bool = False) -> hv.DynamicMap:
-            # one Buffer per plotted element: HoloViews streams a Buffer's new rows into the plot
-            # that consumes them, so two plots sharing one Buffer would each miss rows
-            return hv.DynamicMap(partial(_curve, y=y, label=label, ylabel=ylabel),
-                                 streams=[feed.buffer([y], sparse=sparse)])
-
-        plots.append((curve("train_loss", "train", "loss") * curve("val_loss", "validation", "loss", sparse=True))
-                     .opts(hv.opts.Curve(**_PLOT, logy=True), hv.opts.Overlay(title="Loss", legend_position="top_right")))
+        feed, figs = self.feed, []
+        train, val = feed.source(["train_loss", "train_acc", "lr"]), feed.source(["val_loss", "val_acc"], sparse=True)
+        figs.append(plots.train_val("Loss", "loss", train, val, "train_loss", log=True))
         if run.data.task == "classification":
-            plots.append((curve("train_acc", "train", "accuracy") * curve("val_acc", "validation", "accuracy", sparse=True))
-                         .opts(hv.opts.Curve(**_PLOT), hv.opts.Overlay(title="Accuracy", legend_position="bottom_right")))
-        # a fixed axis over the slider's range: a constant lr has no span to scale a log axis by
-        plots.append(curve("lr", "lr", "learning rate").opts(**_PLOT, logy=True, title="Learning rate",
-                                                             ylim=Run.param.lr.softbounds))
+            figs.append(plots.train_val("Accuracy", "accuracy", train, val, "train_acc", legend="bottom_right"))
+        figs.append(plots.single("Learning rate", "learning rate", train, "lr", log=True))
         layers = list(run.layers)
-        grads = feed.buffer({f"grad_norm/{l}": l for l in layers}, sparse=True)
-        plots.append(hv.DynamicMap(partial(_layer_curves, layers=layers), streams=[grads])
-                     .opts(hv.opts.Curve(**_PLOT, logy=True), hv.opts.NdOverlay(title="Gradient norm per layer",
-                                                                               legend_position="top_right")))
+        grads = feed.source({f"grad_norm/{l}": l for l in layers}, sparse=True)
+        figs.append(plots.per_layer("Gradient norm per layer", "gradient norm", grads, layers))
         probe = next((p for p in run.probes if isinstance(p, DecisionBoundary)), None)
         if probe is not None:
-            pipe = feed.pipe("boundary", empty=probe.blank(run))
+            grid = feed.snapshot("boundary", _image, initial=probe.blank(run))
             X, y = run.data.X.cpu().numpy(), run.data.y.cpu().numpy()
-            points = hv.Points(pd.DataFrame({"x1": X[:, 0], "x2": X[:, 1], "label": y}), ["x1", "x2"], "label")
-            colors = hv.dim("label").categorize({0: "#b2182b", 1: "#2166ac"}, default="#444444")
-            plots.append((hv.DynamicMap(_boundary, streams=[pipe]).opts(cmap="RdBu", clim=(0, 1), alpha=0.6)
-                          * points.opts(color=colors, size=6, line_color="white"))
-                         .opts(width=430, height=360, title="Decision boundary", xlabel="x1", ylabel="x2"))
-        return [pn.pane.HoloViews(p, linked_axes=False) for p in plots]
+            points = ColumnDataSource({"x1": X[:, 0], "x2": X[:, 1], "color": np.array(_CLASS_COLORS)[y % 2]})
+            figs.append(plots.boundary(grid, points))
+        return [pn.pane.Bokeh(f) for f in figs]
 
     # ---- events -----------------------------------------------------------------------------
     def _apply(self, name: str, value: Any) -> None:

@@ -1,0 +1,51 @@
+"""Shared test set-up: one torch thread, and Debian's Chromium for pytest-playwright (never a downloaded browser)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+MISSING = (f"{CHROMIUM} is missing: the browser tests use Debian's Chromium. Install it with "
+           "`sudo apt-get install chromium` (or `make browser`); never `playwright install`.")
+
+
+def _on_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _have_chromium() -> bool:
+    return os.access(CHROMIUM, os.X_OK)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without Chromium, browser tests are skipped on a workstation; on CI they fail (see below)."""
+    if _have_chromium() or _on_ci():
+        return
+    skip = pytest.mark.skip(reason=MISSING)
+    for item in items:
+        if item.get_closest_marker("browser"):
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """pytest-playwright's launch options, pointed at the system Chromium (the `page` fixture uses them)."""
+    if not _have_chromium():
+        if _on_ci():
+            pytest.fail(MISSING, pytrace=False)
+        pytest.skip(MISSING)
+    # keep the plugin's own options (--headed, --slowmo, ...) and add ours
+    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": list(CHROMIUM_ARGS)}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Small models run fastest on one intra-op thread, and a busy 2-core machine slows two ~10x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -1,0 +1,191 @@
+"""End to end: the real `trainlab serve`, driven in headless Chromium through pytest-playwright.
+
+What the page shows is read from its Bokeh document (Bokeh.documents[0].all_models): the
+ColumnDataSources behind the plots, one with a `train_loss` column and one with an `lr` column.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+SCREENSHOT = Path(tempfile.gettempdir()) / "trainlab-test-browser.png"
+
+# every ColumnDataSource of the page's document that has this column: a list of its values
+COLUMNS_JS = """(column) => {
+  if (!window.Bokeh || !Bokeh.documents.length) return null;
+  const out = [];
+  for (const m of Bokeh.documents[0].all_models)
+    if (m.type === "ColumnDataSource" && column in m.data) out.push(Array.from(m.data[column]));
+  return out;
+}"""
+
+# the noUiSlider handle of the slider labelled `label` ("lr: 0.05"), through open shadow roots:
+# from the label, go up to the smallest ancestor that holds exactly one slider handle. Works for a
+# FloatSlider (its title) and a DiscreteSlider (a label above the slider) alike.
+HANDLE_JS = r"""(label) => {
+  const all = [];
+  const walk = (root) => { for (const el of root.querySelectorAll("*")) { all.push(el); if (el.shadowRoot) walk(el.shadowRoot); } };
+  walk(document);
+  const handles = (el) => {
+    const out = [];
+    const w = (root) => { for (const e of root.querySelectorAll("*")) {
+      if (e.classList.contains("noUi-handle")) out.push(e);
+      if (e.shadowRoot) w(e.shadowRoot); } };
+    if (el.shadowRoot) w(el.shadowRoot);
+    w(el);
+    return out;
+  };
+  const up = (el) => el.parentElement || (el.getRootNode() instanceof ShadowRoot ? el.getRootNode().host : null);
+  const pattern = new RegExp("^\\s*" + label + "\\s*:", "i");
+  for (const el of all) {
+    const own = [...el.childNodes].filter((n) => n.nodeType === Node.TEXT_NODE).map((n) => n.textContent).join("");
+    if (!pattern.test(own)) continue;
+    for (let a = el; a; a = up(a)) {
+      const found = handles(a);
+      if (found.length === 1) return found[0];
+      if (found.length > 1) break;
+    }
+  }
+  return null;
+}"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _trainlab_command() -> list[str]:
+    script = Path(sys.executable).parent / "trainlab"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "trainlab.widgets.cli"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> str:
+    """`trainlab serve` in its own process group; its URL. Stopped by process group, never by name."""
+    port = _free_port()
+    folder = tmp_path_factory.mktemp("serve")
+    log = folder / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*_trainlab_command(), "serve", "--port", str(port), "--address", "127.0.0.1",
+                                 "--no-show"], stdout=out, stderr=subprocess.STDOUT, cwd=folder,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"`trainlab serve` exited with code {proc.returncode}:\n{log.read_text()}", pytrace=False)
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"`trainlab serve` did not answer on port {port} within 60 s:\n{log.read_text()}",
+                                pytrace=False)
+                time.sleep(0.25)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+def _open(page, url: str) -> None:
+    page.goto(url)
+    page.wait_for_selector("canvas", timeout=45_000)
+    page.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0")
+
+
+def _columns(page, column: str) -> list[list[float]]:
+    return page.evaluate(COLUMNS_JS, column) or []
+
+
+def _wait_for(what: str, check, timeout: float):
+    """Poll check() until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"after {timeout:.0f} s: {what}", pytrace=False)
+        time.sleep(0.1)
+
+
+def _loss_points(page) -> int:
+    sources = _columns(page, "train_loss")
+    assert sources, "no ColumnDataSource with a train_loss column in the page"
+    return max(len(s) for s in sources)
+
+
+def _lr_values(page) -> list[float]:
+    sources = [s for s in _columns(page, "lr") if s]
+    return max(sources, key=len) if sources else []
+
+
+def test_loss_streams_and_the_lr_slider_changes_the_run(server, page):
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    _open(page, server)
+    assert _columns(page, "lr"), "no ColumnDataSource with an lr column in the page"
+    assert _loss_points(page) == 0, "the run trains before Start was clicked"
+
+    page.get_by_role("button", name="Start").click()
+    first = _wait_for("the loss curve never received a point after Start", lambda: _loss_points(page), 20)
+    time.sleep(1.5)
+    # the loss curve keeps gaining points (streamed about 10 times a second; a loaded machine may stall a while)
+    later = _wait_for(f"the loss curve stopped at {first} points",
+                      lambda: (n := _loss_points(page)) > first and n, 10)
+    assert later > first
+
+    before = _lr_values(page)
+    assert before and len(set(before)) == 1, f"the lr changed by itself: {sorted(set(before))}"
+    handle = page.evaluate_handle(HANDLE_JS, "lr").as_element()
+    assert handle is not None, "no slider labelled 'lr' in the page"
+    handle.focus()
+    for _ in range(5):
+        handle.press("ArrowLeft")
+        time.sleep(0.05)
+    # the run applies the new lr at its next step; the history's lr column streams it back to the page
+    lr = _wait_for(f"the streamed lr stayed at {before[0]} after moving the lr slider",
+                   lambda: (v := _lr_values(page)) and v[-1] != v[0] and v, 25)
+    assert lr[0] == before[0]
+    assert lr[-1] < lr[0], f"the lr slider moved left but the lr went from {lr[0]} to {lr[-1]}"
+    time.sleep(0.5)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)  # outside the repository, to look at
+
+    page.get_by_role("button", name="Pause").click()  # spare the CPU for the next test
+    assert not errors, f"errors in the page: {errors}"
+
+
+def test_two_sessions_have_independent_runs(server, page, browser):
+    other = browser.new_context()
+    try:
+        page_b = other.new_page()
+        _open(page, server)
+        _open(page_b, server)
+        assert _loss_points(page) == 0 and _loss_points(page_b) == 0
+
+        page.get_by_role("button", name="Start").click()
+        _wait_for("page A's loss curve never received a point after Start", lambda: _loss_points(page), 20)
+        time.sleep(2)
+        assert _loss_points(page) > 0
+        assert _loss_points(page_b) == 0, "page B's run trains although only page A's was started"
+        page.get_by_role("button", name="Pause").click()
+    finally:
+        other.close()
