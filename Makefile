@@ -9,9 +9,16 @@ PIP := $(PY) -m pip install --disable-pip-version-check -c constraints.txt
 
 .PHONY: serve test install browser benchmark clean
 
+# torch goes in first. With a GPU (nvidia-smi answers): the default build. Without one: a CPU wheel
+# that pip's own configuration already provides (a local wheel folder, as on these machines), else
+# the CPU build from PyTorch's CPU index; the default build on Linux would bring CUDA libraries.
+TORCH := torch==2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) torch==2.13.0
+	if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) $(TORCH); \
+	else $(PIP) --no-index --no-deps $(TORCH) 2>/dev/null || $(PIP) --index-url $(TORCH_CPU_INDEX) $(TORCH); fi
 	$(PIP) -e ".[test,jupyter]"
 	touch $@
 

@@ -44,25 +44,26 @@ def _betas(hp: dict) -> dict:
     return hp
 
 
-def _register(name: str, cls: type[torch.optim.Optimizer], to_group: Callable[[dict], dict] = _identity, **params):
-    """Register a torch.optim class; torch's own constructor does the cross-field checks."""
+def _register(name: str, cls: type[torch.optim.Optimizer], lr: float, to_group: Callable[[dict], dict] = _identity,
+              **params):
+    """Register a torch.optim class with its usual lr; torch's own constructor does the cross-field checks."""
 
     def build(parameters, lr: float, **hp) -> torch.optim.Optimizer:
         return cls(parameters, lr=lr, **to_group(hp))
 
     build.__doc__ = (cls.__doc__ or name).strip().splitlines()[0]
-    optimizers.register(name, extra={"cls": cls, "to_group": to_group}, **params)(build)
+    optimizers.register(name, extra={"cls": cls, "to_group": to_group, "lr": lr}, **params)(build)
 
 
-_register("sgd", torch.optim.SGD, momentum=_momentum(0.9), weight_decay=_weight_decay(),
+_register("sgd", torch.optim.SGD, 0.05, momentum=_momentum(0.9), weight_decay=_weight_decay(),
           nesterov=param.Boolean(False, doc="Nesterov momentum (needs momentum > 0)"))
-_register("adam", torch.optim.Adam, _betas, beta1=_beta(0.9, "first moment"), beta2=_beta(0.999, "second moment"),
+_register("adam", torch.optim.Adam, 1e-3, _betas, beta1=_beta(0.9, "first moment"), beta2=_beta(0.999, "second moment"),
           eps=_eps(), weight_decay=_weight_decay())
-_register("adamw", torch.optim.AdamW, _betas, beta1=_beta(0.9, "first moment"), beta2=_beta(0.999, "second moment"),
+_register("adamw", torch.optim.AdamW, 1e-3, _betas, beta1=_beta(0.9, "first moment"), beta2=_beta(0.999, "second moment"),
           eps=_eps(), weight_decay=_weight_decay(0.01))
-_register("rmsprop", torch.optim.RMSprop, alpha=_beta(0.99, "squared-gradient average"), eps=_eps(),
+_register("rmsprop", torch.optim.RMSprop, 1e-3, alpha=_beta(0.99, "squared-gradient average"), eps=_eps(),
           momentum=_momentum(0.0), weight_decay=_weight_decay())
-_register("adagrad", torch.optim.Adagrad, eps=_eps(1e-10), weight_decay=_weight_decay())
+_register("adagrad", torch.optim.Adagrad, 1e-2, eps=_eps(1e-10), weight_decay=_weight_decay())
 
 
 def check_hparams(name: str, lr: float, hp: dict) -> None:

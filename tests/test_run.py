@@ -800,3 +800,11 @@ def test_a_dataset_with_one_float_target_per_example_trains_with_mse():
     with torch.no_grad():
         out = run.model(X)
     assert run.loss_fn(out, y).item() == pytest.approx(((out.squeeze(1) - y) ** 2).mean().item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", optimizers.names())
+def test_lr_defaults_to_the_optimizers_usual_value_and_reaches_torch(name):
+    run = small_run(optimizer=name)
+    assert run.lr == optimizers[name].extra["lr"]
+    assert groups(run)[0]["lr"] == run.lr
+    assert small_run(optimizer=name, lr=0.123).lr == 0.123
