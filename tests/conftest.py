@@ -1,7 +1,13 @@
 """Shared test set-up: one torch thread, and Debian's Chromium for pytest-playwright (never a downloaded browser)."""
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,3 +55,39 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(cmd: list[str], port: int, folder: Path, timeout: float = 60):
+    """Run a server command in its own process group until the block ends; stop it by group, never by name."""
+    log = folder / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"{cmd[0]} exited with code {proc.returncode}:\n{log.read_text()}", pytrace=False)
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{cmd[0]} did not answer on port {port} within {timeout:.0f} s:\n{log.read_text()}",
+                                pytrace=False)
+                time.sleep(0.25)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)

@@ -5,16 +5,13 @@ ColumnDataSources behind the plots, one with a `train_loss` column and one with 
 """
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from conftest import free_port, serving
 
 pytestmark = pytest.mark.browser
 
@@ -60,12 +57,6 @@ HANDLE_JS = r"""(label) => {
 }"""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _trainlab_command() -> list[str]:
     script = Path(sys.executable).parent / "trainlab"
     return [str(script)] if script.exists() else [sys.executable, "-m", "trainlab.widgets.cli"]
@@ -73,36 +64,11 @@ def _trainlab_command() -> list[str]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> str:
-    """`trainlab serve` in its own process group; its URL. Stopped by process group, never by name."""
-    port = _free_port()
-    folder = tmp_path_factory.mktemp("serve")
-    log = folder / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([*_trainlab_command(), "serve", "--port", str(port), "--address", "127.0.0.1",
-                                 "--no-show"], stdout=out, stderr=subprocess.STDOUT, cwd=folder,
-                                start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"`trainlab serve` exited with code {proc.returncode}:\n{log.read_text()}", pytrace=False)
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"`trainlab serve` did not answer on port {port} within 60 s:\n{log.read_text()}",
-                                pytrace=False)
-                time.sleep(0.25)
+    """`trainlab serve` in its own process group; its URL."""
+    port = free_port()
+    cmd = [*_trainlab_command(), "serve", "--port", str(port), "--address", "127.0.0.1", "--no-show"]
+    with serving(cmd, port, tmp_path_factory.mktemp("serve")):
         yield f"http://127.0.0.1:{port}/"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
 
 
 def _open(page, url: str) -> None:

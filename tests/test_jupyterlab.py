@@ -1,0 +1,69 @@
+"""End to end in a real JupyterLab: the dashboard renders inline and as an ipywidget, and streams.
+
+JupyterLab runs from this environment with no token, on a free port, over a folder holding one
+notebook; headless Chromium opens it, runs all cells, and reads each view's Bokeh document.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from conftest import free_port, serving
+
+pytestmark = pytest.mark.browser
+
+CELLS = [
+    "import panel as pn\nimport trainlab\nfrom trainlab.widgets import TrainingDashboard\npn.extension(inline=True)",
+    "run = trainlab.Run(data='moons', device='cpu', seed=0)\nrun.step(30)\nTrainingDashboard(run)",
+    "pn.ipywidget(TrainingDashboard(run))",
+]
+
+# the number of points in the train_loss source of each Bokeh document in the page (one per view)
+POINTS_JS = """() => (window.Bokeh ? Bokeh.documents : []).map((d) => {
+  for (const m of d.all_models)
+    if (m.type === "ColumnDataSource" && "train_loss" in m.data) return m.data.step.length;
+  return null;
+}).filter((n) => n !== null)"""
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("lab")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, folder / "live.ipynb")
+    port = free_port()
+    jupyter = Path(sys.executable).parent / "jupyter"
+    cmd = [str(jupyter), "lab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
+           "--ServerApp.token=", "--ServerApp.password=", f"--ServerApp.root_dir={folder}"]
+    with serving(cmd, port, folder, timeout=90):
+        yield f"http://127.0.0.1:{port}"
+
+
+def _wait_for(what: str, check, timeout: float):
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"after {timeout:.0f} s: {what}", pytrace=False)
+        time.sleep(0.25)
+    return value
+
+
+def test_dashboard_renders_inline_and_as_an_ipywidget_and_streams(lab, page):
+    page.goto(f"{lab}/lab/tree/live.ipynb?reset")  # ?reset: no earlier workspace reopens
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+    time.sleep(3)  # JupyterLab settles its layout after the notebook opens; an open menu would close
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_text("Run All Cells", exact=True).click()
+    # both views show the run's 30 past steps: the inline output and the ipywidget
+    views = _wait_for("two dashboards showing the run's 30 steps", lambda: (
+        (v := page.evaluate(POINTS_JS)) and len(v) == 2 and all(n == 30 for n in v) and v), 120)
+    assert views == [30, 30]
+    page.get_by_role("button", name="Start", exact=True).first.click()  # exact: not "Restart the kernel"
+    grown = _wait_for("the views did not stream new points after Start", lambda: (
+        (v := page.evaluate(POINTS_JS)) and all(n > 30 for n in v) and v), 60)
+    assert len(grown) == 2
+    page.get_by_role("button", name="Pause", exact=True).first.click()
