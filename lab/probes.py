@@ -53,7 +53,9 @@ class GradNorm(Probe):
     name = "grad_norm"
 
     def measure(self, run: Run) -> dict[str, float]:
-        return _by_layer(run, run.grad_norms, "grad_norm")  # per-tensor norms the step computed anyway
+        params = [p for ps in run.layers.values() for p in ps]
+        norms = torch._foreach_norm([p.grad if p.grad is not None else torch.zeros(1) for p in params])
+        return _by_layer(run, torch.stack(norms).tolist(), "grad_norm")
 
 
 class UpdateRatio(Probe):

@@ -53,6 +53,26 @@ def _spec(obj: Any) -> tuple[str, dict] | None:
     return None
 
 
+def _flat_grads(params: list[nn.Parameter]) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    """One zeroed buffer holding every gradient, each .grad a view into it.
+
+    The divergence check needs the global gradient norm at every step; over one buffer it is one
+    kernel instead of one per tensor plus a stack (measured: about 4% of a digits MLP step saved).
+    This is torch's zero_grad(set_to_none=False) mode: backward accumulates into the views in
+    place, and a parameter that gets no gradient in a step sees zeros, not None.
+    Parameters of mixed dtype or device keep torch's usual separate gradients (None is returned).
+    """
+    if not params or len({(p.dtype, p.device) for p in params}) != 1:
+        return None, []
+    flat = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
+    views, offset = [], 0
+    for p in params:
+        p.grad = flat[offset : offset + p.numel()].view_as(p)
+        views.append(p.grad)
+        offset += p.numel()
+    return flat, views
+
+
 class Run(param.Parameterized):
     """A training run whose hyperparameters can change while it trains.
 
@@ -125,6 +145,7 @@ class Run(param.Parameterized):
 
         self.layers = _layers(self.model)
         self._params = [p for ps in self.layers.values() for p in ps]
+        self._flat_grad, self._grad_views = _flat_grads(self._params)
         self._buffers = list(self.model.buffers())  # all of them: BatchNorm's num_batches_tracked too
         self._initial_state = copy.deepcopy(self.model.state_dict())
         self.history = History() if history is None else history  # an empty History is falsy
@@ -249,21 +270,25 @@ class Run(param.Parameterized):
             p.before(self)
         for b, saved in zip(self._buffers, self._backup):
             saved.copy_(b)
-        self.torch_optimizer.zero_grad(set_to_none=True)
+        flat = self._flat_grad
+        if flat is not None and all(p.grad is v for p, v in zip(self._params, self._grad_views)):
+            flat.zero_()
+        else:
+            flat = None  # someone replaced a .grad: plain zero_grad and per-tensor norms this step
+            self.torch_optimizer.zero_grad(set_to_none=True)
         out = self.model(xb)
         loss = self.loss_fn(out, yb)
         loss.backward()
-        # torch._foreach_norm is what clip_grad_norm_ uses: one call for all tensors, and the
-        # per-tensor norms it leaves serve the per-layer probe for free. With everything packed
-        # into one tensor, a step syncs with the device once (measured: half the cost of
-        # get_total_norm plus separate reads of loss and accuracy).
-        norms = torch._foreach_norm([p.grad if p.grad is not None else p.detach() * 0 for p in self._params])
-        head = [loss.detach().reshape(1)]
+        stats = [loss.detach()]
         if self._classify:
-            head.append((out.detach().argmax(1) == yb).sum().to(loss.dtype).reshape(1))
-        stats = torch.cat([*head, torch.stack(norms).to(loss.dtype)]).tolist()
-        self.grad_norms = stats[len(head):]  # per tensor, aligned with self.layers' parameters
-        gnorm = math.sqrt(math.fsum(g * g for g in self.grad_norms))
+            stats.append((out.detach().argmax(1) == yb).sum(dtype=loss.dtype))
+        if flat is not None:
+            stats.append(torch.linalg.vector_norm(flat))
+        else:  # torch._foreach_norm is what clip_grad_norm_ uses: one call for all tensors
+            grads = [p.grad for p in self._params if p.grad is not None]
+            stats.append(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else loss * 0)
+        stats = torch.stack(stats).tolist()  # one device sync a step
+        gnorm = stats[-1]
         if not (math.isfinite(stats[0]) and math.isfinite(gnorm)):
             self._diverged(stats[0], gnorm)
             return False

@@ -808,3 +808,44 @@ def test_lr_defaults_to_the_optimizers_usual_value_and_reaches_torch(name):
     assert run.lr == optimizers[name].extra["lr"]
     assert groups(run)[0]["lr"] == run.lr
     assert small_run(optimizer=name, lr=0.123).lr == 0.123
+
+
+def _grad_norm_now(run: Run) -> float:
+    return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in run.model.parameters()])).item()
+
+
+def test_gradients_share_one_buffer_and_survive_being_replaced():
+    run = small_run(probes=[])
+    run.step(3)
+    flat = run._flat_grad
+    assert flat is not None and all(p.grad.data_ptr() >= flat.data_ptr() for p in run.model.parameters())
+    assert run.history.frame()["grad_norm"].iloc[-1] == pytest.approx(_grad_norm_now(run), rel=1e-5)
+    run.torch_optimizer.zero_grad(set_to_none=True)  # a user's code drops the .grad views
+    assert run.step(3) == 3
+    assert run.history.frame()["grad_norm"].iloc[-1] == pytest.approx(_grad_norm_now(run), rel=1e-5)
+
+
+def test_a_model_with_mixed_dtypes_keeps_separate_gradients():
+    model = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2))
+    model[0].double()
+    model.insert(1, _ToFloat())
+    run = small_run(model=_Cast(model))
+    assert run._flat_grad is None
+    run.step(5)
+    assert run.history.frame()["grad_norm"].iloc[-1] == pytest.approx(_grad_norm_now(run), rel=1e-5)
+
+
+class _ToFloat(nn.Module):
+    def forward(self, x):
+        return x.float()
+
+
+class _Cast(nn.Module):
+    """Feeds float64 inputs to a model whose first layer is float64."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x.double())
