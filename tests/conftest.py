@@ -63,6 +63,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def answers(port: int) -> bool:
+    """Whether something listens on this local port."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def serving(cmd: list[str], port: int, folder: Path, timeout: float = 60):
     """Run a server command in its own process group until the block ends; stop it by group, never by name."""
@@ -74,14 +83,12 @@ def serving(cmd: list[str], port: int, folder: Path, timeout: float = 60):
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"{cmd[0]} exited with code {proc.returncode}:\n{log.read_text()}", pytrace=False)
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            if answers(port):
                 break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"{cmd[0]} did not answer on port {port} within {timeout:.0f} s:\n{log.read_text()}",
-                                pytrace=False)
-                time.sleep(0.25)
+            if time.monotonic() > deadline:
+                pytest.fail(f"{cmd[0]} did not answer on port {port} within {timeout:.0f} s:\n{log.read_text()}",
+                            pytrace=False)
+            time.sleep(0.25)
         yield proc
     finally:
         if proc.poll() is None:
