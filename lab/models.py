@@ -10,7 +10,7 @@ from torch import nn
 from .data import Data
 from .inits import inits
 from .norms import norms
-from .registry import Registry
+from .registry import LogInteger, Registry
 
 models = Registry("model")
 
@@ -25,7 +25,7 @@ _common = dict(
 
 @models.register(
     "mlp",
-    width=param.Integer(128, bounds=(1, None), softbounds=(2, 1024), doc="units per hidden layer"),
+    width=LogInteger(128, bounds=(1, None), softbounds=(2, 1024), doc="units per hidden layer"),
     depth=param.Integer(2, bounds=(0, None), softbounds=(0, 8), doc="number of hidden layers"),
     **_common,
 )
@@ -46,7 +46,7 @@ def mlp(data: Data, width=128, depth=2, activation="relu", norm="none", init="de
 
 @models.register(
     "cnn",
-    channels=param.Integer(16, bounds=(1, None), softbounds=(2, 128), doc="channels of the first convolution"),
+    channels=LogInteger(16, bounds=(1, None), softbounds=(2, 128), doc="channels of the first convolution"),
     **_common,
 )
 def cnn(data: Data, channels=16, activation="relu", norm="none", init="default") -> nn.Module:

@@ -252,3 +252,43 @@ def test_a_dashboard_on_a_trained_run_shows_its_past_before_any_tick():
         np.testing.assert_array_equal(grid.data["z"][0], run.history.snapshot("boundary")[1]["z"])
     finally:
         dash.close()
+
+
+def test_data_and_model_options_come_from_their_registry_entries(dash):
+    from trainlab import datasets, models
+
+    assert list(dash.spec_controls["data"]) == list(datasets["moons"].params)
+    assert list(dash.spec_controls["model"]) == list(models["mlp"].params)
+    width = dash.spec_controls["model"]["width"].widget
+    assert width.options == [2**k for k in range(1, 11)] and width.value == 128
+    noise = dash.spec_controls["data"]["noise"].widget
+    assert (noise.start, noise.end) == datasets["moons"].params["noise"].softbounds
+
+
+def test_moving_a_model_or_data_option_rebuilds_the_run_and_keeps_it_training(dash):
+    from torch import nn
+
+    dash.run.set(lr=0.2)
+    dash.start_button.clicks += 1
+    dash.spec_controls["model"]["depth"].widget.value = 3
+    dash.spec_controls["model"]["norm"].widget.value = "batchnorm"
+    run = dash.run
+    assert run.status == "running" and run.lr == 0.2
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in run.model.modules()) == 3
+    assert [n for n in run.layers if n.startswith("fc")] == ["fc1", "fc2", "fc3"]
+    dash.spec_controls["data"]["noise"].widget.value = 0.3
+    assert dash.run.data.spec == ("moons", {"n": 400, "noise": 0.3, "seed": 0})
+    assert dash.run.model_spec[1]["norm"] == "batchnorm"  # the model's options carried over
+    assert not run._thread  # the replaced run's thread ended
+    dash.run.pause()
+
+
+def test_a_custom_model_has_no_option_controls():
+    from torch import nn
+
+    dash = TrainingDashboard(Run(model=nn.Sequential(nn.Linear(2, 2)), data="moons", device="cpu"))
+    try:
+        assert "model" not in dash.spec_controls and dash._model.value == "(your own)"
+        assert "data" in dash.spec_controls
+    finally:
+        dash.close()

@@ -54,6 +54,9 @@ class Control:
             self.widget = pn.widgets.Checkbox(label=label, value=bool(value))
         elif isinstance(p, param.Selector):
             self.widget = pn.widgets.Select(label=label, options=list(p.objects), value=value)
+        elif isinstance(p, (param.Integer, param.Number)) and p.get_soft_bounds()[1] is None:
+            kind = pn.widgets.IntInput if isinstance(p, param.Integer) else pn.widgets.FloatInput
+            self.widget = kind(label=label, value=value, start=p.bounds[0] if p.bounds else None)
         elif isinstance(p, param.Integer):
             lo, hi = _range(p)
             self.widget = pn.widgets.IntSlider(label=label, start=int(lo), end=int(hi), value=int(value))

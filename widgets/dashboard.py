@@ -1,6 +1,7 @@
 """The training dashboard: choosers, live settings, and plots that stream while the run trains."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from .controls import Control
 from .feed import Feed
 
 _CUSTOM = "(your own)"
+_REGISTRIES = {"data": datasets, "model": models}
 _CLASS_COLORS = ["#b2182b", "#2166ac"]  # red for class 0, blue for class 1, as the boundary's palette
 
 
@@ -42,8 +44,10 @@ class TrainingDashboard(Viewer):
         super().__init__(run=run if run is not None else Run(), **params)
         self._data = pn.widgets.Select(label="data")
         self._model = pn.widgets.Select(label="model")
-        self._data.param.watch(self._rebuild, "value")
-        self._model.param.watch(self._rebuild, "value")
+        self._data.param.watch(partial(self._choose, "data"), "value")
+        self._model.param.watch(partial(self._choose, "model"), "value")
+        self._data_options = pn.Column(sizing_mode="stretch_width")
+        self._model_options = pn.Column(sizing_mode="stretch_width")
         self.start_button = pn.widgets.Button(label="Start", color="success", width=90)
         self.pause_button = pn.widgets.Button(label="Pause", color="warning", width=90)
         self.reset_button = pn.widgets.Button(label="Reset", width=90)
@@ -54,7 +58,8 @@ class TrainingDashboard(Viewer):
         self._controls = pn.Column(sizing_mode="stretch_width")
         self._plots = pn.FlexBox(sizing_mode="stretch_width")
         sidebar = pn.Column(
-            pn.pane.Markdown("### trainlab"), self._data, self._model, self._controls,
+            pn.pane.Markdown("### trainlab"), self._data, self._data_options, self._model, self._model_options,
+            self._controls,
             pn.Row(self.start_button, self.pause_button, self.reset_button), width=330,
         )
         self._layout = pn.Row(sidebar, pn.Column(self.status, self._plots, sizing_mode="stretch_width"),
@@ -73,12 +78,29 @@ class TrainingDashboard(Viewer):
             names = registry.names() if spec else [_CUSTOM, *registry.names()]
             chooser.options, chooser.value = names, spec[0] if spec else _CUSTOM
         self._choosing = False
+        self._build_spec_controls()
         self.feed = Feed(run.history, period=self.period)
         self.feed.on_tick(self._refresh)
         self._build_controls()
         self._plots.objects = self._build_plots(run)
         self.feed.tick()  # the run's past goes in before the first render: a notebook view would miss it
         self.feed.start()
+
+    def _specs(self) -> dict[str, tuple[str, dict] | None]:
+        return {"data": self.run.data.spec, "model": self.run.model_spec}
+
+    def _build_spec_controls(self) -> None:
+        """Controls for the options the data set and model entries declare (noise, width, norm, ...)."""
+        self.spec_controls: dict[str, dict[str, Control]] = {}
+        for kind, box in (("data", self._data_options), ("model", self._model_options)):
+            spec = self._specs()[kind]
+            if spec is None:  # the user's own data or model: nothing to rebuild it from
+                box.objects = []
+                continue
+            entry = _REGISTRIES[kind][spec[0]]
+            options = entry.options(**spec[1])
+            self.spec_controls[kind] = {n: Control(options, n, partial(self._set_option, kind)) for n in entry.params}
+            box.objects = [c.widget for c in self.spec_controls[kind].values()]
 
     def _build_controls(self) -> None:
         run = self.run
@@ -118,26 +140,43 @@ class TrainingDashboard(Viewer):
             self.error = str(e)
         self._refresh()
 
-    def _rebuild(self, event) -> None:
-        """Data or model chosen: a fresh run with the same settings, or an error and no change."""
+    def _choose(self, kind: str, event) -> None:
+        """Data set or model chosen: its options carry over where the new entry declares them."""
         if self._choosing or event.new == _CUSTOM:
             return
+        old = self._specs()[kind]
+        declared = _REGISTRIES[kind][event.new].params
+        options = {k: v for k, v in (old[1] if old else {}).items() if k in declared}
+        if not self._replace(**{kind: (event.new, options)}):
+            self._choosing = True
+            event.obj.value = event.old
+            self._choosing = False
+
+    def _set_option(self, kind: str, name: str, value: Any) -> None:
+        """A data or model option moved: the same run, rebuilt with it."""
+        spec = self._specs()[kind]
+        if not self._replace(**{kind: (spec[0], {**spec[1], name: value})}):
+            self.spec_controls[kind][name].show(spec[1][name])
+
+    def _replace(self, data=None, model=None) -> bool:
+        """A fresh run with the old one's settings (training on if it was); False, and the error shown, if refused."""
         old = self.run
-        data = self._data.value if self._data.value != _CUSTOM else old.data
-        model = self._model.value if self._model.value != _CUSTOM else old.model
+        data = data or old.data.spec or old.data
+        model = model or old.model_spec or old.model
         try:
             new = Run(model=model, data=data, optimizer=old.optimizer, lr=old.lr, batch_size=old.batch_size,
                       eval_every=old.eval_every, seed=old.seed, device=old.device, **option_values(old.opt_params))
         except ValueError as e:
             self.error = str(e)
-            self._choosing = True
-            event.obj.value = event.old
-            self._choosing = False
             self._refresh()
-            return
+            return False
+        running = old.status == "running"
         old.stop()
         self.error = ""
         self._attach(new)
+        if running:
+            new.start()
+        return True
 
     def reset(self) -> None:
         self.run.reset()
