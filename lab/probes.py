@@ -129,7 +129,7 @@ class DecisionBoundary(Probe):
 
 
 def default_probes(run: Run) -> list[Probe]:
-    probes: list[Probe] = [GradNorm(10), UpdateRatio(10)]
+    probes: list[Probe] = [GradNorm(10), UpdateRatio(25)]  # Δw/w drifts slowly: every 25 steps is plenty
     if run.data.is_2d and run.data.task == "classification":
         probes.append(DecisionBoundary(10))
     return probes

@@ -281,7 +281,7 @@ class Run(param.Parameterized):
         loss.backward()
         stats = [loss.detach()]
         if self._classify:
-            stats.append((out.detach().argmax(1) == yb).sum(dtype=loss.dtype))
+            stats.append((out.argmax(1) == yb).sum(dtype=loss.dtype))  # not differentiable: no detach needed
         if flat is not None:
             stats.append(torch.linalg.vector_norm(flat))
         else:  # torch._foreach_norm is what clip_grad_norm_ uses: one call for all tensors
