@@ -144,8 +144,8 @@ class Run(param.Parameterized):
                 self.batch_size = self.data.source.batch_size or batch_size
 
         self.layers = _layers(self.model)
-        self._params = [p for ps in self.layers.values() for p in ps]
-        self._flat_grad, self._grad_views = _flat_grads(self._params)
+        self.params = [p for ps in self.layers.values() for p in ps]  # trainable, in layer order
+        self._flat_grad, self._grad_views = _flat_grads(self.params)
         self._buffers = list(self.model.buffers())  # all of them: BatchNorm's num_batches_tracked too
         self._initial_state = copy.deepcopy(self.model.state_dict())
         self.history = History() if history is None else history  # an empty History is falsy
@@ -222,7 +222,7 @@ class Run(param.Parameterized):
             self._dirty = False
             hp = option_values(self.opt_params)
             if self._rebuild_opt:
-                self.torch_optimizer = optimizers[self.optimizer].build(self._params, lr=self.lr, **hp)
+                self.torch_optimizer = optimizers[self.optimizer].build(self.params, lr=self.lr, **hp)
                 self._rebuild_opt = False
             else:
                 write_groups(self.torch_optimizer, self.optimizer, self.lr, hp)
@@ -271,7 +271,7 @@ class Run(param.Parameterized):
         for b, saved in zip(self._buffers, self._backup):
             saved.copy_(b)
         flat = self._flat_grad
-        if flat is not None and all(p.grad is v for p, v in zip(self._params, self._grad_views)):
+        if flat is not None and all(p.grad is v for p, v in zip(self.params, self._grad_views)):
             flat.zero_()
         else:
             flat = None  # someone replaced a .grad: plain zero_grad and per-tensor norms this step
@@ -285,8 +285,8 @@ class Run(param.Parameterized):
         if flat is not None:
             stats.append(torch.linalg.vector_norm(flat))
         else:  # torch._foreach_norm is what clip_grad_norm_ uses: one call for all tensors
-            grads = [p.grad for p in self._params if p.grad is not None]
-            stats.append(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else loss * 0)
+            grads = [p.grad for p in self.params if p.grad is not None]
+            stats.append(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else loss.detach() * 0)
         stats = torch.stack(stats).tolist()  # one device sync a step
         gnorm = stats[-1]
         if not (math.isfinite(stats[0]) and math.isfinite(gnorm)):

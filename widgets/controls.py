@@ -85,6 +85,3 @@ class Control:
             finally:
                 self._showing = False
 
-
-def controls_for(owner: param.Parameterized, names: list[str], apply: Callable[[str, Any], None]) -> list[Control]:
-    return [Control(owner, n, apply) for n in names]
