@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) $(TORCH); \
 	else $(PIP) --no-index --no-deps $(TORCH) 2>/dev/null || $(PIP) --index-url $(TORCH_CPU_INDEX) $(TORCH); fi
-	$(PIP) -e ".[test,jupyter]"
+	$(PIP) -e ".[test,jupyter,bench]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -239,6 +239,11 @@ class Run(param.Parameterized):
         self._classify = self.data.task == "classification"
         self._backup = [b.detach().clone() for b in self._buffers]
 
+    def model_copy(self) -> nn.Module:
+        """A copy of the model between two steps, for analyses that run beside training (eval mode kept as is)."""
+        with self._lock:
+            return copy.deepcopy(self.model)
+
     @property
     def steps(self) -> int:
         """Optimizer steps taken so far."""
