@@ -239,6 +239,19 @@ class Run(param.Parameterized):
         self._classify = self.data.task == "classification"
         self._backup = [b.detach().clone() for b in self._buffers]
 
+    def add_probe(self, probe: Probe) -> Probe:
+        """Measure with `probe` from the next step on (a panel turning an instrument on while the run trains)."""
+        if not isinstance(probe, Probe):
+            raise ValueError(f"add_probe takes a trainlab.Probe, got {type(probe).__name__}")
+        with self._settings_lock:
+            self.probes = [*self.probes, probe]  # a new list: the step in progress keeps iterating the old one
+        return probe
+
+    def remove_probe(self, probe: Probe) -> None:
+        """Stop measuring with `probe`; its columns stay in the history."""
+        with self._settings_lock:
+            self.probes = [p for p in self.probes if p is not probe]
+
     def model_copy(self) -> nn.Module:
         """A copy of the model between two steps, for analyses that run beside training (eval mode kept as is)."""
         with self._lock:
