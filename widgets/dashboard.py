@@ -1,6 +1,7 @@
 """The training dashboard: choosers, live settings, and plots that stream while the run trains."""
 from __future__ import annotations
 
+import importlib
 from functools import partial
 from typing import Any
 
@@ -21,6 +22,16 @@ from .feed import Feed
 _CUSTOM = "(your own)"
 _REGISTRIES = {"data": datasets, "model": models}
 _CLASS_COLORS = ["#b2182b", "#2166ac"]  # red for class 0, blue for class 1, as the boundary's palette
+# The labs beside the training plots: tab title -> (module, class, whether it needs the run).
+# Each is built the first time its tab is opened, so a lab's probes (sharpness, spectra) cost the
+# run nothing until someone looks at them.
+LABS = {
+    "Optimizer": ("optimizer_panel", "OptimizerPanel", True),
+    "Playground": ("playground", "Playground2D", False),
+    "Landscape": ("landscape", "LandscapePanel", True),
+    "Curvature": ("curvature", "CurvaturePanel", True),
+    "Spectrum": ("spectrum", "SpectrumPanel", True),
+}
 
 
 def _image(snapshot: dict) -> dict:
@@ -62,7 +73,11 @@ class TrainingDashboard(Viewer):
             self._controls,
             pn.Row(self.start_button, self.pause_button, self.reset_button), width=330,
         )
-        self._layout = pn.Row(sidebar, pn.Column(self.status, self._plots, sizing_mode="stretch_width"),
+        self.tabs = pn.Tabs(("Training", self._plots), *((title, pn.Column()) for title in LABS),
+                            sizing_mode="stretch_width")
+        self.tabs.param.watch(self._open_tab, "active")
+        self.labs: dict[str, Any] = {}  # tab title -> its panel, once opened
+        self._layout = pn.Row(sidebar, pn.Column(self.status, self.tabs, sizing_mode="stretch_width"),
                               sizing_mode="stretch_width")
         self.feed: Feed | None = None
         self._attach(self.run)
@@ -72,6 +87,10 @@ class TrainingDashboard(Viewer):
         """Build the controls, plots and feed of `run` (on start and when data or model change)."""
         if self.feed is not None:
             self.feed.stop()
+        for title, (_, _, needs_run) in LABS.items():
+            if needs_run and title in self.labs:  # a lab of the old run: rebuilt for the new one when shown
+                self.labs.pop(title).close()
+                self.tabs[list(LABS).index(title) + 1] = (title, pn.Column())
         self.run = run
         self._choosing = True
         for chooser, spec, registry in ((self._data, run.data.spec, datasets), (self._model, run.model_spec, models)):
@@ -85,6 +104,20 @@ class TrainingDashboard(Viewer):
         self._plots.objects = self._build_plots(run)
         self.feed.tick()  # the run's past goes in before the first render: a notebook view would miss it
         self.feed.start()
+        self._open_tab()
+
+    def open_lab(self, title: str):
+        """The lab under this tab, built on first use with the dashboard's run and feed."""
+        if title not in self.labs:
+            module, cls, needs_run = LABS[title]
+            lab = getattr(importlib.import_module(f".{module}", __package__), cls)
+            self.labs[title] = lab(self.run, feed=self.feed) if needs_run else lab()
+            self.tabs[list(LABS).index(title) + 1] = (title, self.labs[title])
+        return self.labs[title]
+
+    def _open_tab(self, *events) -> None:
+        if self.tabs.active > 0:
+            self.open_lab(list(LABS)[self.tabs.active - 1])
 
     def _specs(self) -> dict[str, tuple[str, dict] | None]:
         return {"data": self.run.data.spec, "model": self.run.model_spec}
@@ -209,6 +242,9 @@ class TrainingDashboard(Viewer):
         """Stop the plot updates and the training thread (a session ended)."""
         if self.feed is not None:
             self.feed.stop()
+        for lab in self.labs.values():
+            if hasattr(lab, "close"):
+                lab.close()
         self.run.stop()
 
     def __panel__(self):
