@@ -127,6 +127,20 @@ def test_feed_rebases_a_full_buffer_on_the_thinned_history():
     assert len(steps) <= 100 and steps[0] == 1 and steps[-1] == 200  # the whole run, thinned
 
 
+def test_feed_redraws_each_new_snapshot_even_at_the_same_step():
+    run = Run(data="moons", device="cpu", probes=[])
+    feed = Feed(run.history)
+    src = feed.snapshot("analysis", lambda v: {"v": [v]}, initial=0)
+    feed.tick()
+    assert src.data["v"] == [0]
+    run.history.put_snapshot("analysis", 5, 1)
+    feed.tick()
+    assert src.data["v"] == [1]
+    run.history.put_snapshot("analysis", 5, 2)  # a second analysis of the same step
+    feed.tick()
+    assert src.data["v"] == [2]
+
+
 def test_reset_starts_the_plots_over(dash):
     dash.run.step(20)
     dash.tick()

@@ -63,8 +63,11 @@ class Control:
         elif isinstance(p, param.Number):
             lo, hi = _range(p)
             self._from = lambda v: min(max(v, lo), hi)
-            self.widget = pn.widgets.FloatSlider(label=label, start=lo, end=hi, step=p.step or (hi - lo) / 100,
-                                                 value=self._from(value))
+            step = p.step or (hi - lo) / 100
+            # enough decimals to tell 0.999 from 1 (beta2): the slider's default shows two
+            decimals = max(2, -math.floor(math.log10(step)) + 1)
+            self.widget = pn.widgets.FloatSlider(label=label, start=lo, end=hi, step=step, value=self._from(value),
+                                                 format=f"0.[{'0' * decimals}]")
         else:
             raise TypeError(f"no control for {type(p).__name__} parameter {name!r}")
         self.widget.description = p.doc

@@ -49,7 +49,7 @@ class Feed:
     def __init__(self, history: History, period: int = 100, length: int = 10_000, max_rows_per_tick: int = 200):
         self.history, self.period, self.length, self.max_rows = history, period, length, max_rows_per_tick
         self._channels: list[_Channel] = []
-        self._snapshots: dict[str, tuple[ColumnDataSource, Callable[[Any], dict], int]] = {}
+        self._snapshots: dict[str, tuple[ColumnDataSource, Callable[[Any], dict], Any]] = {}
         self._listeners: list[Callable[[], None]] = []
         self.cursor, self.generation = -1, history.generation
         self._callback = None
@@ -64,7 +64,7 @@ class Feed:
     def snapshot(self, name: str, to_data: Callable[[Any], dict], initial: Any) -> ColumnDataSource:
         """A source holding `to_data(newest snapshot under name)`, starting from `to_data(initial)`."""
         source = ColumnDataSource(to_data(initial))
-        self._snapshots[name] = (source, to_data, -1)
+        self._snapshots[name] = (source, to_data, None)
         return source
 
     def on_tick(self, fn: Callable[[], None]) -> None:
@@ -77,7 +77,7 @@ class Feed:
             for ch in self._channels:
                 ch.source.data = {k: np.array([], dtype=float) for k in ch.source.data}
                 ch.sent = 0
-            self._snapshots = {k: (s, f, -1) for k, (s, f, _) in self._snapshots.items()}
+            self._snapshots = {k: (s, f, None) for k, (s, f, _) in self._snapshots.items()}
         first = self.cursor < 0
         rows = self.history.since(self.cursor)
         if len(rows):
@@ -94,9 +94,10 @@ class Feed:
                     ch.sent += len(part)
         for name, (source, to_data, seen) in list(self._snapshots.items()):
             snap = self.history.snapshot(name)
-            if snap is not None and snap[0] != seen:
+            # each put_snapshot stores a new (step, value) pair: two analyses at one step both redraw
+            if snap is not None and snap is not seen:
                 source.data = to_data(snap[1])
-                self._snapshots[name] = (source, to_data, snap[0])
+                self._snapshots[name] = (source, to_data, snap)
         for fn in self._listeners:
             fn()
 
