@@ -36,8 +36,9 @@ browser:
 test: install browser
 	$(PY) -m pytest
 
+# every benchmark prints trainlab's time beside its peer's and the ratio, measured in one process
 benchmark: install
-	$(PY) benchmarks/run_overhead.py
+	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV)
