@@ -143,6 +143,43 @@ def gaussians(n: int = 400, noise: float = 0.3, seed: int = 0) -> Data:
     return _from_arrays("gaussians", X, y, seed)
 
 
+@datasets.register(
+    "opposing", **_N, **_noise(0.3),
+    outliers=param.Number(0.05, bounds=(0.005, 0.25), softbounds=(0.01, 0.15), step=0.005,
+                          doc="fraction of the points in EACH outlier group"),
+    strength=param.Number(4.0, bounds=(0, None), softbounds=(0, 10), step=0.1,
+                          doc="size of the outliers' shared feature x2 (the 'sky')"),
+    **_SEED,
+)
+def opposing(n: int = 400, noise: float = 0.3, outliers: float = 0.05, strength: float = 4.0, seed: int = 0) -> Data:
+    """Two classes split by x1, plus two outlier groups sharing a large x2 with opposite labels.
+
+    After Rosenberg & Risteski, "Outliers with Opposing Signals Have an Outsized Effect on Neural
+    Network Optimization" (2024): the bulk is separable by x1 (class 1 right, class 0 left) with
+    x2 near 0; group_a (class 1) and group_b (class 0) carry the same large x2 = strength (a
+    sky in both planes and ships) and only a weak x1. The x2 direction is the sharpest one, so at
+    the edge of stability the network's use of x2 swings back and forth and the two groups'
+    losses rise and fall in antiphase. `data.info["groups"]` holds each group's training indices.
+    Not standardized: x2's magnitude is the point.
+    """
+    rng = np.random.default_rng(seed)
+    k = max(1, int(round(outliers * n)))
+    bulk = n - 2 * k
+    y_bulk = np.arange(bulk) % 2
+    X_bulk = np.stack([(2 * y_bulk - 1) * 1.0 + noise * rng.standard_normal(bulk), 0.1 * rng.standard_normal(bulk)], 1)
+    weak = 0.3  # the outliers' x1: on their class's side, but close to the boundary
+    X_a = np.stack([weak + noise * rng.standard_normal(k), strength + 0.1 * rng.standard_normal(k)], 1)
+    X_b = np.stack([-weak + noise * rng.standard_normal(k), strength + 0.1 * rng.standard_normal(k)], 1)
+    X = np.concatenate([X_bulk, X_a, X_b])
+    y = np.concatenate([y_bulk, np.ones(k, np.int64), np.zeros(k, np.int64)])
+    group = np.concatenate([np.zeros(bulk, np.int64), np.ones(k, np.int64), np.full(k, 2, np.int64)])
+    Xtr, Xva, ytr, yva, gtr, _ = train_test_split(X, y, group, test_size=0.2, stratify=group * 2 + y, random_state=seed)
+    f = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
+    groups = {name: torch.as_tensor(np.flatnonzero(gtr == g)) for g, name in enumerate(["bulk", "group_a", "group_b"])}
+    return Data("opposing", f(Xtr), torch.as_tensor(ytr), f(Xva), torch.as_tensor(yva), task="classification",
+                n_out=2, info={"groups": groups})
+
+
 def _tensor_pair(X, y) -> tuple[torch.Tensor, torch.Tensor, str, int]:
     X = torch.as_tensor(np.asarray(X) if not torch.is_tensor(X) else X)
     y = torch.as_tensor(np.asarray(y) if not torch.is_tensor(y) else y)
