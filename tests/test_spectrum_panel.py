@@ -37,7 +37,7 @@ def test_live_probe_fills_the_alpha_curves_and_the_esd(run):
     assert list(panel.alpha.data["step"]) == [5.0, 10.0]
     for layer in ("fc1", "fc2", "out"):
         assert panel.alpha.data[layer][-1] == pytest.approx(ref.loc[layer, "alpha"])
-    table = panel.table.value
+    table = panel.table.object
     assert table["layer"].tolist() == ["fc1", "fc2", "out"]
     npt.assert_allclose(table["alpha"], ref["alpha"].to_numpy(), atol=1e-4)
     npt.assert_array_equal(table["num_spikes"], ref["num_spikes"].to_numpy())
@@ -66,7 +66,7 @@ def test_analyse_now_with_farms_publishes_a_snapshot(run):
     step, snap = run.history.snapshot("esd_analysis")
     assert step == 3 and set(snap["layers"]) == {"fc1", "fc2", "out"}
     ref = spectrum.esd(run.model, farms=True, progress=False).set_index("name")
-    npt.assert_allclose(panel.table.value["farms_alpha_hill"], ref["farms_alpha_hill"].to_numpy(), atol=1e-4)
+    npt.assert_allclose(panel.table.object["farms_alpha_hill"], ref["farms_alpha_hill"].to_numpy(), atol=1e-4)
     farms_view = snap["layers"]["fc1"]["farms"]
     npt.assert_allclose(panel.hist.data["top"], farms_view["lin_density"])  # the FARMS pool is drawn
     assert "FARMS ESD, from the analysis" in panel.status.object

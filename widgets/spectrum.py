@@ -29,7 +29,7 @@ def _empty_table() -> dict[str, list]:
 
 
 def _frame(rows: dict[str, list]) -> pd.DataFrame:
-    """The table's rows with fixed column types (Tabulator picks its formatters from the first value's)."""
+    """The table's rows with fixed column types, rounded for reading."""
     df = pd.DataFrame(rows).astype({c: float for c in _TABLE if c not in ("layer", "shape", "num_spikes")})
     return df.astype({"layer": str, "shape": str, "num_spikes": int}).round(4)
 
@@ -86,10 +86,9 @@ class SpectrumPanel(LabPanel):
         self.mp = ColumnDataSource({"x": _EMPTY, "y": _EMPTY})
         self.spikes = ColumnDataSource({"x": _EMPTY, "y": _EMPTY})
         self.edge = ColumnDataSource({"x": _EMPTY, "y0": _EMPTY, "y1": _EMPTY})
-        plain = {"type": "plaintext"}
-        self.table = pn.widgets.Tabulator(_frame(_empty_table()), disabled=True, show_index=False,
-                                          formatters={"layer": plain, "shape": plain},
-                                          sizing_mode="stretch_width", height=150)
+        # an HTML table: it needs no JavaScript extension, so it renders in a tab opened after page load
+        # (Tabulator's script would be missing there) and in notebooks alike
+        self.table = pn.pane.DataFrame(_frame(_empty_table()), index=False, sizing_mode="stretch_width")
         self.alpha = self.feed.source({f"alpha/{layer}": layer for layer in self.layers}, sparse=True)
         self.figures = self._figures()
         self.param.watch(lambda e: self._draw(), ["layer", "farms", "show"])
@@ -151,8 +150,7 @@ class SpectrumPanel(LabPanel):
                                ("stable_rank", v["stable_rank"]),
                                ("farms_alpha_hill", f["alpha_hill"] if f else np.nan)):
                 rows[key].append(value)
-        # a Panel table: a Bokeh DataTable whose source was replaced at 10 Hz stopped redrawing in Chromium
-        self.table.value = _frame(rows)
+        self.table.object = _frame(rows)
         layer = snap["layers"].get(self.layer)
         if layer is None:
             return
