@@ -52,7 +52,9 @@ def main():
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--chunk", type=int, default=250)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (small models: 1 is fastest)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     kw = dict(lr=0.05, momentum=0.9, batch_size=64, seed=0)
     run = trainlab.Run(model="mlp", data="digits", optimizer="sgd", device="cpu", **kw)
     ratios, bare_totals, lab_totals = [], [], []

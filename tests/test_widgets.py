@@ -41,8 +41,8 @@ def test_controls_are_built_from_declared_parameters(dash):
     momentum = dash.controls["momentum"].widget
     assert (momentum.start, momentum.end) == optimizers["sgd"].params["momentum"].softbounds
     assert momentum.value == pytest.approx(dash.run.opt_params.momentum)
-    # every declared hyperparameter of the optimizer has a control, and nothing else does
-    assert set(dash.controls) == {"optimizer", "lr", "batch_size", *optimizers["sgd"].params}
+    # every setting of the run and every declared hyperparameter of the optimizer has a control, nothing else
+    assert set(dash.controls) == {*Run._settable, *optimizers["sgd"].params}
 
 
 def test_moving_a_slider_sets_the_run_at_the_next_step(dash):
@@ -68,6 +68,15 @@ def test_a_rejected_change_is_shown_and_changes_nothing(dash):
     assert "momentum" in dash.error and "[0, 1)" in dash.error
     assert dash.run.settings() == {**before, "momentum": 0.0}
     assert dash.controls["nesterov"].widget.value is False  # the control shows the run's value again
+
+
+def test_a_log_setting_whose_zero_means_off_has_a_zero_stop(dash):
+    noise = dash.controls["grad_noise"].widget
+    assert list(noise.options.values())[0] == 0.0 and noise.value == 0.0
+    noise.value = 0.01
+    assert dash.run.grad_noise == pytest.approx(0.01)
+    noise.value = 0.0
+    assert dash.run.grad_noise == 0.0
 
 
 def test_controls_follow_changes_made_from_code(dash):
@@ -177,7 +186,7 @@ def test_choosing_data_and_model_builds_a_new_run_or_refuses(dash):
 def test_switching_optimizer_rebuilds_its_controls(dash):
     dash.controls["optimizer"].widget.value = "adam"
     assert dash.run.optimizer == "adam"
-    assert set(dash.controls) == {"optimizer", "lr", "batch_size", *optimizers["adam"].params}
+    assert set(dash.controls) == {*Run._settable, *optimizers["adam"].params}
     dash.controls["beta1"].widget.value = 0.8
     dash.run.step(1)
     assert dash.run.torch_optimizer.param_groups[0]["betas"] == (0.8, 0.999)

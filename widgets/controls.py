@@ -42,8 +42,11 @@ class Control:
             # a discrete slider over a log grid: it shows real values (a slider over log10 would
             # need a JS formatter, a Bokeh model that cannot be shared by a notebook's two views)
             options = _log_grid(*_range(p))
-            grid = list(options.values())
-            self._from = lambda v: min(grid, key=lambda o: abs(math.log10(o) - math.log10(v)))
+            lo, inclusive = (p.bounds or (None, None))[0], (p.inclusive_bounds or (True, True))[0]
+            if lo == 0 and inclusive:  # 0 means "off" (gradient noise): the slider's first stop
+                options = {"0": 0.0, **options}
+            grid = [o for o in options.values() if o > 0]
+            self._from = lambda v: 0.0 if v == 0 else min(grid, key=lambda o: abs(math.log10(o) - math.log10(v)))
             self.widget = pn.widgets.DiscreteSlider(label=label, options=options, value=self._from(value))
         elif isinstance(p, LogInteger):
             lo, hi = _range(p)

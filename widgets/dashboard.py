@@ -13,7 +13,6 @@ from panel.viewable import Viewer
 
 from trainlab import Run, datasets, models
 from trainlab.probes import DecisionBoundary
-from trainlab.registry import option_values
 
 from . import plots
 from .controls import Control
@@ -67,10 +66,13 @@ class TrainingDashboard(Viewer):
         self.reset_button.on_click(lambda e: self.reset())
         self.status = pn.pane.Alert("", alert_type="secondary", sizing_mode="stretch_width")
         self._controls = pn.Column(sizing_mode="stretch_width")
+        self._more_controls = pn.Column(sizing_mode="stretch_width")
         self._plots = pn.FlexBox(sizing_mode="stretch_width")
         sidebar = pn.Column(
             pn.pane.Markdown("### trainlab"), self._data, self._data_options, self._model, self._model_options,
             self._controls,
+            pn.Card(self._more_controls, title="More: gradient noise, adaptive batch size", collapsed=True,
+                    sizing_mode="stretch_width"),
             pn.Row(self.start_button, self.pause_button, self.reset_button), width=330,
         )
         self.tabs = pn.Tabs(("Training", self._plots), *((title, pn.Column()) for title in LABS),
@@ -144,6 +146,10 @@ class TrainingDashboard(Viewer):
                 self.controls[n] = Control(owner, n, self._apply)
         self._opt_shown = run.optimizer
         self._controls.objects = [c.widget for c in self.controls.values()]
+        more = [n for n in run._settable if n not in self.controls]
+        for n in more:
+            self.controls[n] = Control(run, n, self._apply)
+        self._more_controls.objects = [self.controls[n].widget for n in more]
 
     def _build_plots(self, run: Run) -> list:
         feed, figs = self.feed, []
@@ -197,8 +203,7 @@ class TrainingDashboard(Viewer):
         data = data or old.data.spec or old.data
         model = model or old.model_spec or old.model
         try:
-            new = Run(model=model, data=data, optimizer=old.optimizer, lr=old.lr, batch_size=old.batch_size,
-                      eval_every=old.eval_every, seed=old.seed, device=old.device, **option_values(old.opt_params))
+            new = Run(model=model, data=data, seed=old.seed, device=old.device, **old.settings())
         except ValueError as e:
             self.error = str(e)
             self._refresh()
