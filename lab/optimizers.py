@@ -1,81 +1,355 @@
-"""Optimizers by name, each with its hyperparameters declared once (bounds, soft bounds, log scale).
+"""Every optimizer of torch.optim and pytorch_optimizer by name, its hyperparameters read from its signature.
 
-An entry builds a torch optimizer and maps its declared hyperparameters onto torch's param-group
-keys, so construction and live changes go through the same mapping.
+Names: torch.optim classes by their lowercased class name (`sgd`, `adamw`, `lbfgs`); pytorch_optimizer's
+by its own registry name (`lion`, `adan`, `lamb`). Where both define a name (adadelta, adafactor, adamax,
+asgd, muon, radam), torch keeps the plain name and pytorch_optimizer's class is `<name>_po`; where
+pytorch_optimizer's name IS torch's class (adam, adamw, sgd, nadam, rmsprop, lbfgs) there is one entry.
+Optimizers written here (zeroth-order SGD, AdaGrad-Norm) are registered the same way.
+
+Hyperparameters are discovered from the constructor (`inspect.signature`): floats, ints, bools and
+Literal choices become `param` Parameters; tuples of floats (`betas`) become one Parameter per element
+(`beta1`, `beta2`, `beta3`), which `to_group` puts back together. Bounds, soft bounds, log scale and
+docs come from one table keyed by the argument's NAME (lr, eps, weight_decay, beta*, momentum, ...),
+kept only where the optimizer's own default satisfies them. Arguments that cannot be typed (None,
+callables, free strings, dtypes, enums, infinite defaults) stay at the optimizer's default.
+Optimizers that cannot train a generic model are not registered; `refused` says why.
 """
 from __future__ import annotations
 
-from typing import Callable
+import enum
+import inspect
+import math
+import re
+import typing
+from typing import Any, Callable
 
 import param
 import torch
 
+from .adaptive_batch import AdaGradNorm
 from .registry import LogNumber, Registry
+from .zeroth_order import ZerothOrderSGD
 
 optimizers = Registry("optimizer")
 
+# Optimizers left out, and why: Run shows the reason when asked for one of these names.
+refused: dict[str, str] = {
+    "sparseadam": "torch.optim.SparseAdam only accepts sparse gradients (nn.Embedding(sparse=True)); "
+                  "the run's models produce dense ones: use adam",
+    "muon": "torch.optim.Muon only updates 2-D weight matrices and refuses biases and norm gains; "
+            "use muon_po, which sends 2-D weights to Muon and every other parameter to AdamW",
+    "spectralsphere": "SpectralSphere only updates 2-D weight matrices and refuses biases and norm gains; "
+                      "use muon_po (2-D weights orthogonalized, the rest AdamW)",
+    "lomo": "LOMO fuses the backward pass with the update (optimizer.fused_backward(loss, lr)) and frees each "
+            "gradient as soon as it is used, so the run has no gradients for its divergence check and probes",
+    "adalomo": "AdaLOMO fuses the backward pass with the update (optimizer.fused_backward(loss, lr)) and frees "
+               "each gradient as soon as it is used, so the run has no gradients for its divergence check and probes",
+    "distributedmuon": "DistributedMuon needs a torch.distributed process group (multi-process training); "
+                       "use muon_po, the same update in one process",
+    "demo": "DeMo needs the einops package, which trainlab does not install, and is built for distributed "
+            "data-parallel training",
+    **{w: f"{w} wraps another optimizer (pytorch_optimizer.{c}); the registry holds stand-alone optimizers, "
+          "as pytorch_optimizer's own get_supported_optimizers() does"
+       for w, c in [("lookahead", "Lookahead"), ("sam", "SAM"), ("gsam", "GSAM"), ("wsam", "WSAM"),
+                    ("looksam", "LookSAM"), ("friendlysam", "FriendlySAM"), ("trac", "TRAC"),
+                    ("orthograd", "OrthoGrad"), ("pcgrad", "PCGrad"), ("schedulefreewrapper", "ScheduleFreeWrapper"),
+                    ("safefp16optimizer", "SafeFP16Optimizer")]},
+}
 
-def _momentum(default=0.0):
-    return param.Number(default, bounds=(0, 1), inclusive_bounds=(True, False), softbounds=(0, 0.99),
-                        step=0.01, doc="momentum coefficient")
+# How Run._step_once drives an optimizer other than by backward() then step():
+ZEROTH = {"zosgd"}                    # step(closure): the closure only evaluates the loss, never backward
+CLOSURE = {"lbfgs", "alig", "bsam"}   # step(closure): the closure recomputes loss and gradients on the same batch
+HESSIAN = {"adahessian", "sophiah"}   # Hutchinson curvature: backward(create_graph=True)
+MUON_FAMILY = {"adago", "adamuon", "muon_po", "muonclip", "normuon"}  # need use_muon groups
+
+# Constructor-only switches that are not training hyperparameters.
+_SKIP = {"foreach", "fused", "capturable", "differentiable", "maximize", "process_group", "model_sharding",
+         "compress_state_dict", "check_numerics", "master_weight_bits"}
+# Required arguments without a default, and the value used (with why).
+_REQUIRED = {
+    "num_iterations": (10_000, "steps planned: the length of Ranger21's built-in warm-up/warm-down schedule"),
+    "num_data": (1_000, "training-set size: bSAM's prior precision scales with it"),
+}
+_CHOICES = {"line_search_fn": [None, "strong_wolfe"]}  # free-string arguments whose choices are documented
+_USUAL_LR = {"sgd": 0.05}  # where the signature's default lr is not what this lab's models train well with
+_LR_KEY = {"alig": "max_lr", "a2grad": None}  # which argument the run's lr sets (None: the optimizer has no lr)
+
+_DOCS = {
+    "momentum": "momentum coefficient",
+    "dampening": "dampening of the momentum",
+    "nesterov": "Nesterov momentum (needs momentum > 0)",
+    "weight_decay": "weight decay (L2 penalty; decoupled where the optimizer decouples it)",
+    "weight_decouple": "decouple weight decay from the gradient (AdamW-style)",
+    "eps": "added to the denominator for numerical stability",
+    "beta1": "decay rate of the first moment",
+    "beta2": "decay rate of the second moment",
+    "beta3": "decay rate of the third average (the optimizer's own meaning)",
+    "alpha": "smoothing constant",
+    "amsgrad": "keep the maximum of past second moments (AMSGrad)",
+    "ams_bound": "keep the maximum of past second moments (AMSGrad)",
+    "centered": "normalize by the centered second moment",
+    "rho": "decay rate (or radius, for SAM-like optimizers)",
+    "trust_coefficient": "LARS trust coefficient: the layer's lr scales with it times ‖w‖/‖g‖",
+    "line_search_fn": "line search (None: fixed step lr)",
+    "b0": "initial value of AdaGrad-Norm's accumulator b (b² grows by ‖g‖² each step)",
+}
+_LR_LIKE = re.compile(r"^(lr|.*_lr|lr_\d.*|max_lr)$")
+_EPS_LIKE = re.compile(r"^(.*_)?eps(\d|_\d)?$|^(xi|d0|ps)$|_eps$")
+_DECAY_LIKE = re.compile(r"^(weight_decay.*|adamw_wd|lambda_\d|extra_l2|norm_loss_factor)$")
+_UNIT_LIKE = re.compile(r"^(.*_)?(beta\d*|momentum|dampening|alpha|rho|nu\d*|ema|ema_rate|theta|tau\d)(_1d)?$")
+_POSITIVE_INTS = {"update_period", "k", "ns_steps", "num_samples", "history_size", "max_iter", "keep_num",
+                  "precondition_frequency", "block_size", "num_iterations", "num_data", "inverse_steps",
+                  "newton_steps", "power_iteration_steps", "msign_steps", "update_interval", "rank",
+                  "preconditioning_compute_steps", "statistics_compute_steps", "grad_accu_steps", "update_proj_gap"}
 
 
-def _weight_decay(default=0.0):
-    return param.Number(default, bounds=(0, None), softbounds=(0, 0.1), step=1e-4, doc="L2 penalty (decoupled for AdamW)")
+def _float_param(name: str, d: float, doc: str) -> param.Parameter | None:
+    """A float hyperparameter: bounds and scale by its name, where its default agrees with them."""
+    if not math.isfinite(d):
+        return None  # inf means "off" to the optimizer; a slider cannot hold it: left at the default
+    if _LR_LIKE.match(name) and d > 0:
+        return LogNumber(d, bounds=(0, None), inclusive_bounds=(False, True), softbounds=(d / 1e3, min(d * 1e2, 10.0)),
+                         doc=doc)
+    if _EPS_LIKE.match(name) and d > 0:
+        return LogNumber(d, bounds=(0, None), inclusive_bounds=(False, True), softbounds=(d / 1e4, max(min(d * 1e4, 1.0), d * 10)),
+                         doc=doc)
+    if _DECAY_LIKE.match(name) and d >= 0:
+        # linear, not log: 0 (off) must stay reachable and a log slider cannot show 0
+        return param.Number(d, bounds=(0, None), softbounds=(0, max(0.1, 2 * d)), step=1e-4, doc=doc)
+    if (_UNIT_LIKE.match(name) or name in ("wd_ratio",)) and 0 <= d < 1:
+        return param.Number(d, bounds=(0, 1), inclusive_bounds=(True, False), softbounds=(0, 0.9999), step=0.001,
+                            doc=doc)
+    if _EPS_LIKE.match(name) or _LR_LIKE.match(name):
+        return param.Number(d, bounds=(0, None), doc=doc)  # eps=0 (D-Adaptation's default) stays allowed
+    soft = (min(0.0, 2 * d), max(0.0, 2 * d)) if d else None
+    return param.Number(d, softbounds=soft, doc=doc)
 
 
-def _beta(default, what):
-    return param.Number(default, bounds=(0, 1), inclusive_bounds=(True, False), softbounds=(0, 0.9999),
-                        step=0.001, doc=f"decay rate of the {what}")
+def _is_float(annotation: Any) -> bool:
+    text = str(annotation)
+    return "float" in text and "int" not in text.replace("Tensor", "")
 
 
-def _eps(default=1e-8):
-    return LogNumber(default, bounds=(0, None), inclusive_bounds=(False, True), softbounds=(1e-12, 1e-1),
-                     doc="added to the denominator for numerical stability")
+def _tuple_names(name: str, n: int) -> list[str]:
+    """betas -> beta1, beta2; adamw_betas -> adamw_beta1, ...; betas_1d -> beta1_1d, ...; nus -> nu1, nu2."""
+    if "betas" in name:
+        return [name.replace("betas", f"beta{i + 1}") for i in range(n)]
+    stem = name[:-1] if name.endswith("s") else name + "_"
+    return [f"{stem}{i + 1}" for i in range(n)]
 
 
-def _identity(hp: dict) -> dict:
-    return hp
+def discover(cls: type, name: str) -> tuple[dict[str, param.Parameter], dict[str, list[str]], str | None, Any]:
+    """(params, tuples, lr key, default lr) from a constructor's signature.
+
+    `tuples` maps a tuple argument (betas) to the names of its elements (beta1, beta2).
+    """
+    params: dict[str, param.Parameter] = {}
+    tuples: dict[str, list[str]] = {}
+    sig = inspect.signature(cls.__init__)
+    lr_key = _LR_KEY.get(name, "lr")
+    skip = {"lr"} if lr_key is None else {lr_key}
+    args = [a for a in list(sig.parameters.values())[2:]
+            if a.kind not in (a.VAR_KEYWORD, a.VAR_POSITIONAL) and a.name not in _SKIP]
+    lr_default = sig.parameters[lr_key].default if lr_key in sig.parameters else None
+    for a in args:
+        if a.name in skip:
+            continue
+        d, doc = a.default, _DOCS.get(a.name, f"{a.name} of {cls.__name__} (default {a.default!r})")
+        if d is inspect.Parameter.empty:
+            if a.name not in _REQUIRED:
+                raise TypeError(f"{cls.__name__} needs {a.name!r}, which has no default")
+            d, doc = _REQUIRED[a.name]
+        if isinstance(d, (enum.Enum, torch.dtype)) or callable(d):
+            continue
+        if a.name in _CHOICES:
+            params[a.name] = param.Selector(default=d, objects=_CHOICES[a.name], doc=doc)
+        elif typing.get_origin(a.annotation) is typing.Literal and isinstance(d, str):
+            params[a.name] = param.Selector(default=d, objects=list(typing.get_args(a.annotation)), doc=doc)
+        elif isinstance(d, bool):
+            params[a.name] = param.Boolean(d, doc=doc)
+        elif isinstance(d, int) and not _is_float(a.annotation):
+            lo = 1 if a.name in _POSITIVE_INTS and d >= 1 else (0 if d >= 0 else None)
+            params[a.name] = param.Integer(d, bounds=(lo, None), doc=doc)
+        elif isinstance(d, (int, float)):
+            p = _float_param(a.name, float(d), doc)
+            if p is not None:
+                params[a.name] = p
+        elif (isinstance(d, tuple) and d and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in d)
+              and any(isinstance(x, float) for x in d)):
+            names = _tuple_names(a.name, len(d))
+            if any(n in params or n in sig.parameters for n in names):
+                continue  # an element name already taken: the tuple stays at its default
+            elems = [_float_param(n, float(x), _DOCS.get(n, f"{a.name}[{i}] of {cls.__name__}"))
+                     for i, (n, x) in enumerate(zip(names, d))]
+            if all(e is not None for e in elems):
+                params.update(zip(names, elems))
+                tuples[a.name] = names
+    return params, tuples, lr_key, lr_default
 
 
-def _betas(hp: dict) -> dict:
-    hp = dict(hp)
-    hp["betas"] = (hp.pop("beta1"), hp.pop("beta2"))
-    return hp
+def _to_group(tuples: dict[str, list[str]]) -> Callable[[dict], dict]:
+    """Declared hyperparameters -> constructor/param-group keys (beta1, beta2 -> betas)."""
+
+    def to_group(hp: dict) -> dict:
+        hp = dict(hp)
+        for key, names in tuples.items():
+            if names[0] in hp:
+                hp[key] = tuple(hp.pop(n) for n in names)
+        return hp
+
+    return to_group
 
 
-def _register(name: str, cls: type[torch.optim.Optimizer], lr: float, to_group: Callable[[dict], dict] = _identity,
-              **params):
-    """Register a torch.optim class with its usual lr; torch's own constructor does the cross-field checks."""
+def _muon_groups(parameters) -> list[dict]:
+    """Muon orthogonalizes 2-D weight matrices; every other parameter goes to its AdamW groups."""
+    ps = list(parameters)
+    groups = [{"params": [p for p in ps if p.ndim == 2], "use_muon": True},
+              {"params": [p for p in ps if p.ndim != 2], "use_muon": False}]
+    return [g for g in groups if g["params"]]
+
+
+_ADAMW_KEYS = {"adamw_lr": "lr", "adamw_betas": "betas", "adamw_eps": "eps", "adamw_wd": "weight_decay"}
+
+
+def _dummy_params() -> list[torch.Tensor]:
+    """A 2-D and a 1-D tensor: enough for every optimizer's constructor (Muon's 2-D group included)."""
+    return [torch.zeros(2, 2, requires_grad=True), torch.zeros(2, requires_grad=True)]
+
+
+def _register(name: str, cls: type, source: str) -> None:
+    params, tuples, lr_key, lr_default = discover(cls, name)
+    to_group = _to_group(tuples)
+    takes_model = list(inspect.signature(cls.__init__).parameters)[1] == "model"
+    usual = _USUAL_LR.get(name, lr_default if isinstance(lr_default, (int, float)) and lr_default else 1e-3)
+
+    defaults = {k: p.default for k, p in params.items()}
 
     def build(parameters, lr: float, **hp) -> torch.optim.Optimizer:
-        return cls(parameters, lr=lr, **to_group(hp))
+        hp = to_group({**defaults, **hp})  # settings not given take the declared defaults (num_data included)
+        kw = {lr_key: lr, **hp} if lr_key else hp
+        if name in MUON_FAMILY:
+            parameters = _muon_groups(parameters)
+        elif takes_model and not isinstance(parameters, torch.nn.Module):
+            parameters = torch.nn.ParameterList(parameters)  # a bare list of tensors, as a module
+        return cls(parameters, **kw)
 
-    build.__doc__ = (cls.__doc__ or name).strip().splitlines()[0]
-    optimizers.register(name, extra={"cls": cls, "to_group": to_group, "lr": lr}, **params)(build)
+    doc = ((cls.__doc__ or name).strip().splitlines() or [name])[0]
+    step = "zeroth" if name in ZEROTH else "closure" if name in CLOSURE else "hessian" if name in HESSIAN else "plain"
+    optimizers.register(name, doc=f"{doc} ({source}.{cls.__name__})",
+                        extra={"cls": cls, "to_group": to_group, "lr": float(usual), "lr_key": lr_key,
+                               "tuples": tuples, "step": step, "takes_model": takes_model, "source": source},
+                        **params)(build)
 
 
-_register("sgd", torch.optim.SGD, 0.05, momentum=_momentum(0.9), weight_decay=_weight_decay(),
-          nesterov=param.Boolean(False, doc="Nesterov momentum (needs momentum > 0)"))
-_register("adam", torch.optim.Adam, 1e-3, _betas, beta1=_beta(0.9, "first moment"), beta2=_beta(0.999, "second moment"),
-          eps=_eps(), weight_decay=_weight_decay())
-_register("adamw", torch.optim.AdamW, 1e-3, _betas, beta1=_beta(0.9, "first moment"), beta2=_beta(0.999, "second moment"),
-          eps=_eps(), weight_decay=_weight_decay(0.01))
-_register("rmsprop", torch.optim.RMSprop, 1e-3, alpha=_beta(0.99, "squared-gradient average"), eps=_eps(),
-          momentum=_momentum(0.0), weight_decay=_weight_decay())
-_register("adagrad", torch.optim.Adagrad, 1e-2, eps=_eps(1e-10), weight_decay=_weight_decay())
+def _torch_classes() -> dict[str, type]:
+    out = {}
+    for attr in dir(torch.optim):
+        c = getattr(torch.optim, attr)
+        if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer:
+            out[attr.lower()] = c
+    return out
+
+
+def _populate() -> None:
+    import pytorch_optimizer
+
+    torch_classes = _torch_classes()
+    found: dict[str, tuple[type, str]] = {n: (c, "torch.optim") for n, c in torch_classes.items()}
+    for n in pytorch_optimizer.get_supported_optimizers():
+        c = pytorch_optimizer.load_optimizer(n)
+        if c in torch_classes.values():
+            continue  # pytorch_optimizer re-exports torch's class under torch's name: one entry
+        found[f"{n}_po" if n in torch_classes else n] = (c, "pytorch_optimizer")
+    found.update(adagradnorm=(AdaGradNorm, "trainlab"), zosgd=(ZerothOrderSGD, "trainlab"))
+    for n in sorted(found):
+        if n not in refused:
+            _register(n, *found[n])
+
+
+_populate()
+
+
+def entry(name: Any):
+    """The registry entry for `name`; a refused name raises its reason, an unknown one lists the valid names."""
+    if isinstance(name, str) and name in refused:
+        raise ValueError(f"optimizer {name!r} is not offered: {refused[name]}")
+    return optimizers[name]
 
 
 def check_hparams(name: str, lr: float, hp: dict) -> None:
-    """Cross-field rules (Nesterov needs momentum, ...) checked by torch's own constructor on a dummy."""
+    """Cross-field rules (Nesterov needs momentum, ...) checked by the optimizer's own constructor on a dummy."""
     try:
-        optimizers[name].build([torch.zeros(1, requires_grad=True)], lr=lr, **hp)
-    except ValueError as e:
-        raise ValueError(f"{name} rejects these settings: {e}") from None
+        optimizers[name].build(_dummy_params(), lr=lr, **hp)
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise ValueError(f"{name} rejects these settings: {type(e).__name__}: {e}") from None
 
 
-def write_groups(opt: torch.optim.Optimizer, name: str, lr: float, hp: dict) -> None:
-    """Apply hyperparameters to every param group; torch reads group[...] afresh at each step."""
-    values = {"lr": lr, **optimizers[name].extra["to_group"](hp)}
+def write_groups(opt: torch.optim.Optimizer, name: str, lr: float, hp: dict) -> set[str]:
+    """Apply hyperparameters to every param group (read afresh at each step).
+
+    The values written are those the optimizer's own constructor derives from the settings (built on
+    a dummy), so a constructor that transforms one (GrokFastAdamW divides lr by 1 + lamb; Muon's AdamW
+    groups take adamw_lr as lr) gets the same value live as at construction. Returns the keys no group
+    holds: the optimizer reads them only in its constructor, so changing one needs a rebuild.
+    """
+    entry = optimizers[name]
+    ref_opt = entry.build(_dummy_params(), lr=lr, **hp)
+    keys = set(entry.extra["to_group"](hp)) | ({entry.extra["lr_key"]} if entry.extra["lr_key"] else set())
+    refs = {g.get("use_muon"): g for g in ref_opt.param_groups}
+    missing = set()
     for group in opt.param_groups:
-        group.update(values)
+        ref = refs.get(group.get("use_muon"), ref_opt.param_groups[0])
+        if name in MUON_FAMILY and not group.get("use_muon", True):
+            wanted = {_ADAMW_KEYS[k] for k in keys if k in _ADAMW_KEYS} | {"weight_decouple"}
+        else:
+            wanted = keys - set(_ADAMW_KEYS)
+        for k in wanted:
+            if k in group and k in ref:
+                group[k] = ref[k]
+            elif k not in group:
+                missing.add(k)
+    return missing
+
+
+def _state_shapes(opt_cls_build: Callable, params: list[torch.Tensor]) -> list[dict[str, Any]]:
+    """The per-parameter state a fresh optimizer creates in one step: key -> shape (None if not a tensor)."""
+    clones = [p.detach().clone().requires_grad_(True) for p in params]
+    opt = opt_cls_build(clones)
+    # the optimizer may hold its own Parameter objects over the clones' storage (a model-taking one): match by storage
+    held = {q.data_ptr(): q for g in opt.param_groups for q in g["params"]}
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    for c in clones:
+        q = held.get(c.data_ptr(), c)
+        q.grad = torch.randn(c.shape, generator=gen, dtype=c.dtype).to(c.device) * 1e-3
+    opt.step()
+    return [{k: (tuple(v.shape), v.dtype) if torch.is_tensor(v) else None
+             for k, v in opt.state.get(held.get(c.data_ptr(), c), {}).items()} for c in clones]
+
+
+def carry_state(old: torch.optim.Optimizer, new: torch.optim.Optimizer, build: Callable,
+                params: list[torch.Tensor]) -> str:
+    """Copy into `new` the per-parameter state of `old` whose keys and shapes it needs; says what was kept.
+
+    A parameter keeps its state only if `old` has every entry the new optimizer would create (same key,
+    shape and dtype): a partial state would mix fresh and carried moments.
+    """
+    try:
+        wanted = _state_shapes(build, params)
+    except Exception as e:  # noqa: BLE001 - a closure-only or exotic optimizer: no dry step possible
+        return f"state reset (keep impossible: {type(e).__name__})"
+    kept: set[str] = set()
+    n_kept = 0
+    for p, want in zip(params, wanted):
+        have = old.state.get(p, {})
+        shape = {k: (tuple(v.shape), v.dtype) if torch.is_tensor(v) else None for k, v in have.items()}
+        if want and all(k in shape and shape[k] == s for k, s in want.items()):
+            new.state[p] = {k: (have[k].clone() if torch.is_tensor(have[k]) else have[k]) for k in want}
+            kept |= set(want)
+            n_kept += 1
+    dropped = {k for p in params for k in old.state.get(p, {})} - kept
+    if not n_kept:
+        need = sorted({k for w in wanted for k in w})
+        had = sorted({k for p in params for k in old.state.get(p, {})})
+        return f"state reset: nothing kept (the new optimizer needs {need or 'no state'}, the old one had {had or 'none'})"
+    return (f"state kept for {n_kept}/{len(params)} tensors: {', '.join(sorted(kept))}"
+            + (f"; dropped: {', '.join(sorted(dropped))}" if dropped else ""))
