@@ -12,11 +12,23 @@ from .inits import inits  # noqa: E402
 from .models import models  # noqa: E402
 from .norms import norms  # noqa: E402
 from .optimizers import optimizers  # noqa: E402
-from .probes import DecisionBoundary, GradNorm, Probe, UpdateRatio  # noqa: E402
+from .lr_finder import lr_range_test  # noqa: E402
+from .probes import (DecisionBoundary, EffectiveStep, GradNorm, Probe, ScaleInvariantNorm,  # noqa: E402
+                     SecondMoment, UpdateRatio)
 from .registry import LogInteger, LogNumber, Registry  # noqa: E402
 from .run import Run, resolve_device  # noqa: E402
+from .schedules import schedules  # noqa: E402
 
 __all__ = [
-    "Data", "DecisionBoundary", "GradNorm", "History", "LogInteger", "LogNumber", "Probe", "Registry", "Run", "UpdateRatio",
-    "as_data", "datasets", "inits", "models", "norms", "optimizers", "resolve_device",
+    "Data", "DecisionBoundary", "EffectiveStep", "GradNorm", "History", "LogInteger", "LogNumber", "Probe", "Registry",
+    "Run", "ScaleInvariantNorm", "SecondMoment", "UpdateRatio", "as_data", "datasets", "inits", "lr_range_test",
+    "models", "norms", "optimizers", "resolve_device", "schedules",
 ]
+
+
+def __getattr__(name: str):
+    # the playground loads Numba kernels: only when asked for (`trainlab.playground`)
+    if name == "playground":
+        import importlib
+        return importlib.import_module(".playground", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,9 +17,12 @@ from . import __version__
 from .data import Data, as_data, batches, val_batches
 from .history import History
 from .models import check_fits, default_loss, models
-from .optimizers import check_hparams, optimizers, write_groups
+from .adaptive_batch import inner_product_test, next_batch_size, norm_test, per_example_grads
+from .optimizers import carry_state, check_hparams, optimizers, write_groups
+from .optimizers import entry as optimizer_entry
 from .probes import Probe, default_probes
 from .registry import LogInteger, LogNumber, option_values, validate
+from .schedules import as_schedule
 
 FORMAT = "trainlab-run/1"
 
@@ -83,7 +86,8 @@ class Run(param.Parameterized):
 
     `model` is a registered name ("mlp", "cnn"), a (name, {options}) pair or any nn.Module;
     `data` a registered name, a (name, {options}) pair, an (X, y) pair, a Dataset or a DataLoader.
-    Extra keyword arguments are the optimizer's own hyperparameters (momentum, beta1, eps, ...).
+    Extra keyword arguments are the optimizer's own hyperparameters (momentum, beta1, eps, ...) and the
+    run's other live settings (grad_noise, adaptive_batch, ...: see `run.settings()`).
     """
 
     lr = LogNumber(0.05, bounds=(0, None), inclusive_bounds=(False, True), softbounds=(1e-4, 1.0),
@@ -91,11 +95,24 @@ class Run(param.Parameterized):
     batch_size = LogInteger(64, bounds=(1, None), softbounds=(1, 1024), doc="examples per step")
     optimizer = param.Selector(default="sgd", objects=optimizers.names(), doc="optimizer, by name")
     eval_every = param.Integer(50, bounds=(1, None), softbounds=(1, 1000), doc="steps between validation passes")
+    grad_noise = LogNumber(0.0, bounds=(0, None), softbounds=(1e-4, 1.0),
+                           doc="annealed gradient noise η (Neelakantan et al. 2015): g += N(0, η/(1+t)^γ); 0 = off")
+    grad_noise_decay = param.Number(0.55, bounds=(0, None), softbounds=(0, 1), step=0.05,
+                                    doc="γ of the gradient-noise variance η/(1+t)^γ (the paper's 0.55)")
+    adaptive_batch = param.Selector(default="off", objects=["off", "norm", "inner_product"],
+                                    doc="AdAdaGrad's adaptive batch size: a gradient-variance test every "
+                                        "batch_test_every steps grows the batch when it fails")
+    batch_test_every = param.Integer(10, bounds=(1, None), softbounds=(1, 100), doc="steps between batch-size tests")
+    batch_test_eta = param.Number(0.5, bounds=(0, None), inclusive_bounds=(False, True), softbounds=(0.05, 2.0),
+                                  step=0.05, doc="η of the norm test (θ = ν = η for the inner-product test): "
+                                                 "smaller asks for larger batches")
+    max_batch_size = LogInteger(1024, bounds=(1, None), softbounds=(1, 4096), doc="cap on the adaptive batch size")
     status = param.Selector(default="idle", objects=["idle", "running", "paused", "stopped"], constant=True,
                             doc="idle (not started), running, paused (by pause() or divergence), stopped")
     message = param.String("", constant=True, doc="why the run paused by itself (divergence), or a rejected change")
 
-    _settable = ("lr", "batch_size", "optimizer", "eval_every")
+    _settable = ("lr", "batch_size", "optimizer", "eval_every", "grad_noise", "grad_noise_decay", "adaptive_batch",
+                 "batch_test_every", "batch_test_eta", "max_batch_size")
 
     def __init__(
         self,
@@ -109,17 +126,20 @@ class Run(param.Parameterized):
         device: str | torch.device = "auto",
         val_data: Any = None,
         eval_every: int = 50,
+        schedule: str | tuple = "constant",
         probes: list[Probe] | None = None,
         history: History | None = None,
         **optimizer_hparams,
     ):
         super().__init__()
-        entry = optimizers[optimizer]
+        entry = optimizer_entry(optimizer)
         settings = dict(lr=entry.extra.get("lr", self.param.lr.default) if lr is None else lr,
                         batch_size=batch_size, optimizer=optimizer, eval_every=eval_every)
+        settings.update({k: optimizer_hparams.pop(k) for k in self._settable if k in optimizer_hparams})
         validate(self, settings, "Run")
         self.opt_params = entry.options(**optimizer_hparams)
         check_hparams(optimizer, settings["lr"], option_values(self.opt_params))
+        self._schedule = as_schedule(schedule)  # the lr of each step: lr x schedule(steps taken)
         self.param.update(**settings)
 
         self.seed, self.device = int(seed), resolve_device(device)
@@ -142,6 +162,9 @@ class Run(param.Parameterized):
         if self.data.source is not None and isinstance(self.data.source, torch.utils.data.DataLoader):
             with param.parameterized.discard_events(self):
                 self.batch_size = self.data.source.batch_size or batch_size
+            if self.adaptive_batch != "off":
+                raise ValueError("adaptive_batch needs a live batch size, which the DataLoader you passed fixes; "
+                                 "pass its Dataset instead")
 
         self.layers = _layers(self.model)
         self.params = [p for ps in self.layers.values() for p in ps]  # trainable, in layer order
@@ -174,21 +197,39 @@ class Run(param.Parameterized):
             self._watch_opt_params()
             self._rebuild_opt = True
 
+    @property
+    def schedule(self) -> tuple[str, dict]:
+        """(name, options) of the lr schedule; change it with run.set(schedule=(name, {options}))."""
+        return self._schedule.spec
+
     def settings(self) -> dict[str, Any]:
         """Every live setting: the run's own and the current optimizer's."""
         return {**{k: getattr(self, k) for k in self._settable}, **option_values(self.opt_params)}
 
-    def set(self, **values) -> None:
+    def set(self, state: str | None = None, **values) -> None:
         """Change settings while the run trains; they apply at the next step.
 
         Every value is checked first; a bad one raises ValueError naming the setting and its
-        allowed range, and then nothing changes.
+        allowed range, and then nothing changes. When switching optimizer, `state="reset"` (the
+        default) starts it fresh and `state="keep"` carries over the per-parameter state whose keys
+        and shapes the new optimizer uses (adam -> adamw keeps exp_avg, exp_avg_sq, step); the
+        history's `event` column says which.
         """
+        schedule = as_schedule(values.pop("schedule")) if "schedule" in values else None
         own = {k: v for k, v in values.items() if k in self._settable}
         rest = {k: v for k, v in values.items() if k not in own}
+        if "optimizer" in own:
+            optimizer_entry(own["optimizer"])  # a refused name says why, an unknown one lists the valid ones
         validate(self, own, "Run")
         name = own.get("optimizer", self.optimizer)
         switching = name != self.optimizer
+        if state not in (None, "keep", "reset"):
+            raise ValueError(f"state={state!r}: use state='keep' or state='reset' when switching optimizer")
+        if state is not None and not switching:
+            raise ValueError("state= only applies when switching optimizer (run.set(optimizer=..., state='keep'))")
+        if own.get("adaptive_batch", "off") != "off" and isinstance(self.data.source, torch.utils.data.DataLoader):
+            raise ValueError("adaptive_batch needs a live batch size, which the DataLoader you passed fixes; "
+                             "pass its Dataset instead")
         entry = optimizers[name]
         if switching:
             opt_params = entry.options(**rest)
@@ -206,14 +247,16 @@ class Run(param.Parameterized):
         check_hparams(name, own.get("lr", self.lr), hp)
         with self._settings_lock:
             if switching:
-                old = self.optimizer
+                # the event is written when it applies; a switch not yet applied names the optimizer that last stepped
+                self._switch = (self._switch[0] or self.optimizer, state == "keep")
                 self.opt_params = opt_params
                 self._watch_opt_params()
                 self._rebuild_opt = True
-                self._event = f"optimizer {old} -> {name} (state reset)"
             else:
                 self.opt_params.param.update(**rest)
             self.param.update(**own)
+            if schedule is not None:
+                self._schedule = schedule
             self._dirty = True
 
     def _apply_settings(self) -> None:
@@ -221,19 +264,50 @@ class Run(param.Parameterized):
         with self._settings_lock:
             self._dirty = False
             hp = option_values(self.opt_params)
+            entry = optimizers[self.optimizer]
             if self._rebuild_opt:
-                self.torch_optimizer = optimizers[self.optimizer].build(self.params, lr=self.lr, **hp)
-                self._rebuild_opt = False
+                old, keep = self._switch
+                self._rebuild(entry, hp, keep, f"optimizer {old} -> {self.optimizer}" if old else None)
+                self._rebuild_opt, self._switch = False, (None, False)
             else:
-                write_groups(self.torch_optimizer, self.optimizer, self.lr, hp)
+                missing = write_groups(self.torch_optimizer, self.optimizer, self.lr, hp)
+                now, built = entry.extra["to_group"](hp), entry.extra["to_group"](self._built_hp)
+                changed = sorted(k for k in missing if now.get(k) != built.get(k))
+                if changed:  # read only by the constructor: rebuilt, its state carried over
+                    self._rebuild(entry, hp, True, f"{self.optimizer} rebuilt for {', '.join(changed)}")
+            self._mode = entry.extra["step"]
+            self._noise = (self.grad_noise, self.grad_noise_decay)
+            self._adaptive = None if self.adaptive_batch == "off" else (
+                self.adaptive_batch, self.batch_test_every, self.batch_test_eta, self.max_batch_size)
             self._batches.batch_size = self.batch_size
             self._lr, self._eval_every = self.lr, self.eval_every
+            self._lr_key = optimizers[self.optimizer].extra.get("lr_key", "lr")  # for the schedule
+
+    def _rebuild(self, entry, hp: dict, keep: bool, what: str | None) -> None:
+        """A new torch optimizer for the current settings; `keep` carries matching per-parameter state over."""
+        def build(params):
+            return entry.build(self.model if entry.extra["takes_model"] and params is self.params else params,
+                               lr=self.lr, **hp)
+
+        old = getattr(self, "torch_optimizer", None)
+        new = build(self.params)
+        if what is not None:
+            note = carry_state(old, new, build, self.params) if keep and old is not None else "state reset"
+            self._note(f"{what} ({note})")
+        if self._flat_grad is not None and not all(p.grad is v for p, v in zip(self.params, self._grad_views)):
+            self._flat_grad, self._grad_views = _flat_grads(self.params)  # a create_graph backward replaced them
+        self.torch_optimizer, self._built_hp = new, dict(hp)
+
+    def _note(self, text: str) -> None:
+        """Add to the event of the next logged step."""
+        self._event = text if not self._event else f"{self._event}; {text}"
 
     # ---- training ---------------------------------------------------------------------------
     def _init_training_state(self) -> None:
         self._gen = torch.Generator().manual_seed(self.seed)
+        self._noise_gen = torch.Generator(device=self.device).manual_seed(self.seed + 1)  # gradient noise only
         self._batches = batches(self.data, self.batch_size, self._gen, self.device)
-        self._rebuild_opt, self._dirty, self._event = True, True, None
+        self._rebuild_opt, self._dirty, self._event, self._switch = True, True, None, (None, False)
         self._apply_settings()
         self._step, self._elapsed, self._since = 0, 0.0, time.perf_counter()
         self._classify = self.data.task == "classification"
@@ -279,8 +353,11 @@ class Run(param.Parameterized):
 
     def _step_once(self) -> bool:
         """One optimizer step with its logging and probes; False (and paused) if it diverged."""
+        rebase = self._dirty  # the settings rewrite the groups' base lrs: the schedule scales those
         if self._dirty:
             self._apply_settings()
+        if self._schedule.varies:  # written to the param groups before every step: about 1 us
+            self._lr = self.lr * self._schedule.write(self.torch_optimizer, self._step, rebase, self._lr_key)
         nxt = self._stepping = self._step + 1
         xb, yb = self._batches.next()
         measuring = [p for p in self.probes if nxt % p.every == 0]
@@ -288,34 +365,58 @@ class Run(param.Parameterized):
             p.before(self)
         for b, saved in zip(self._buffers, self._backup):
             saved.copy_(b)
-        flat = self._flat_grad
-        if flat is not None and all(p.grad is v for p, v in zip(self.params, self._grad_views)):
-            flat.zero_()
+        mode = self._mode  # plain: backward then step(); hessian: create_graph; closure; zeroth: no backward
+        if mode == "zeroth":  # the optimizer makes its own two forward passes; this one is for the log
+            flat = None
+            with torch.no_grad():
+                out = self.model(xb)
+                loss = self.loss_fn(out, yb)
         else:
-            flat = None  # someone replaced a .grad: plain zero_grad and per-tensor norms this step
-            self.torch_optimizer.zero_grad(set_to_none=True)
-        out = self.model(xb)
-        loss = self.loss_fn(out, yb)
-        loss.backward()
+            flat = self._zero_grads()
+            out = self.model(xb)
+            loss = self.loss_fn(out, yb)
+            if mode == "hessian":  # differentiable gradients for Hutchinson's Hessian-vector products
+                flat = None
+                grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+                for p, g in zip(self.params, grads):
+                    p.grad = torch.zeros_like(p) if g is None else g
+            else:
+                loss.backward()
         stats = [loss.detach()]
         if self._classify:
             stats.append((out.argmax(1) == yb).sum(dtype=loss.dtype))  # not differentiable: no detach needed
         if flat is not None:
             stats.append(torch.linalg.vector_norm(flat))
         else:  # torch._foreach_norm is what clip_grad_norm_ uses: one call for all tensors
-            grads = [p.grad for p in self.params if p.grad is not None]
+            grads = [p.grad.detach() for p in self.params if p.grad is not None and mode != "zeroth"]
             stats.append(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else loss.detach() * 0)
         stats = torch.stack(stats).tolist()  # one device sync a step
         gnorm = stats[-1]
         if not (math.isfinite(stats[0]) and math.isfinite(gnorm)):
             self._diverged(stats[0], gnorm)
             return False
-        self.torch_optimizer.step()
+        test = self._test_batch(xb, yb) if self._adaptive and nxt % self._adaptive[1] == 0 else None
+        if self._noise[0] > 0 and mode != "zeroth":
+            self._add_grad_noise()
+        if mode == "plain" or mode == "hessian":
+            self.torch_optimizer.step()
+        else:
+            self.torch_optimizer.step(self._closure(xb, yb, mode))
+        if mode == "hessian":
+            for p in self.params:  # drop the graph the gradients hold (and let model_copy deep-copy them)
+                if p.grad is not None:
+                    p.grad = p.grad.detach()
+        elif mode == "zeroth":  # the norm of the two-point estimate ĝ
+            gnorm = math.sqrt(sum(g.get("estimate_norm", 0.0) ** 2 for g in self.torch_optimizer.param_groups))
         self._step = nxt
         row = {"step": nxt, "epoch": self._batches.epoch, "time": self._elapsed + time.perf_counter() - self._since,
                "lr": self._lr, "train_loss": stats[0], "grad_norm": gnorm}
         if self._classify:
             row["train_acc"] = stats[1] / len(yb)
+        if self._adaptive:
+            row["batch_size"] = len(yb)
+            if test is not None:
+                row["batch_test"] = test["ratio"]
         if self._event:
             row["event"], self._event = self._event, None
         try:
@@ -330,6 +431,54 @@ class Run(param.Parameterized):
         finally:  # the step happened: its row is logged even if a probe failed
             self.history.append(row)
         return True
+
+    def _zero_grads(self) -> torch.Tensor | None:
+        """Zero the gradients; the flat buffer if every .grad is still its view, else None."""
+        flat = self._flat_grad
+        if flat is not None and all(p.grad is v for p, v in zip(self.params, self._grad_views)):
+            flat.zero_()
+            return flat
+        self.torch_optimizer.zero_grad(set_to_none=True)  # someone replaced a .grad: per-tensor this step
+        return None
+
+    def _closure(self, xb: torch.Tensor, yb: torch.Tensor, mode: str) -> Callable[[], torch.Tensor]:
+        """The loss on this step's batch, recomputed at the optimizer's current weights (with gradients unless zeroth)."""
+        if mode == "zeroth":
+            return lambda: self.loss_fn(self.model(xb), yb)
+
+        def closure() -> torch.Tensor:
+            with torch.enable_grad():
+                self._zero_grads()
+                loss = self.loss_fn(self.model(xb), yb)
+                loss.backward()
+            if self._noise[0] > 0:
+                self._add_grad_noise()
+            return loss
+
+        return closure
+
+    def _add_grad_noise(self) -> None:
+        """Neelakantan et al. 2015: g += N(0, σ²), σ² = η / (1 + t)^γ, t the steps taken; from the run's own generator."""
+        eta, gamma = self._noise
+        std = math.sqrt(eta / (1 + self._step) ** gamma)
+        flat = self._flat_grad
+        if flat is not None and all(p.grad is v for p, v in zip(self.params, self._grad_views)):
+            grads = [flat]
+        else:
+            grads = [p.grad for p in self.params if p.grad is not None]
+        for g in grads:
+            g.add_(torch.randn(g.shape, generator=self._noise_gen, device=g.device, dtype=g.dtype), alpha=std)
+
+    def _test_batch(self, xb: torch.Tensor, yb: torch.Tensor) -> dict[str, float]:
+        """AdAdaGrad's variance test on this batch's per-example gradients; grows batch_size if it fails."""
+        kind, _, eta, cap = self._adaptive
+        G = per_example_grads(self.model, self.loss_fn, xb, yb)
+        result = norm_test(G, eta) if kind == "norm" else inner_product_test(G, eta, eta)
+        new = next_batch_size(result, self.batch_size, cap)
+        if new > self.batch_size:
+            self._note(f"batch size {self.batch_size} -> {new} ({kind} test failed: ratio {result['ratio']:.3g} > 1)")
+            self.set(batch_size=new)  # the run's own setting: the history and the dashboard's slider follow
+        return result
 
     def evaluate(self) -> dict[str, float]:
         """Validation loss (and accuracy) in eval mode: BatchNorm uses its running statistics."""
@@ -460,7 +609,9 @@ class Run(param.Parameterized):
                 "step": self._step,
                 "elapsed": self._elapsed,
                 "generator": self._gen.get_state(),
+                "noise_generator": self._noise_gen.get_state(),
                 "batches": self._batches.state() if hasattr(self._batches, "state") else None,
+                "schedule": list(self.schedule),
             }
         folder = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".trainlab-", suffix=".tmp")
@@ -498,13 +649,15 @@ class Run(param.Parameterized):
                 raise ValueError("this run trained on your own data: pass data=<the same data>")
             data = tuple(ckpt["data_spec"])
         run = cls(model=model, data=data, loss=loss, seed=ckpt["seed"], device=device,
-                  **ckpt["settings"], **ckpt["optimizer_hparams"], **kwargs)
+                  **ckpt["settings"], **ckpt["optimizer_hparams"], **{"schedule": ckpt.get("schedule", "constant"), **kwargs})
         run.model.load_state_dict(ckpt["model_state"])
         run._initial_state = ckpt["initial_state"]
         run.torch_optimizer.load_state_dict(ckpt["optimizer_state"])
         run.history.restore(ckpt["history"])
         run._step, run._elapsed = ckpt["step"], ckpt["elapsed"]
         run._gen.set_state(ckpt["generator"])
+        if "noise_generator" in ckpt:
+            run._noise_gen.set_state(ckpt["noise_generator"])
         if ckpt["batches"] is not None:
             run._batches.load_state(ckpt["batches"])
         return run

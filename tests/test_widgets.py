@@ -136,6 +136,19 @@ def test_feed_rebases_a_full_buffer_on_the_thinned_history():
     assert len(steps) <= 100 and steps[0] == 1 and steps[-1] == 200  # the whole run, thinned
 
 
+def test_a_source_added_while_watching_starts_with_the_past():
+    run = Run(data="moons", device="cpu")
+    feed = Feed(run.history)
+    early = feed.source(["train_loss"])
+    run.step(30)
+    feed.tick()
+    late = feed.source(["train_loss"])  # a lab tab opened at step 30
+    assert list(late.data["step"]) == list(range(1, 31))
+    run.step(5)
+    feed.tick()
+    assert list(late.data["step"]) == list(early.data["step"]) == list(range(1, 36))
+
+
 def test_feed_redraws_each_new_snapshot_even_at_the_same_step():
     run = Run(data="moons", device="cpu", probes=[])
     feed = Feed(run.history)

@@ -1,5 +1,9 @@
-"""Panel/HoloViews components over trainlab's core objects: they draw and control, and own no math."""
+"""Panel components over trainlab's core objects: they draw and control, and own no math."""
+from .curvature import CurvaturePanel
 from .dashboard import TrainingDashboard
 from .feed import Feed
+from .optimizer_panel import OptimizerPanel
+from .playground import Playground2D
+from .spectrum import SpectrumPanel
 
-__all__ = ["Feed", "TrainingDashboard"]
+__all__ = ["CurvaturePanel", "Feed", "OptimizerPanel", "Playground2D", "SpectrumPanel", "TrainingDashboard"]

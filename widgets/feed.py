@@ -59,6 +59,8 @@ class Feed:
         columns = columns if isinstance(columns, dict) else {c: c for c in columns}
         channel = _Channel(columns, sparse)
         self._channels.append(channel)
+        if self.cursor >= 0:  # a plot added while the run trains (a lab tab opened) starts with the past
+            self._rebase(channel)
         return channel.source
 
     def snapshot(self, name: str, to_data: Callable[[Any], dict], initial: Any) -> ColumnDataSource:
@@ -102,8 +104,12 @@ class Feed:
             fn()
 
     def _rebase(self, ch: _Channel) -> None:
-        """The source is full: redraw it once from the whole (thinned) history, at half its length."""
-        whole = _thin(ch.select(self.history.frame()), self.length // 2)
+        """Fill the source from the whole (thinned) history up to the cursor, at half its length (it was
+        full, or it is new)."""
+        rows = self.history.frame()
+        if len(rows):  # only what was sent so far: later rows come with the next tick
+            rows = rows[rows["step"] <= self.cursor]
+        whole = _thin(ch.select(rows), self.length // 2)
         ch.source.data = _columns(whole)
         ch.sent = len(whole)
 
