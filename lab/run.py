@@ -326,6 +326,11 @@ class Run(param.Parameterized):
         with self._settings_lock:
             self.probes = [p for p in self.probes if p is not probe]
 
+    @property
+    def initial_state(self) -> dict[str, torch.Tensor]:
+        """The model's state dict at step 0 (what reset() returns to): the start of interpolations and subspaces."""
+        return self._initial_state
+
     def model_copy(self) -> nn.Module:
         """A copy of the model between two steps, for analyses that run beside training (eval mode kept as is)."""
         with self._lock:

@@ -14,7 +14,7 @@ SHOTS = Path(tempfile.gettempdir()) / "trainlab-labs"
 
 # tab -> (a column that the lab's plots fill once it is open and the run trains, a button to press first)
 FILLED = {
-    "Optimizer": ("lr_preview", None),
+    "Optimizer": ("trend", "LR range test"),
     "Playground": ("dw", None),
     "Landscape": ("landscape_loss", None),
     "Curvature": ("sharpness", "Sharpness"),

@@ -2,8 +2,9 @@
 from .curvature import CurvaturePanel
 from .dashboard import TrainingDashboard
 from .feed import Feed
+from .landscape import LandscapePanel
 from .optimizer_panel import OptimizerPanel
 from .playground import Playground2D
 from .spectrum import SpectrumPanel
 
-__all__ = ["CurvaturePanel", "Feed", "OptimizerPanel", "Playground2D", "SpectrumPanel", "TrainingDashboard"]
+__all__ = ["CurvaturePanel", "Feed", "LandscapePanel", "OptimizerPanel", "Playground2D", "SpectrumPanel", "TrainingDashboard"]
