@@ -16,7 +16,7 @@ SHOTS = Path(tempfile.gettempdir()) / "trainlab-labs"
 FILLED = {
     "Optimizer": ("trend", "LR range test"),
     "Playground": ("dw", None),
-    "Landscape": ("landscape_loss", None),
+    "Landscape": ("level", None),
     "Curvature": ("sharpness", "Sharpness"),
     "Spectrum": ("right", None),
 }
