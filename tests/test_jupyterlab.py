@@ -6,6 +6,7 @@ notebook; headless Chromium opens it, runs all cells, and reads each view's Boke
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +20,14 @@ CELLS = [
     "import panel as pn\nimport trainlab\nfrom trainlab.widgets import TrainingDashboard\npn.extension(inline=True)",
     "run = trainlab.Run(data='moons', device='cpu', seed=0)\nrun.step(30)\nTrainingDashboard(run)",
     "pn.ipywidget(TrainingDashboard(run))",
+]
+
+# every lab panel, inline, over one trained run (their own Feeds: no dashboard around them)
+LAB_CELLS = [
+    "import panel as pn\nimport trainlab\nfrom trainlab import widgets as w\npn.extension(inline=True)\n"
+    "run = trainlab.Run(data='moons', device='cpu', seed=0)\nrun.step(60)",
+    "w.OptimizerPanel(run)", "w.Playground2D()", "w.LandscapePanel(run)", "w.CurvaturePanel(run)",
+    "w.SpectrumPanel(run)",
 ]
 
 # the number of points in the train_loss source of each Bokeh document in the page (one per view)
@@ -35,6 +44,9 @@ def lab(tmp_path_factory) -> str:
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, folder / "live.ipynb")
+    labs = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in LAB_CELLS])
+    labs.metadata["kernelspec"] = nb.metadata["kernelspec"]
+    nbformat.write(labs, folder / "labs.ipynb")
     port = free_port()
     jupyter = Path(sys.executable).parent / "jupyter"
     cmd = [str(jupyter), "lab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
@@ -67,3 +79,29 @@ def test_dashboard_renders_inline_and_as_an_ipywidget_and_streams(lab, page):
         (v := page.evaluate(POINTS_JS)) and all(n > 30 for n in v) and v), 60)
     assert len(grown) == 2
     page.get_by_role("button", name="Pause", exact=True).first.click()
+
+
+# per Bokeh document of the page: does it hold a source with this column, filled?
+FILLED_JS = """(column) => (window.Bokeh ? Bokeh.documents : []).filter((d) => {
+  for (const m of d.all_models)
+    if (m.type === "ColumnDataSource" && column in m.data && m.data[column].length) return true;
+  return false;
+}).length"""
+
+
+def test_every_lab_panel_renders_inline(lab, page, tmp_path):
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{lab}/lab/tree/labs.ipynb?reset")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+    time.sleep(3)
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_text("Run All Cells", exact=True).click()
+    # one Bokeh document per displayed panel, each drawn from the run or the playground
+    _wait_for("five lab panels rendered", lambda: len(page.evaluate(
+        "() => window.Bokeh ? Bokeh.documents : []")) >= 5, 120)
+    for column, what in (("lr", "the optimizer panel's lr curve"), ("dw", "the playground's contour image"),
+                         ("xs", "the playground's paths or the landscape's contours")):
+        _wait_for(f"{what} never drew", lambda: page.evaluate(FILLED_JS, column), 60)
+    page.screenshot(path=str(Path(tempfile.gettempdir()) / "trainlab-jupyter-labs.png"), full_page=True)
+    assert not errors, f"errors in the page: {errors}"
