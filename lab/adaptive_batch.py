@@ -19,31 +19,15 @@ import math
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
+
+from .analysis import gradients
 
 
 def per_example_grads(model: nn.Module, loss_fn, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(B, P): the gradient of the loss on each example alone, by torch.func (vmap over grad).
-
-    BatchNorm cannot normalize a batch of one: such a model is evaluated in eval mode (running statistics).
-    """
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-    buffers = dict(model.named_buffers())
-    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    was_training = model.training
-    if has_bn:
-        model.eval()
-
-    def loss_one(ps, x, t):
-        out = functional_call(model, (ps, buffers), (x.unsqueeze(0),))
-        return loss_fn(out, t.unsqueeze(0))
-
-    try:
-        g = vmap(grad(loss_one), in_dims=(None, 0, 0))(params, X, y)
-    finally:
-        model.train(was_training)
-    return torch.cat([g[n].reshape(len(X), -1) for n in names], dim=1)
+    """(B, P): each example's gradient, flattened; computed by trainlab.analysis.gradients (eval mode:
+    BatchNorm cannot normalize a batch of one)."""
+    g = gradients.per_example_grads(model, loss_fn, X, y)
+    return torch.cat([v.reshape(len(X), -1) for v in g.values()], dim=1)
 
 
 def norm_test(G: torch.Tensor, eta: float) -> dict[str, float]:

@@ -23,28 +23,29 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
-
 from trainlab.probes import Probe
 
 if TYPE_CHECKING:
     from trainlab.run import Run
 
 
-def _trainable(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+def trainable(model: nn.Module, what: str = "gradients") -> list[tuple[str, torch.Tensor]]:
+    """The trainable parameters, after checking that every parameter is floating point (`what` needs them)."""
     everything = list(model.named_parameters())
-    bad = [n for n, p in everything if not p.dtype.is_floating_point]
+    bad = [(n, p.dtype) for n, p in everything if not p.dtype.is_floating_point]
     if bad:
-        raise ValueError(f"parameters must be floating point for gradients; {', '.join(bad)} are not")
+        raise ValueError(f"parameters must be floating point for {what}; {bad[0][0]} is {bad[0][1]}"
+                         f"{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''}: use a floating-point model")
     named = [(n, p) for n, p in everything if p.requires_grad]
     if not named:
-        raise ValueError("the model has no trainable parameters (requires_grad=True)")
+        raise ValueError(f"the model has no trainable parameters (requires_grad=True): no {what}")
     return named
 
 
 def per_example_grads(model: nn.Module, loss_fn, X: torch.Tensor, y: torch.Tensor,
                       chunk: int = 64) -> dict[str, torch.Tensor]:
     """{parameter name: (B, *shape)} gradients of loss_fn on each example alone (a batch of one)."""
-    named = _trainable(model)
+    named = trainable(model)
     if len(X) == 0:
         raise ValueError("no examples: per-example gradients need at least one")
     params = {n: p.detach() for n, p in named}
@@ -75,7 +76,7 @@ def gradient_stats(model: nn.Module, loss_fn, X: torch.Tensor, y: torch.Tensor, 
     B = len(X)
     if B < 2:
         raise ValueError(f"gradient statistics need at least 2 examples, got {B}")
-    named = _trainable(model)
+    named = trainable(model)
     # running sums over chunks: memory stays at chunk x parameters
     total = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in named}
     square = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in named}

@@ -35,9 +35,10 @@ import scipy.linalg
 import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
-
 from trainlab.jobs import Cancelled, Progress, as_progress
 from trainlab.probes import Probe
+
+from .gradients import trainable
 
 if TYPE_CHECKING:
     from trainlab.run import Run
@@ -78,7 +79,7 @@ class HessianOperator:
 
     def __init__(self, model: nn.Module, loss_fn, data, scale: torch.Tensor | None = None, max_block: int = 16,
                  mode: str = "auto", cache_examples: int = 20_000):
-        named = _trainable(model)
+        named = trainable(model, "a Hessian")
         if mode not in ("auto", "reverse", "forward"):
             raise ValueError(f"mode must be 'auto', 'reverse' or 'forward', got {mode!r}")
         self.model, self.loss_fn, self.max_block = model, loss_fn, int(max_block)
@@ -612,26 +613,13 @@ class Sharpness(Probe):
         threshold, kind = _threshold(run.torch_optimizer)
         out["sharpness_threshold"] = threshold
         if kind == "preconditioned":
-            P = preconditioner(run.torch_optimizer, [p for _, p in _trainable(run.model)])
+            P = preconditioner(run.torch_optimizer, [p for _, p in trainable(run.model, "a Hessian")])
             if P is not None:
                 pop = HessianOperator(run.model, run.loss_fn, self._batch, scale=P.rsqrt())
                 out["preconditioned_sharpness"] = self._top(pop, "preconditioned")
                 hvps += pop.hvps
         out["sharpness_hvps"] = hvps
         return out
-
-
-def _trainable(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """The trainable parameters, after checking that every parameter is floating point."""
-    everything = list(model.named_parameters())
-    bad = [(n, p.dtype) for n, p in everything if not p.dtype.is_floating_point]
-    if bad:
-        raise ValueError(f"parameters must be floating point for a Hessian; {bad[0][0]} is {bad[0][1]}"
-                         f"{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''}: use a floating-point model")
-    named = [(n, p) for n, p in everything if p.requires_grad]
-    if not named:
-        raise ValueError("the model has no trainable parameters (requires_grad=True): there is no Hessian")
-    return named
 
 
 class GroupLoss(Probe):
