@@ -4,6 +4,7 @@ Nothing here downloads: digits ships inside scikit-learn's wheel, the 2-D sets a
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -333,3 +334,33 @@ def val_batches(data: Data, device: torch.device, batch_size: int = 4096):
         loader = src if isinstance(src, DataLoader) else DataLoader(src, batch_size=min(batch_size, 1024))
         for xb, yb in loader:
             yield xb.to(device), yb.to(device)
+
+
+def eval_batches(data: Any, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                 what: str = "data") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """An evaluation set as a fixed list of (X, y) batches on `device`, floating X cast to `dtype`.
+
+    What the analyses accept as `data`: an (X, y) pair (one batch; tensors or arrays), a DataLoader
+    or any iterable of batches (read once, so a shuffling loader gives the same set every time),
+    a map-style Dataset, or a trainlab Data (its training set).
+    """
+    if isinstance(data, Data):
+        data = (data.X, data.y) if data.X is not None else data.source
+    if isinstance(data, Dataset):
+        data = DataLoader(data, batch_size=512)
+    if isinstance(data, (tuple, list)) and len(data) == 2 and not isinstance(data[0], (tuple, list)):
+        pairs = [(data[0], data[1])]
+    elif isinstance(data, Iterable) and not isinstance(data, (str, tuple, list, torch.Tensor, np.ndarray)):
+        pairs = [(b[0], b[1]) for b in data]
+    else:
+        raise ValueError(f"{what} must be an (X, y) pair or a DataLoader; got {type(data).__name__}")
+    out = []
+    for X, y in pairs:
+        X, y = torch.as_tensor(X), torch.as_tensor(y)
+        if len(X) != len(y):
+            raise ValueError(f"X and y of {what} must have the same number of examples; got {len(X)} and {len(y)}")
+        if len(X):
+            out.append((X.to(device=device, dtype=dtype if X.is_floating_point() else None), y.to(device=device)))
+    if not out:
+        raise ValueError(f"{what} is empty: an analysis needs at least one example")
+    return out

@@ -393,3 +393,25 @@ def test_no_network_is_touched(monkeypatch):
         assert len(d.X) > 0
     for name in SETS_2D:
         assert as_data((name, {"n": 40, "seed": 5})).X.shape[1] == 2
+
+
+def test_eval_batches_takes_every_form_of_data_the_analyses_accept():
+    from trainlab.data import eval_batches
+
+    X, y = torch.randn(10, 3, dtype=torch.float64), torch.arange(10) % 2
+    (one,) = eval_batches((X.numpy(), y.numpy()), dtype=torch.float32)
+    assert one[0].dtype == torch.float32 and one[1].dtype == y.dtype and torch.allclose(one[0], X.float())
+    loader = DataLoader(TensorDataset(X, y), batch_size=4, shuffle=True)
+    parts = eval_batches(loader)
+    assert [len(b[1]) for b in parts] == [4, 4, 2]
+    assert sorted(torch.cat([b[1] for b in parts]).tolist()) == sorted(y.tolist())
+    assert len(eval_batches(TensorDataset(X, y))) == 1  # a Dataset is read through a loader
+    data = as_data("moons")
+    (train,) = eval_batches(data)
+    assert train[0] is data.X or torch.equal(train[0], data.X)
+    with pytest.raises(ValueError, match="data must be an \\(X, y\\) pair or a DataLoader"):
+        eval_batches(X)
+    with pytest.raises(ValueError, match="same number of examples"):
+        eval_batches((X, y[:5]))
+    with pytest.raises(ValueError, match="empty"):
+        eval_batches((X[:0], y[:0]))

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,6 +34,7 @@ import scipy.linalg
 import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
+from trainlab.data import eval_batches
 from trainlab.jobs import Cancelled, Progress, as_progress
 from trainlab.probes import Probe
 
@@ -45,22 +45,6 @@ if TYPE_CHECKING:
 
 
 # ---- the Hessian as an operator ---------------------------------------------------------------
-def _batches(data: Any, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(X, y) pairs from an (X, y) pair, a trainlab Data, or any iterable of batches (a DataLoader)."""
-    if hasattr(data, "X") and hasattr(data, "y") and getattr(data, "X", None) is not None:
-        data = (data.X, data.y)  # a trainlab Data: its training tensors
-    if isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0]):
-        pairs = [tuple(data)]
-    elif isinstance(data, Iterable) and not isinstance(data, (tuple, list, str)):
-        pairs = [(b[0], b[1]) for b in data]
-    else:
-        raise ValueError(f"data must be an (X, y) pair of tensors or a DataLoader; got {type(data).__name__}")
-    pairs = [(X.to(device), y.to(device)) for X, y in pairs if len(X) > 0]
-    if not pairs:
-        raise ValueError("data is empty: the Hessian of a loss over no examples is undefined; pass at least one example")
-    return pairs
-
-
 class HessianOperator:
     """v -> Hv for the loss of `model` over `data`, on flat parameter vectors (columns of V).
 
@@ -91,7 +75,7 @@ class HessianOperator:
         self.n = self.theta.numel()
         self.buffers = {n: b.detach() for n, b in model.named_buffers()}
         self.frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
-        batches = _batches(data, self.device)
+        batches = eval_batches(data, self.device)
         total = sum(len(X) for X, _ in batches)
         self.batches = [(X, y, len(X) / total) for X, y in batches]  # weights: the mean loss over all examples
         self.examples = total
@@ -312,7 +296,7 @@ def _rademacher(n: int, m: int, gen: torch.Generator, device) -> torch.Tensor:
 
 def _slices(data, parts: int, gen: torch.Generator, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The data in disjoint slices: a DataLoader's own batches, or an (X, y) pair split at random."""
-    batches = _batches(data, device)
+    batches = eval_batches(data, device)
     if len(batches) > 1:
         return batches
     X, y = batches[0]

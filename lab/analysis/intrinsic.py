@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from ..data import eval_batches
 from ..jobs import Progress, as_progress
 
 PROJECTIONS = ("auto", "dense", "fastfood")
@@ -104,13 +105,10 @@ def _r2(out: torch.Tensor, y: torch.Tensor) -> float:
     return float(1 - ((out.double() - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum().clamp_min(1e-30))
 
 
-def _pair(data, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(data, torch.utils.data.DataLoader):
-        xs, ys = zip(*data)
-        return torch.cat(xs), torch.cat(ys)
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        return torch.as_tensor(data[0]), torch.as_tensor(data[1])
-    raise ValueError(f"{what} must be an (X, y) pair or a DataLoader; got {type(data).__name__}")
+def _pair(data, what: str, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole set as one (X, y) pair: subspace training here is full-batch or samples from it."""
+    batches = eval_batches(data, device, dtype, what)
+    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
 
 
 def intrinsic_dimension(model: nn.Module, loss_fn: Callable | None = None, data: Any = None,
@@ -160,12 +158,8 @@ def intrinsic_dimension(model: nn.Module, loss_fn: Callable | None = None, data:
     if len(dims) == 0 or dims[0] < 1 or dims[-1] > n:
         raise ValueError(f"dims must be whole numbers between 1 and the model's {n} trainable parameters; got {dims.tolist()}")
     p0 = named[0][1]
-    X, y = _pair(data, "data")
-    X = X.to(p0.device, p0.dtype) if X.is_floating_point() else X.to(p0.device)
-    y = y.to(p0.device)
-    Xv, yv = (X, y) if val_data is None else _pair(val_data, "val_data")
-    Xv = Xv.to(p0.device, p0.dtype) if Xv.is_floating_point() else Xv.to(p0.device)
-    yv = yv.to(p0.device)
+    X, y = _pair(data, "data", p0.device, p0.dtype)
+    Xv, yv = (X, y) if val_data is None else _pair(val_data, "val_data", p0.device, p0.dtype)
     if metric == "auto":
         metric = "accuracy" if not y.is_floating_point() else "r2"
     if isinstance(metric, str) and metric not in ("accuracy", "r2"):

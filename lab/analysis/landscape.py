@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data import eval_batches
 from ..jobs import Progress, as_progress
 from ..probes import Probe
 
@@ -233,20 +234,7 @@ def _batches(data, device, dtype, samples: int | None, seed: int) -> tuple[list[
     the same set at every point; pass one to bound the memory of a large data set), or a trainlab Data.
     With `samples`, a fixed random subset of that many examples (one batch).
     """
-    if hasattr(data, "X") and hasattr(data, "source") and hasattr(data, "y"):  # trainlab Data
-        data = (data.X, data.y) if data.X is not None else data.source
-    if isinstance(data, torch.utils.data.Dataset):
-        data = torch.utils.data.DataLoader(data, batch_size=512)
-    if isinstance(data, torch.utils.data.DataLoader):
-        batches = [(xb, yb) for xb, yb in data]
-    elif isinstance(data, (tuple, list)) and len(data) == 2:
-        batches = [tuple(data)]
-    else:
-        raise ValueError(f"data must be an (X, y) pair or a DataLoader; got {type(data).__name__}")
-    fix = lambda t, x: (t.to(device, dtype) if x and t.is_floating_point() else t.to(device))  # noqa: E731
-    batches = [(fix(torch.as_tensor(xb), True), fix(torch.as_tensor(yb), False)) for xb, yb in batches]
-    if any(len(xb) != len(yb) for xb, yb in batches):
-        raise ValueError("X and y must have the same number of examples")
+    batches = eval_batches(data, device, dtype)
     if samples is not None:
         X = torch.cat([b[0] for b in batches])
         y = torch.cat([b[1] for b in batches])
