@@ -9,6 +9,7 @@ import threading
 import numpy as np
 import panel as pn
 import pytest
+import torch
 from bokeh.models import ColumnDataSource
 
 from trainlab import Run
@@ -203,6 +204,24 @@ def test_switching_optimizer_rebuilds_its_controls(dash):
     dash.controls["beta1"].widget.value = 0.8
     dash.run.step(1)
     assert dash.run.torch_optimizer.param_groups[0]["betas"] == (0.8, 0.999)
+
+
+def test_switching_keeps_the_optimizers_state_only_when_asked(dash):
+    dash.controls["optimizer"].widget.value = "adam"
+    dash.run.step(5)
+    moments = [dash.run.torch_optimizer.state[p]["exp_avg"].clone() for p in dash.run.params]
+    dash.keep_state.value = True
+    dash.controls["optimizer"].widget.value = "adamw"
+    dash.run.step(1)
+    state = dash.run.torch_optimizer.state[dash.run.params[0]]
+    assert int(state["step"]) == 6  # carried over: five adam steps, then one adamw step
+    assert not torch.equal(state["exp_avg"], moments[0] * 0)
+    dash.keep_state.value = False
+    dash.controls["optimizer"].widget.value = "adam"
+    dash.run.step(1)
+    assert int(dash.run.torch_optimizer.state[dash.run.params[0]]["step"]) == 1  # fresh
+    events = dash.run.history.frame()["event"].dropna().tolist()
+    assert "kept" in events[1] and "reset" in events[2]
 
 
 def test_divergence_is_shown(dash):

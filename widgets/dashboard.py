@@ -67,6 +67,9 @@ class TrainingDashboard(Viewer):
         self.status = pn.pane.Alert("", alert_type="secondary", sizing_mode="stretch_width")
         self._controls = pn.Column(sizing_mode="stretch_width")
         self._more_controls = pn.Column(sizing_mode="stretch_width")
+        # switching optimizer carries over the per-weight state both use (adam -> adamw keeps its
+        # moments) only when this is checked; the history's event says which happened
+        self.keep_state = pn.widgets.Checkbox(label="keep optimizer state on switch", value=False)
         self._plots = pn.FlexBox(sizing_mode="stretch_width")
         sidebar = pn.Column(
             pn.pane.Markdown("### trainlab"), self._data, self._data_options, self._model, self._model_options,
@@ -145,7 +148,8 @@ class TrainingDashboard(Viewer):
             for n in names:
                 self.controls[n] = Control(owner, n, self._apply)
         self._opt_shown = run.optimizer
-        self._controls.objects = [c.widget for c in self.controls.values()]
+        self._controls.objects = [self.controls["optimizer"].widget, self.keep_state,
+                                  *(c.widget for n, c in self.controls.items() if n != "optimizer")]
         more = [n for n in run._settable if n not in self.controls]
         for n in more:
             self.controls[n] = Control(run, n, self._apply)
@@ -172,8 +176,9 @@ class TrainingDashboard(Viewer):
     # ---- events -----------------------------------------------------------------------------
     def _apply(self, name: str, value: Any) -> None:
         """A control moved: hand the value to run.set; a rejection is shown and the run is unchanged."""
+        extra = {"state": "keep" if self.keep_state.value else "reset"} if name == "optimizer" else {}
         try:
-            self.run.set(**{name: value})
+            self.run.set(**{name: value}, **extra)
             self.error = ""
         except ValueError as e:
             self.error = str(e)
