@@ -97,3 +97,16 @@ def test_model_copy_is_independent_of_training():
     run.step(5)
     assert all(torch.equal(a, b) for a, b in zip(before, copy.parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(before, run.model.parameters()))
+
+
+def test_a_panel_lets_finished_jobs_go_and_cancels_running_ones_on_close():
+    from trainlab.widgets.base import LabPanel
+
+    panel = LabPanel(trainlab.Run(data="moons", probes=[]))
+    first = panel.start_job(_count, 3)
+    first.wait(10)
+    slow = panel.start_job(_count, 10_000, pause=0.005)
+    assert panel.jobs == [slow]  # the finished one (and its result) is not kept
+    panel.close()
+    slow.wait(10)
+    assert slow.cancelled and len(slow.result) < 10_000

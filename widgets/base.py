@@ -34,6 +34,12 @@ class LabPanel(Viewer):
             self.feed.tick()  # the run's past before the first render
             self.feed.start()
 
+    def start_job(self, fn, *args, **kwargs) -> Job:
+        """Run fn as a Job that close() will cancel; finished jobs (and their results) are let go."""
+        job = Job(fn, *args, **kwargs)
+        self.jobs = [j for j in self.jobs if not j.done] + [job]
+        return job
+
     def close(self) -> None:
         """Cancel running analyses and stop an own Feed (a session ended, or the run was replaced)."""
         for job in self.jobs:

@@ -160,9 +160,8 @@ class CurvaturePanel(LabPanel):
             return self._job
         kw = {"top": {"k": self.k}, "trace": {"samples": self.samples},
               "density": {"vectors": self.vectors, "iters": self.iters}}[what]
-        self._job = Job(hessian.analyze, self.run, what, name=f"trainlab-hessian-{what}", **kw)
+        self._job = self.start_job(hessian.analyze, self.run, what, name=f"trainlab-hessian-{what}", **kw)
         self._job_kind = what
-        self.jobs.append(self._job)
         self._refresh()
         return self._job
 

@@ -209,8 +209,7 @@ class LandscapePanel(LabPanel):
         settings = dict(directions=self.directions, mode=self.mode, levels=(self.coarse, self.resolution),
                         span=self.span, samples=self.samples or None, preview=self.preview_samples or None)
         self._computed_at, self._generation = self.run.steps, self.run.history.generation
-        self._job = Job(_landscape_job, self.run, self._publish, **settings, name="trainlab-landscape")
-        self.jobs = [j for j in self.jobs if not j.done] + [self._job]
+        self._job = self.start_job(_landscape_job, self.run, self._publish, **settings, name="trainlab-landscape")
         return self._job
 
     def cancel(self) -> None:
@@ -221,9 +220,8 @@ class LandscapePanel(LabPanel):
         """Start the intrinsic-dimension measurement from the run's initial weights."""
         if self._id_job is not None and not self._id_job.done:
             self._id_job.cancel(wait=5.0)
-        self._id_job = Job(_intrinsic_job, self.run, self._publish, steps=self.id_steps, max_dim=self.id_max_dim,
-                           name="trainlab-intrinsic")
-        self.jobs = [j for j in self.jobs if not j.done] + [self._id_job]
+        self._id_job = self.start_job(_intrinsic_job, self.run, self._publish, steps=self.id_steps,
+                                      max_dim=self.id_max_dim, name="trainlab-intrinsic")
         return self._id_job
 
     def _publish(self, name: str, value: dict) -> None:

@@ -223,9 +223,8 @@ class OptimizerPanel(LabPanel):
         if self.range_start >= self.range_end:
             self._report(f"range start ({self.range_start:g}) must be below its end ({self.range_end:g})")
             return None
-        self._job = Job(lr_range_test, self.run, start=self.range_start, end=self.range_end, steps=self.range_steps,
-                        name="trainlab-lr-range-test")
-        self.jobs = [j for j in self.jobs if not j.done] + [self._job]
+        self._job = self.start_job(lr_range_test, self.run, start=self.range_start, end=self.range_end,
+                                   steps=self.range_steps, name="trainlab-lr-range-test")
         self._consumed = False
         self.range_button.disabled, self.cancel_button.disabled = True, False
         self.range_text.object = "Sweeping the lr on a copy of the run…"

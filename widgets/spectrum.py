@@ -192,8 +192,7 @@ class SpectrumPanel(LabPanel):
         if self._job is not None and not self._job.done:
             return self._job
         self._job_step = self.run.steps
-        self._job = Job(spectrum.analyse, self.run.model_copy(), farms=self.farms, name="trainlab-spectrum")
-        self.jobs.append(self._job)
+        self._job = self.start_job(spectrum.analyse, self.run.model_copy(), farms=self.farms, name="trainlab-spectrum")
         self.analyse_button.disabled, self.cancel_button.disabled = True, False
         self.show_progress(self.bar, self._job)
         return self._job
