@@ -281,7 +281,7 @@ class Run(param.Parameterized):
                 self.adaptive_batch, self.batch_test_every, self.batch_test_eta, self.max_batch_size)
             self._batches.batch_size = self.batch_size
             self._lr, self._eval_every = self.lr, self.eval_every
-            self._lr_key = optimizers[self.optimizer].extra.get("lr_key", "lr")  # for the schedule
+            self._lr_key = entry.extra.get("lr_key", "lr")  # for the schedule
 
     def _rebuild(self, entry, hp: dict, keep: bool, what: str | None) -> None:
         """A new torch optimizer for the current settings; `keep` carries matching per-parameter state over."""
