@@ -49,36 +49,57 @@ def _by_layer(run: Run, values: list[float], prefix: str) -> dict[str, float]:
     return out
 
 
+def _grad_norms(run: Run) -> list[torch.Tensor]:
+    """Per-tensor gradient norms, aligned with run.params (0 for a parameter without a gradient)."""
+    return torch._foreach_norm([p.grad if p.grad is not None else torch.zeros_like(p) for p in run.params])
+
+
 class GradNorm(Probe):
     """Per-layer gradient norm, in columns `grad_norm/<layer>` (the global norm is logged every step)."""
 
     name = "grad_norm"
 
     def measure(self, run: Run) -> dict[str, float]:
-        norms = torch._foreach_norm([p.grad if p.grad is not None else torch.zeros_like(p) for p in run.params])
+        norms = _grad_norms(run)
         return _by_layer(run, torch.stack(norms).tolist(), "grad_norm")
 
 
-class UpdateRatio(Probe):
-    """Per-layer ||w_after - w_before|| / ||w_before|| of one step, in columns `update_ratio/<layer>`.
-
-    Measured on the weights themselves, so it is right for any optimizer (a rule of thumb puts
-    healthy values near 1e-3).
-    """
-
-    name = "update_ratio"
+class _StepSize(Probe):
+    """Per-layer ||w_after - w_before|| of one step divided by a per-layer scale: the weights before
+    the step (UpdateRatio) or the gradient (EffectiveStep). Measured on the weights themselves, so
+    it is right for any optimizer."""
 
     def before(self, run: Run) -> None:
         self._before = [p.detach().clone() for p in run.params]
 
+    def scale(self, run: Run) -> list[torch.Tensor]:
+        raise NotImplementedError
+
     def measure(self, run: Run) -> dict[str, float]:
-        after = [p.detach() for p in run.params]
         # foreach ops: one dispatch for all tensors instead of one per tensor (3x faster here)
-        delta = torch._foreach_norm(torch._foreach_sub(after, self._before))
-        base = torch._foreach_norm(self._before)
-        d, b = torch.stack(delta).tolist(), torch.stack(base).tolist()
+        delta = torch._foreach_norm(torch._foreach_sub([p.detach() for p in run.params], self._before))
+        base = self.scale(run)
+        num = _by_layer(run, torch.stack(delta).tolist(), self.name)
+        den = _by_layer(run, torch.stack(base).tolist(), self.name)
         self._before = []
-        num, den = _by_layer(run, d, "update_ratio"), _by_layer(run, b, "update_ratio")
+        return self.divide(num, den)
+
+    @staticmethod
+    def divide(num: dict[str, float], den: dict[str, float]) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class UpdateRatio(_StepSize):
+    """Per-layer ||w_after - w_before|| / ||w_before|| of one step, in columns `update_ratio/<layer>`
+    (a rule of thumb puts healthy values near 1e-3)."""
+
+    name = "update_ratio"
+
+    def scale(self, run: Run) -> list[torch.Tensor]:
+        return torch._foreach_norm(self._before)
+
+    @staticmethod
+    def divide(num, den):
         return {k: num[k] / max(den[k], 1e-12) for k in num}
 
 
@@ -137,26 +158,22 @@ def default_probes(run: Run) -> list[Probe]:
 
 
 # ---- optimizer internals (the optimizer lab) ---------------------------------------------------
-class EffectiveStep(Probe):
+class EffectiveStep(_StepSize):
     """Per-layer effective step size ||Δw|| / ||g|| of one step, in columns `effective_lr/<layer>`.
 
     The lr that plain gradient descent would need to move the layer as far as the optimizer did:
     exactly the lr for SGD without momentum or decay; momentum, Adam's 1/sqrt(v), weight decay and
-    the schedule all show in it. Measured on the weights, so it is right for any optimizer.
+    the schedule all show in it.
     """
 
     name = "effective_lr"
 
-    def before(self, run: Run) -> None:
-        self._before = [p.detach().clone() for p in run.params]
+    def scale(self, run: Run) -> list[torch.Tensor]:
+        return _grad_norms(run)
 
-    def measure(self, run: Run) -> dict[str, float]:
-        delta = torch._foreach_norm(torch._foreach_sub([p.detach() for p in run.params], self._before))
-        grads = torch._foreach_norm([p.grad if p.grad is not None else torch.zeros_like(p) for p in run.params])
-        self._before = []
-        num = _by_layer(run, torch.stack(delta).tolist(), "effective_lr")
-        den = _by_layer(run, torch.stack(grads).tolist(), "effective_lr")
-        return {k: num[k] / den[k] for k in num if den[k] > 0}
+    @staticmethod
+    def divide(num, den):
+        return {k: num[k] / den[k] for k in num if den[k] > 0}  # a layer with no gradient has no step size
 
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm,
