@@ -93,7 +93,7 @@ def main():
               f"{np.abs(t.xy - r).max() / np.abs(r).max():.1e}")
 
     f = pg.as_function("rosenbrock")  # the bare kernel call, without the lab's validation around it
-    codes = np.array([pg.rules[t.optimizer].extra["code"] for t in paths])
+    codes = np.array([pg.rules[t.optimizer].meta.code for t in paths])
     hps = np.stack([pg.rules[t.optimizer].build(**t.hyperparameters) for t in paths])
     starts = np.array([t.start for t in paths])
     bare = lambda: K.trajectories(f.code, np.array(f.fp), codes, hps, starts, args.steps, 1e3)  # noqa: E731

@@ -15,13 +15,15 @@ from .optimizers import optimizers  # noqa: E402
 from .lr_finder import lr_range_test  # noqa: E402
 from .probes import (DecisionBoundary, EffectiveStep, GradNorm, Probe, ScaleInvariantNorm,  # noqa: E402
                      SecondMoment, UpdateRatio)
+from .threads import available_cpus  # noqa: E402
 from .registry import LogInteger, LogNumber, Registry  # noqa: E402
 from .run import Run, resolve_device  # noqa: E402
 from .schedules import schedules  # noqa: E402
 
 __all__ = [
     "Data", "DecisionBoundary", "EffectiveStep", "GradNorm", "History", "LogInteger", "LogNumber", "Probe", "Registry",
-    "Run", "ScaleInvariantNorm", "SecondMoment", "UpdateRatio", "as_data", "datasets", "inits", "lr_range_test",
+    "Run", "ScaleInvariantNorm", "SecondMoment", "UpdateRatio", "as_data", "available_cpus", "datasets", "inits",
+    "lr_range_test",
     "models", "norms", "optimizers", "resolve_device", "schedules",
 ]
 

@@ -63,39 +63,28 @@ def next_batch_size(result: dict[str, float], current: int, cap: int) -> int:
     return int(min(cap, math.ceil(need))) if math.isfinite(need) else cap
 
 
-class AdaGradNorm(torch.optim.Optimizer):
-    """AdaGrad-Norm (Ward, Wu, Bottou 2019): one step size for all weights, b² += ‖g‖², w ← w − lr/b · g.
+class AdaptiveBatch:
+    """The run's step hook for the adaptive batch size: every `every` steps, the variance test on this
+    batch's per-example gradients (after the backward pass, before the update); when it fails, the run's
+    own `batch_size` grows to what the test asks for (capped), so the history and the dashboard follow.
 
-    Args:
-        lr: η, the step size's numerator.
-        b0: initial accumulator b₀ > 0.
-        weight_decay: L2 penalty added to the gradient.
+    Adds `batch_size` to every row and `batch_test` (the ratio; <= 1 passes) to the tested ones.
     """
 
-    def __init__(self, params, lr: float = 0.1, b0: float = 1e-2, weight_decay: float = 0.0):
-        if not lr > 0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not b0 > 0:
-            raise ValueError(f"Invalid b0: {b0} (must be > 0)")
-        if weight_decay < 0:
-            raise ValueError(f"Invalid weight_decay: {weight_decay}")
-        super().__init__(params, dict(lr=lr, b0=b0, weight_decay=weight_decay))
+    def __init__(self, kind: str, every: int, eta: float, cap: int):
+        if kind not in ("norm", "inner_product"):
+            raise ValueError(f"adaptive_batch must be 'norm' or 'inner_product', got {kind!r}")
+        self.kind, self.every, self.eta, self.cap = kind, every, eta, cap
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            ps = [p for p in group["params"] if p.grad is not None]
-            if not ps:
-                continue
-            grads = [p.grad + group["weight_decay"] * p if group["weight_decay"] else p.grad for p in ps]
-            sq = torch.stack(torch._foreach_norm(grads)).square().sum()
-            state = self.state[ps[0]]  # one accumulator per group, kept with its first tensor (saved in state_dict)
-            if "b2" not in state:
-                state["b2"] = torch.tensor(group["b0"] ** 2, dtype=sq.dtype, device=sq.device)
-            state["b2"].add_(sq)
-            torch._foreach_add_(ps, torch._foreach_div(grads, state["b2"].sqrt()), alpha=-group["lr"])
-        return loss
+    def __call__(self, run, xb: torch.Tensor, yb: torch.Tensor, step: int) -> dict[str, float]:
+        row = {"batch_size": len(yb)}
+        if step % self.every:
+            return row
+        G = per_example_grads(run.model, run.loss_fn, xb, yb)
+        result = norm_test(G, self.eta) if self.kind == "norm" else inner_product_test(G, self.eta, self.eta)
+        new = next_batch_size(result, run.batch_size, self.cap)
+        if new > run.batch_size:
+            run.note(f"batch size {run.batch_size} -> {new} ({self.kind} test failed: ratio {result['ratio']:.3g} > 1)")
+            run.set(batch_size=new)
+        row["batch_test"] = result["ratio"]
+        return row

@@ -1,6 +1,7 @@
 """Data: the embedded sets by name, the user's own tensors, Datasets and DataLoaders, and batching.
 
 Nothing here downloads: digits ships inside scikit-learn's wheel, the 2-D sets are generated.
+scikit-learn is imported when a set is first built, not with trainlab (it is seconds of a cold import).
 """
 from __future__ import annotations
 
@@ -11,8 +12,6 @@ from typing import Any
 import numpy as np
 import param
 import torch
-from sklearn import datasets as skd
-from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset
 
 from .registry import Registry
@@ -65,13 +64,51 @@ class Data:
     def has_val(self) -> bool:
         return self.X_val is not None or self.val_source is not None
 
+    @property
+    def fixed_batch_size(self) -> bool:
+        """True when the user passed a DataLoader: its batches (and their size) are its own."""
+        return isinstance(self.source, DataLoader)
+
+    @property
+    def dataset(self) -> Dataset | None:
+        """The map-style Dataset behind `source` (the DataLoader's own, if one was passed)."""
+        return self.source.dataset if isinstance(self.source, DataLoader) else self.source
+
+    @property
+    def n_examples(self) -> int:
+        """Training examples."""
+        return len(self.X) if self.X is not None else len(self.dataset)
+
     def sample(self, n: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-        """A few training examples, for shape checks before any step."""
+        """The first few training examples, for shape checks before any step."""
         if self.X is not None:
             return self.X[:n], self.y[:n]
         loader = self.source if isinstance(self.source, DataLoader) else DataLoader(self.source, batch_size=n)
         xb, yb = next(iter(loader))
         return xb[:n], yb[:n]
+
+    def fixed_sample(self, n: int | None, seed: int = 0,
+                     device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A fixed random subset of `n` training examples, the same for the same seed: every example
+        (in order) when n is None or at least their number. What probes and analyses measure on."""
+        total = self.n_examples
+        if n is None or n >= total:
+            return self._take(None, device)
+        return self._take(torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n], device)
+
+    def random_sample(self, n: int, generator: torch.Generator,
+                      device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`n` training examples drawn afresh from `generator` (a probe's own, so the run's sampling is untouched)."""
+        return self._take(torch.randperm(self.n_examples, generator=generator)[:n], device)
+
+    def _take(self, idx: torch.Tensor | None, device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.X is not None:
+            X, y = (self.X, self.y) if idx is None else (self.X[idx.to(self.X.device)], self.y[idx.to(self.X.device)])
+        else:
+            ds = self.dataset if idx is None else torch.utils.data.Subset(self.dataset, idx.tolist())
+            parts = list(DataLoader(ds, batch_size=512))
+            X, y = torch.cat([b[0] for b in parts]), torch.cat([b[1] for b in parts])
+        return (X, y) if device is None else (X.to(device), y.to(device))
 
     def to(self, device: torch.device) -> Data:
         """Tensors moved once, so no step copies data between devices."""
@@ -88,6 +125,8 @@ def _standardize(X_train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
 
 def _from_arrays(name: str, X: np.ndarray, y: np.ndarray, seed: int, val_fraction: float = 0.2, **extra) -> Data:
     """A stratified split, standardized with the training statistics."""
+    from sklearn.model_selection import train_test_split
+
     Xtr, Xva, ytr, yva = train_test_split(X, y, test_size=val_fraction, stratify=y, random_state=seed)
     Xtr, Xva = _standardize(Xtr, Xva)
     f = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
@@ -98,21 +137,27 @@ def _from_arrays(name: str, X: np.ndarray, y: np.ndarray, seed: int, val_fractio
 @datasets.register("digits", **_SEED)
 def digits(seed: int = 0) -> Data:
     """scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), standardized, 80/20 split."""
-    X, y = skd.load_digits(return_X_y=True)
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
     return _from_arrays("digits", X, y, seed, image_shape=(1, 8, 8))
 
 
 @datasets.register("moons", **_N, **_noise(0.15), **_SEED)
 def moons(n: int = 400, noise: float = 0.15, seed: int = 0) -> Data:
     """Two interleaving half circles."""
-    X, y = skd.make_moons(n, noise=noise, random_state=seed)
+    from sklearn.datasets import make_moons
+
+    X, y = make_moons(n, noise=noise, random_state=seed)
     return _from_arrays("moons", X, y, seed)
 
 
 @datasets.register("circles", **_N, **_noise(0.1), **_SEED)
 def circles(n: int = 400, noise: float = 0.1, seed: int = 0) -> Data:
     """A small circle inside a large one."""
-    X, y = skd.make_circles(n, noise=noise, factor=0.5, random_state=seed)
+    from sklearn.datasets import make_circles
+
+    X, y = make_circles(n, noise=noise, factor=0.5, random_state=seed)
     return _from_arrays("circles", X, y, seed)
 
 
@@ -140,7 +185,9 @@ def xor(n: int = 400, noise: float = 0.05, seed: int = 0) -> Data:
 @datasets.register("gaussians", **_N, **_noise(0.3), **_SEED)
 def gaussians(n: int = 400, noise: float = 0.3, seed: int = 0) -> Data:
     """Two Gaussian blobs at (1, 1) and (-1, -1) whose spread grows with the noise."""
-    X, y = skd.make_blobs(n, centers=[(1.0, 1.0), (-1.0, -1.0)], cluster_std=0.2 + noise, random_state=seed)
+    from sklearn.datasets import make_blobs
+
+    X, y = make_blobs(n, centers=[(1.0, 1.0), (-1.0, -1.0)], cluster_std=0.2 + noise, random_state=seed)
     return _from_arrays("gaussians", X, y, seed)
 
 
@@ -174,6 +221,8 @@ def opposing(n: int = 400, noise: float = 0.3, outliers: float = 0.05, strength:
     X = np.concatenate([X_bulk, X_a, X_b])
     y = np.concatenate([y_bulk, np.ones(k, np.int64), np.zeros(k, np.int64)])
     group = np.concatenate([np.zeros(bulk, np.int64), np.ones(k, np.int64), np.full(k, 2, np.int64)])
+    from sklearn.model_selection import train_test_split
+
     Xtr, Xva, ytr, yva, gtr, _ = train_test_split(X, y, group, test_size=0.2, stratify=group * 2 + y, random_state=seed)
     f = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
     groups = {name: torch.as_tensor(np.flatnonzero(gtr == g)) for g, name in enumerate(["bulk", "group_a", "group_b"])}
@@ -299,10 +348,9 @@ class LoaderBatches:
     def __init__(self, source, batch_size: int, generator: torch.Generator, device: torch.device):
         self.gen, self.device, self.epoch = generator, device, 0
         if isinstance(source, DataLoader):
-            self.loader, self.fixed = source, True
-            self.batch_size = source.batch_size or batch_size
+            self.loader, self.batch_size = source, source.batch_size or batch_size
         else:
-            self.batch_size, self.fixed = batch_size, False
+            self.batch_size = batch_size
             self.loader = DataLoader(source, batch_sampler=_LiveBatchSampler(len(source), self))
         self._it = None
 

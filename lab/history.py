@@ -33,11 +33,6 @@ class History:
                 old, recent = self._rows[: -self.keep_recent], self._rows[-self.keep_recent :]
                 self._rows = old[::2] + recent
 
-    def update_last(self, values: dict[str, Any]) -> None:
-        """Add columns to the newest row (probes measured at the step just logged)."""
-        with self._lock:
-            self._rows[-1].update(values)
-
     def put_snapshot(self, name: str, step: int, value: np.ndarray) -> None:
         with self._lock:
             self._snapshots[name] = (step, value)

@@ -100,10 +100,10 @@ def lr_range_test(run: Run, start: float = 1e-7, end: float = 10.0, steps: int =
     if diverge <= 1:
         raise ValueError(f"diverge must be > 1 (a multiple of the best loss), got {diverge}")
     entry = optimizers[run.optimizer]
-    if entry.extra.get("step", "plain") != "plain":
+    if entry.meta.step != "plain":
         raise ValueError(f"the LR range test drives optimizers that step after one backward pass; {run.optimizer} "
-                         f"steps differently ({entry.extra['step']}): run the test with optimizer sgd or adam")
-    key = entry.extra.get("lr_key", "lr")
+                         f"steps differently ({entry.meta.step}): run the test with optimizer sgd or adam")
+    key = entry.meta.lr_key or "lr"
     model = run.model_copy()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = entry.build(params, lr=start, **option_values(run.opt_params))  # as Run builds it

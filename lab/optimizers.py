@@ -21,12 +21,13 @@ import inspect
 import math
 import re
 import typing
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import param
 import torch
 
-from .adaptive_batch import AdaGradNorm
+from .adagrad_norm import AdaGradNorm
 from .registry import LogNumber, Registry
 from .zeroth_order import ZerothOrderSGD
 
@@ -56,10 +57,11 @@ refused: dict[str, str] = {
                     ("safefp16optimizer", "SafeFP16Optimizer")]},
 }
 
-# How Run._step_once drives an optimizer other than by backward() then step():
-ZEROTH = {"zosgd"}                    # step(closure): the closure only evaluates the loss, never backward
-CLOSURE = {"lbfgs", "alig", "bsam"}   # step(closure): the closure recomputes loss and gradients on the same batch
-HESSIAN = {"adahessian", "sophiah"}   # Hutchinson curvature: backward(create_graph=True)
+# How the run drives an optimizer other than by backward() then step() (trainlab.stepping has one
+# step function per kind):
+ZEROTH = {"zosgd"}                    # "zeroth_order": step(closure), the closure only evaluates the loss
+CLOSURE = {"lbfgs", "alig", "bsam"}   # "closure": the closure recomputes loss and gradients on the same batch
+HESSIAN = {"adahessian", "sophiah"}   # "second_order": Hutchinson curvature needs backward(create_graph=True)
 MUON_FAMILY = {"adago", "adamuon", "muon_po", "muonclip", "normuon"}  # need use_muon groups
 
 # Constructor-only switches that are not training hyperparameters.
@@ -187,19 +189,6 @@ def discover(cls: type, name: str) -> tuple[dict[str, param.Parameter], dict[str
     return params, tuples, lr_key, lr_default
 
 
-def _to_group(tuples: dict[str, list[str]]) -> Callable[[dict], dict]:
-    """Declared hyperparameters -> constructor/param-group keys (beta1, beta2 -> betas)."""
-
-    def to_group(hp: dict) -> dict:
-        hp = dict(hp)
-        for key, names in tuples.items():
-            if names[0] in hp:
-                hp[key] = tuple(hp.pop(n) for n in names)
-        return hp
-
-    return to_group
-
-
 def _muon_groups(parameters) -> list[dict]:
     """Muon orthogonalizes 2-D weight matrices; every other parameter goes to its AdamW groups."""
     ps = list(parameters)
@@ -216,16 +205,57 @@ def _dummy_params() -> list[torch.Tensor]:
     return [torch.zeros(2, 2, requires_grad=True), torch.zeros(2, requires_grad=True)]
 
 
+@dataclass(frozen=True)
+class OptimizerInfo:
+    """What the registry knows of an optimizer beyond its settings (an entry's `meta`)."""
+
+    cls: type                      # the torch.optim.Optimizer subclass
+    source: str                    # "torch.optim", "pytorch_optimizer" or "trainlab"
+    usual_lr: float                # the lr a run starts with when none is given
+    lr_key: str | None             # the constructor argument the run's lr sets (None: the optimizer has none)
+    step: str                      # "plain", "closure", "second_order" or "zeroth_order"
+    takes_model: bool              # the constructor takes the model, not its parameters
+    tuples: dict[str, list[str]] = field(default_factory=dict)  # betas -> [beta1, beta2]
+
+    def to_group(self, hp: dict) -> dict:
+        """Declared hyperparameters -> constructor/param-group keys (beta1, beta2 -> betas)."""
+        hp = dict(hp)
+        for key, names in self.tuples.items():
+            if names[0] in hp:
+                hp[key] = tuple(hp.pop(n) for n in names)
+        return hp
+
+    def split(self, values: dict, optimizer: str) -> dict:
+        """Settings given under the constructor's own names (betas=(0.9, 0.99)) as the declared split names.
+
+        A tuple of the wrong length, or given beside its split names, is refused naming both.
+        """
+        out = dict(values)
+        for key, names in self.tuples.items():
+            if key not in out:
+                continue
+            value = out.pop(key)
+            if torch.is_tensor(value) or not isinstance(value, (tuple, list)) or len(value) != len(names):
+                raise ValueError(f"{key}={value!r} rejected for {optimizer}: a tuple of {len(names)} numbers "
+                                 f"({', '.join(names)})")
+            both = [n for n in names if n in out]
+            if both:
+                raise ValueError(f"give {key} or {', '.join(names)}, not both (got {key} and {both[0]})")
+            out.update(zip(names, value))
+        return out
+
+
 def _register(name: str, cls: type, source: str) -> None:
     params, tuples, lr_key, lr_default = discover(cls, name)
-    to_group = _to_group(tuples)
     takes_model = list(inspect.signature(cls.__init__).parameters)[1] == "model"
     usual = _USUAL_LR.get(name, lr_default if isinstance(lr_default, (int, float)) and lr_default else 1e-3)
-
+    step = ("zeroth_order" if name in ZEROTH else "closure" if name in CLOSURE
+            else "second_order" if name in HESSIAN else "plain")
+    info = OptimizerInfo(cls, source, float(usual), lr_key, step, takes_model, tuples)
     defaults = {k: p.default for k, p in params.items()}
 
     def build(parameters, lr: float, **hp) -> torch.optim.Optimizer:
-        hp = to_group({**defaults, **hp})  # settings not given take the declared defaults (num_data included)
+        hp = info.to_group({**defaults, **hp})  # settings not given take the declared defaults (num_data included)
         kw = {lr_key: lr, **hp} if lr_key else hp
         if name in MUON_FAMILY:
             parameters = _muon_groups(parameters)
@@ -234,11 +264,7 @@ def _register(name: str, cls: type, source: str) -> None:
         return cls(parameters, **kw)
 
     doc = ((cls.__doc__ or name).strip().splitlines() or [name])[0]
-    step = "zeroth" if name in ZEROTH else "closure" if name in CLOSURE else "hessian" if name in HESSIAN else "plain"
-    optimizers.register(name, doc=f"{doc} ({source}.{cls.__name__})",
-                        extra={"cls": cls, "to_group": to_group, "lr": float(usual), "lr_key": lr_key,
-                               "tuples": tuples, "step": step, "takes_model": takes_model, "source": source},
-                        **params)(build)
+    optimizers.register(name, doc=f"{doc} ({source}.{cls.__name__})", meta=info, **params)(build)
 
 
 def _torch_classes() -> dict[str, type]:
@@ -294,7 +320,7 @@ def write_groups(opt: torch.optim.Optimizer, name: str, lr: float, hp: dict) -> 
     """
     entry = optimizers[name]
     ref_opt = entry.build(_dummy_params(), lr=lr, **hp)
-    keys = set(entry.extra["to_group"](hp)) | ({entry.extra["lr_key"]} if entry.extra["lr_key"] else set())
+    keys = set(entry.meta.to_group(hp)) | ({entry.meta.lr_key} if entry.meta.lr_key else set())
     refs = {g.get("use_muon"): g for g in ref_opt.param_groups}
     missing = set()
     for group in opt.param_groups:

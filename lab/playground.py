@@ -25,7 +25,7 @@ import param
 
 from trainlab.kernels import playground as K
 
-from .registry import LogNumber, Registry, validate
+from .registry import LogNumber, Registry, parse_spec, validate
 
 __all__ = ["Function", "Race", "Trajectory", "as_function", "contour_grid", "fair_race", "functions", "lr_grid",
            "rules", "trajectories"]
@@ -136,7 +136,7 @@ def as_function(spec: str | tuple[str, dict] | Function) -> Function:
     """A Function from a name, a (name, options) pair, or a Function (returned as is)."""
     if isinstance(spec, Function):
         return spec
-    name, options = (spec, {}) if isinstance(spec, str) else _pair(spec, "function")
+    name, options = parse_spec(spec, "a function")
     return functions.build(name, **options)
 
 
@@ -166,6 +166,14 @@ def _wd(doc="L2 penalty, added to the gradient"):
     return param.Number(0.0, bounds=(0, None), softbounds=(0, 0.1), step=1e-3, doc=doc)
 
 
+@dataclass(frozen=True)
+class Rule:
+    """What the playground's registry knows of an update rule: its kernel code and the optimizer it mirrors."""
+
+    code: int
+    mirrors: str
+
+
 def _rule(name: str, code: int, mirrors: str, doc: str, **params: param.Parameter):
     """Register an update rule: its constructor returns the kernel's hyperparameter row (lr first)."""
     order = list(params)
@@ -175,7 +183,7 @@ def _rule(name: str, code: int, mirrors: str, doc: str, **params: param.Paramete
         row[: len(order)] = [values[k] for k in order]
         return row
 
-    rules.register(name, doc=doc, extra={"code": code, "mirrors": mirrors}, **params)(build)
+    rules.register(name, doc=doc, meta=Rule(code, mirrors), **params)(build)
 
 
 _rule("sgd", K.SGD, "torch.optim.SGD", "plain gradient descent", lr=_lr(1e-3), weight_decay=_wd())
@@ -245,14 +253,6 @@ class Race:
         return dict(zip(_labels(self.optimizers), (t.lr for t in self.best)))
 
 
-def _pair(spec, what: str) -> tuple[str, dict]:
-    if isinstance(spec, str):
-        return spec, {}
-    if isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], dict):
-        return spec[0], dict(spec[1])
-    raise ValueError(f"a {what} is a name or a (name, {{options}}) pair, got {spec!r}")
-
-
 def _labels(names: list[str]) -> list[str]:
     return [n if names.count(n) == 1 else f"{n} {names[:i].count(n) + 1}" for i, n in enumerate(names)]
 
@@ -269,11 +269,11 @@ def _optimizers(optimizers, most: int = MAX_OPTIMIZERS) -> list[tuple[str, dict[
         raise ValueError(f"at most {most} optimizers at once, got {len(optimizers)}")
     out = []
     for spec in optimizers:
-        name, hp = _pair(spec, "optimizer")
+        name, hp = parse_spec(spec, "an optimizer")
         entry = rules[name]
         validate(_checker(name), hp, name)
         values = {**entry.defaults(), **hp}
-        out.append((name, values, entry.extra["code"], entry.build(**values)))
+        out.append((name, values, entry.meta.code, entry.build(**values)))
     return out
 
 

@@ -51,15 +51,30 @@ def validate(owner: param.Parameterized, values: dict[str, Any], what: str) -> N
             raise ValueError(f"{name}={value!r} rejected for {what}: allowed range {describe_range(p)} ({e})") from None
 
 
+def parse_spec(obj: Any, what: str | None = None) -> tuple[str, dict[str, Any]] | None:
+    """A "name" or a (name, {options}) pair (a list, as saved, too) as (name, options).
+
+    Anything else is None, or, when `what` names the setting, a ValueError saying what it takes.
+    """
+    if isinstance(obj, str):
+        return obj, {}
+    if isinstance(obj, (tuple, list)) and len(obj) == 2 and isinstance(obj[0], str) and isinstance(obj[1], dict):
+        return obj[0], dict(obj[1])
+    if what is not None:
+        raise ValueError(f"{what} must be a name or a (name, {{options}}) pair; got {obj!r}")
+    return None
+
+
 @dataclass
 class Entry:
-    """A registered constructor and the parameters it declares."""
+    """A registered constructor, the parameters it declares, and what its registry knows of it (`meta`:
+    a typed record of the kind's own, such as an optimizer's class and step kind)."""
 
     name: str
     build: Callable
     params: dict[str, param.Parameter]
     doc: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    meta: Any = None
     _options_cls: type | None = field(default=None, repr=False)
 
     def options(self, **values) -> param.Parameterized:
@@ -89,12 +104,12 @@ class Registry:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
 
-    def register(self, name: str, doc: str = "", extra: dict | None = None, **params: param.Parameter):
+    def register(self, name: str, doc: str = "", meta: Any = None, **params: param.Parameter):
         """Decorator: register `fn` under `name` with its declared parameters."""
 
         def deco(fn):
             text = doc or ((fn.__doc__ or "").strip().splitlines() or [""])[0]
-            self._entries[name] = Entry(name, fn, params, text, extra or {})
+            self._entries[name] = Entry(name, fn, params, text, meta)
             return fn
 
         return deco

@@ -1,10 +1,13 @@
-"""The Run: a model, its data, loss, optimizer and probes, trained step by step or in the background."""
+"""The Run: a model, its data, loss, optimizer and probes, trained step by step or in the background.
+
+This file holds the settings and the thread API. How one step is taken for each kind of optimizer is
+`trainlab.stepping`; the checkpoint format is `trainlab.checkpoint`.
+"""
 from __future__ import annotations
 
 import copy
 import math
 import os
-import tempfile
 import threading
 import time
 from typing import Any, Callable
@@ -13,18 +16,21 @@ import param
 import torch
 from torch import nn
 
-from . import __version__
+from . import checkpoint
+from .adaptive_batch import AdaptiveBatch
 from .data import Data, as_data, batches, val_batches
+from .functional import eval_mode
 from .history import History
 from .models import check_fits, default_loss, models
-from .adaptive_batch import inner_product_test, next_batch_size, norm_test, per_example_grads
 from .optimizers import carry_state, check_hparams, optimizers, write_groups
 from .optimizers import entry as optimizer_entry
 from .probes import Probe, default_probes
-from .registry import LogInteger, LogNumber, option_values, validate
+from .registry import LogInteger, LogNumber, option_values, parse_spec, validate
 from .schedules import as_schedule
+from .stepping import KINDS, AnnealedNoise, FlatGrads
+from .threads import choose as choose_threads
 
-FORMAT = "trainlab-run/1"
+FORMAT = checkpoint.FORMAT
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -48,34 +54,6 @@ def _layers(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     return out
 
 
-def _spec(obj: Any) -> tuple[str, dict] | None:
-    if isinstance(obj, str):
-        return obj, {}
-    if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str) and isinstance(obj[1], dict):
-        return obj
-    return None
-
-
-def _flat_grads(params: list[nn.Parameter]) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
-    """One zeroed buffer holding every gradient, each .grad a view into it.
-
-    The divergence check needs the global gradient norm at every step; over one buffer it is one
-    kernel instead of one per tensor plus a stack (measured: about 4% of a digits MLP step saved).
-    This is torch's zero_grad(set_to_none=False) mode: backward accumulates into the views in
-    place, and a parameter that gets no gradient in a step sees zeros, not None.
-    Parameters of mixed dtype or device keep torch's usual separate gradients (None is returned).
-    """
-    if not params or len({(p.dtype, p.device) for p in params}) != 1:
-        return None, []
-    flat = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
-    views, offset = [], 0
-    for p in params:
-        p.grad = flat[offset : offset + p.numel()].view_as(p)
-        views.append(p.grad)
-        offset += p.numel()
-    return flat, views
-
-
 class Run(param.Parameterized):
     """A training run whose hyperparameters can change while it trains.
 
@@ -86,8 +64,10 @@ class Run(param.Parameterized):
 
     `model` is a registered name ("mlp", "cnn"), a (name, {options}) pair or any nn.Module;
     `data` a registered name, a (name, {options}) pair, an (X, y) pair, a Dataset or a DataLoader.
-    Extra keyword arguments are the optimizer's own hyperparameters (momentum, beta1, eps, ...) and the
-    run's other live settings (grad_noise, adaptive_batch, ...: see `run.settings()`).
+    Extra keyword arguments are the optimizer's own hyperparameters (momentum, beta1 or betas, eps,
+    ...) and the run's other live settings (grad_noise, adaptive_batch, ...: see `run.settings()`).
+    `threads` is torch's intra-op thread count while this run trains ("auto": 1 for small models,
+    else the CPUs this process may use).
     """
 
     lr = LogNumber(0.05, bounds=(0, None), inclusive_bounds=(False, True), softbounds=(1e-4, 1.0),
@@ -111,8 +91,8 @@ class Run(param.Parameterized):
                             doc="idle (not started), running, paused (by pause() or divergence), stopped")
     message = param.String("", constant=True, doc="why the run paused by itself (divergence), or a rejected change")
 
-    _settable = ("lr", "batch_size", "optimizer", "eval_every", "grad_noise", "grad_noise_decay", "adaptive_batch",
-                 "batch_test_every", "batch_test_eta", "max_batch_size")
+    SETTABLE = ("lr", "batch_size", "optimizer", "eval_every", "grad_noise", "grad_noise_decay", "adaptive_batch",
+                "batch_test_every", "batch_test_eta", "max_batch_size")
 
     def __init__(
         self,
@@ -129,14 +109,16 @@ class Run(param.Parameterized):
         schedule: str | tuple = "constant",
         probes: list[Probe] | None = None,
         history: History | None = None,
+        threads: int | str = "auto",
         **optimizer_hparams,
     ):
         super().__init__()
         entry = optimizer_entry(optimizer)
-        settings = dict(lr=entry.extra.get("lr", self.param.lr.default) if lr is None else lr,
-                        batch_size=batch_size, optimizer=optimizer, eval_every=eval_every)
-        settings.update({k: optimizer_hparams.pop(k) for k in self._settable if k in optimizer_hparams})
+        settings = dict(lr=entry.meta.usual_lr if lr is None else lr, batch_size=batch_size, optimizer=optimizer,
+                        eval_every=eval_every)
+        settings.update({k: optimizer_hparams.pop(k) for k in self.SETTABLE if k in optimizer_hparams})
         validate(self, settings, "Run")
+        optimizer_hparams = entry.meta.split(optimizer_hparams, optimizer)  # betas=(...) -> beta1, beta2
         self.opt_params = entry.options(**optimizer_hparams)
         check_hparams(optimizer, settings["lr"], option_values(self.opt_params))
         self._schedule = as_schedule(schedule)  # the lr of each step: lr x schedule(steps taken)
@@ -144,7 +126,7 @@ class Run(param.Parameterized):
 
         self.seed, self.device = int(seed), resolve_device(device)
         self.data: Data = as_data(data, val_data).to(self.device)
-        self.model_spec = _spec(model)
+        self.model_spec = parse_spec(model)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)  # the same seed gives the same initial weights
             if self.model_spec is not None:
@@ -159,16 +141,15 @@ class Run(param.Parameterized):
         self.model.to(self.device)
         self.loss_fn = loss or default_loss(self.data.task)
         check_fits(self.model, self.loss_fn, self.data, self.device)
-        if self.data.source is not None and isinstance(self.data.source, torch.utils.data.DataLoader):
+        if self.data.fixed_batch_size:
             with param.parameterized.discard_events(self):
                 self.batch_size = self.data.source.batch_size or batch_size
-            if self.adaptive_batch != "off":
-                raise ValueError("adaptive_batch needs a live batch size, which the DataLoader you passed fixes; "
-                                 "pass its Dataset instead")
+            self._check_live_batch(self.adaptive_batch, None)
 
         self.layers = _layers(self.model)
         self.params = [p for ps in self.layers.values() for p in ps]  # trainable, in layer order
-        self._flat_grad, self._grad_views = _flat_grads(self.params)
+        self.threads = choose_threads(threads, sum(p.numel() for p in self.params), self.batch_size)
+        self.grads = FlatGrads(self.params)
         self._buffers = list(self.model.buffers())  # all of them: BatchNorm's num_batches_tracked too
         self._initial_state = copy.deepcopy(self.model.state_dict())
         self.history = History() if history is None else history  # an empty History is falsy
@@ -178,7 +159,7 @@ class Run(param.Parameterized):
         self._settings_lock = threading.Lock()  # held while settings are written or read as a set
         self._go, self._halt = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
-        self.param.watch(self._mark_dirty, list(self._settable))
+        self.param.watch(self._mark_dirty, list(self.SETTABLE))
         self._watch_opt_params()
         self._init_training_state()
 
@@ -204,7 +185,21 @@ class Run(param.Parameterized):
 
     def settings(self) -> dict[str, Any]:
         """Every live setting: the run's own and the current optimizer's."""
-        return {**{k: getattr(self, k) for k in self._settable}, **option_values(self.opt_params)}
+        return {**{k: getattr(self, k) for k in self.SETTABLE}, **self.optimizer_settings()}
+
+    def optimizer_settings(self) -> dict[str, Any]:
+        """The current optimizer's own settings (momentum, beta1, ...), under their declared names."""
+        return option_values(self.opt_params)
+
+    def _check_live_batch(self, adaptive: str, batch_size: int | None) -> None:
+        if not self.data.fixed_batch_size:
+            return
+        if adaptive != "off":
+            raise ValueError("adaptive_batch needs a live batch size, which the DataLoader you passed fixes; "
+                             "pass its Dataset instead")
+        if batch_size is not None:
+            raise ValueError("batch_size is fixed by the DataLoader you passed; pass its Dataset instead "
+                             "to change the batch size live")
 
     def set(self, state: str | None = None, **values) -> None:
         """Change settings while the run trains; they apply at the next step.
@@ -213,10 +208,11 @@ class Run(param.Parameterized):
         allowed range, and then nothing changes. When switching optimizer, `state="reset"` (the
         default) starts it fresh and `state="keep"` carries over the per-parameter state whose keys
         and shapes the new optimizer uses (adam -> adamw keeps exp_avg, exp_avg_sq, step); the
-        history's `event` column says which.
+        history's `event` column says which. The optimizer's tuple settings take either form:
+        `betas=(0.9, 0.99)` or `beta1=0.9, beta2=0.99`.
         """
         schedule = as_schedule(values.pop("schedule")) if "schedule" in values else None
-        own = {k: v for k, v in values.items() if k in self._settable}
+        own = {k: v for k, v in values.items() if k in self.SETTABLE}
         rest = {k: v for k, v in values.items() if k not in own}
         if "optimizer" in own:
             optimizer_entry(own["optimizer"])  # a refused name says why, an unknown one lists the valid ones
@@ -227,23 +223,19 @@ class Run(param.Parameterized):
             raise ValueError(f"state={state!r}: use state='keep' or state='reset' when switching optimizer")
         if state is not None and not switching:
             raise ValueError("state= only applies when switching optimizer (run.set(optimizer=..., state='keep'))")
-        if own.get("adaptive_batch", "off") != "off" and isinstance(self.data.source, torch.utils.data.DataLoader):
-            raise ValueError("adaptive_batch needs a live batch size, which the DataLoader you passed fixes; "
-                             "pass its Dataset instead")
+        self._check_live_batch(own.get("adaptive_batch", "off"), own.get("batch_size"))
         entry = optimizers[name]
+        rest = entry.meta.split(rest, name)
         if switching:
             opt_params = entry.options(**rest)
         else:
             unknown = [k for k in rest if k not in self.opt_params.param or k == "name"]
             if unknown:
-                valid = ", ".join([*self._settable, *(n for n in self.opt_params.param if n != "name")])
+                valid = ", ".join([*self.SETTABLE, *(n for n in self.opt_params.param if n != "name")])
                 raise ValueError(f"unknown setting {unknown[0]!r}; valid settings (for {name}): {valid}")
             validate(self.opt_params, rest, name)
             opt_params = None
-        if "batch_size" in own and isinstance(self.data.source, torch.utils.data.DataLoader):
-            raise ValueError("batch_size is fixed by the DataLoader you passed; pass its Dataset instead "
-                             "to change the batch size live")
-        hp = option_values(opt_params) if switching else {**option_values(self.opt_params), **rest}
+        hp = option_values(opt_params) if switching else {**self.optimizer_settings(), **rest}
         check_hparams(name, own.get("lr", self.lr), hp)
         with self._settings_lock:
             if switching:
@@ -263,7 +255,7 @@ class Run(param.Parameterized):
         """Write settings into the optimizer and batcher; only ever between two steps."""
         with self._settings_lock:
             self._dirty = False
-            hp = option_values(self.opt_params)
+            hp = self.optimizer_settings()
             entry = optimizers[self.optimizer]
             if self._rebuild_opt:
                 old, keep = self._switch
@@ -271,45 +263,47 @@ class Run(param.Parameterized):
                 self._rebuild_opt, self._switch = False, (None, False)
             else:
                 missing = write_groups(self.torch_optimizer, self.optimizer, self.lr, hp)
-                now, built = entry.extra["to_group"](hp), entry.extra["to_group"](self._built_hp)
+                now, built = entry.meta.to_group(hp), entry.meta.to_group(self._built_hp)
                 changed = sorted(k for k in missing if now.get(k) != built.get(k))
                 if changed:  # read only by the constructor: rebuilt, its state carried over
                     self._rebuild(entry, hp, True, f"{self.optimizer} rebuilt for {', '.join(changed)}")
-            self._mode = entry.extra["step"]
-            self._noise = (self.grad_noise, self.grad_noise_decay)
-            self._adaptive = None if self.adaptive_batch == "off" else (
-                self.adaptive_batch, self.batch_test_every, self.batch_test_eta, self.max_batch_size)
-            self._batches.batch_size = self.batch_size
+            self._kind = KINDS[entry.meta.step]
+            self.noise.eta, self.noise.gamma = self.grad_noise, self.grad_noise_decay
+            self._hooks = [] if self.adaptive_batch == "off" else [
+                AdaptiveBatch(self.adaptive_batch, self.batch_test_every, self.batch_test_eta, self.max_batch_size)]
+            self.batches.batch_size = self.batch_size
             self._lr, self._eval_every = self.lr, self.eval_every
-            self._lr_key = entry.extra.get("lr_key", "lr")  # for the schedule
+            self._lr_key = entry.meta.lr_key or "lr"  # for the schedule
+            if self._schedule.varies:  # the groups' base lrs were just rewritten: the schedule scales those
+                self._schedule.rebase(self.torch_optimizer, self._lr_key)
 
     def _rebuild(self, entry, hp: dict, keep: bool, what: str | None) -> None:
         """A new torch optimizer for the current settings; `keep` carries matching per-parameter state over."""
         def build(params):
-            return entry.build(self.model if entry.extra["takes_model"] and params is self.params else params,
+            return entry.build(self.model if entry.meta.takes_model and params is self.params else params,
                                lr=self.lr, **hp)
 
         old = getattr(self, "torch_optimizer", None)
         new = build(self.params)
         if what is not None:
             note = carry_state(old, new, build, self.params) if keep and old is not None else "state reset"
-            self._note(f"{what} ({note})")
-        if self._flat_grad is not None and not all(p.grad is v for p, v in zip(self.params, self._grad_views)):
-            self._flat_grad, self._grad_views = _flat_grads(self.params)  # a create_graph backward replaced them
+            self.note(f"{what} ({note})")
+        if self.grads.flat is not None and not self.grads.intact:
+            self.grads.rebuild()  # a create_graph backward replaced them
         self.torch_optimizer, self._built_hp = new, dict(hp)
 
-    def _note(self, text: str) -> None:
-        """Add to the event of the next logged step."""
+    def note(self, text: str) -> None:
+        """Add to the `event` column of the next logged step (switches, batch-size changes)."""
         self._event = text if not self._event else f"{self._event}; {text}"
 
     # ---- training ---------------------------------------------------------------------------
     def _init_training_state(self) -> None:
-        self._gen = torch.Generator().manual_seed(self.seed)
-        self._noise_gen = torch.Generator(device=self.device).manual_seed(self.seed + 1)  # gradient noise only
-        self._batches = batches(self.data, self.batch_size, self._gen, self.device)
+        self.sampler_generator = torch.Generator().manual_seed(self.seed)
+        self.noise = AnnealedNoise(self.seed + 1, self.device)  # gradient noise only
+        self.batches = batches(self.data, self.batch_size, self.sampler_generator, self.device)
         self._rebuild_opt, self._dirty, self._event, self._switch = True, True, None, (None, False)
         self._apply_settings()
-        self._step, self._elapsed, self._since = 0, 0.0, time.perf_counter()
+        self._step, self.elapsed, self._since = 0, 0.0, time.perf_counter()
         self._classify = self.data.task == "classification"
         self._backup = [b.detach().clone() for b in self._buffers]
 
@@ -358,70 +352,36 @@ class Run(param.Parameterized):
 
     def _step_once(self) -> bool:
         """One optimizer step with its logging and probes; False (and paused) if it diverged."""
-        rebase = self._dirty  # the settings rewrite the groups' base lrs: the schedule scales those
         if self._dirty:
             self._apply_settings()
         if self._schedule.varies:  # written to the param groups before every step: about 1 us
-            self._lr = self.lr * self._schedule.write(self.torch_optimizer, self._step, rebase, self._lr_key)
+            self._lr = self.lr * self._schedule.write(self.torch_optimizer, self._step, self._lr_key)
         nxt = self._stepping = self._step + 1
-        xb, yb = self._batches.next()
+        xb, yb = self.batches.next()
         measuring = [p for p in self.probes if nxt % p.every == 0]
         for p in measuring:
             p.before(self)
         for b, saved in zip(self._buffers, self._backup):
             saved.copy_(b)
-        mode = self._mode  # plain: backward then step(); hessian: create_graph; closure; zeroth: no backward
-        if mode == "zeroth":  # the optimizer makes its own two forward passes; this one is for the log
-            flat = None
-            with torch.no_grad():
-                out = self.model(xb)
-                loss = self.loss_fn(out, yb)
-        else:
-            flat = self._zero_grads()
-            out = self.model(xb)
-            loss = self.loss_fn(out, yb)
-            if mode == "hessian":  # differentiable gradients for Hutchinson's Hessian-vector products
-                flat = None
-                grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
-                for p, g in zip(self.params, grads):
-                    p.grad = torch.zeros_like(p) if g is None else g
-            else:
-                loss.backward()
+        kind = self._kind
+        loss, out, gnorm = kind.gradients(self, xb, yb)
         stats = [loss.detach()]
         if self._classify:
             stats.append((out.argmax(1) == yb).sum(dtype=loss.dtype))  # not differentiable: no detach needed
-        if flat is not None:
-            stats.append(torch.linalg.vector_norm(flat))
-        else:  # torch._foreach_norm is what clip_grad_norm_ uses: one call for all tensors
-            grads = [p.grad.detach() for p in self.params if p.grad is not None and mode != "zeroth"]
-            stats.append(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else loss.detach() * 0)
+        stats.append(gnorm)
         stats = torch.stack(stats).tolist()  # one device sync a step
-        gnorm = stats[-1]
-        if not (math.isfinite(stats[0]) and math.isfinite(gnorm)):
-            self._diverged(stats[0], gnorm)
+        if not (math.isfinite(stats[0]) and math.isfinite(stats[-1])):
+            self._diverged(stats[0], stats[-1])
             return False
-        test = self._test_batch(xb, yb) if self._adaptive and nxt % self._adaptive[1] == 0 else None
-        if self._noise[0] > 0 and mode != "zeroth":
-            self._add_grad_noise()
-        if mode == "plain" or mode == "hessian":
-            self.torch_optimizer.step()
-        else:
-            self.torch_optimizer.step(self._closure(xb, yb, mode))
-        if mode == "hessian":
-            for p in self.params:  # drop the graph the gradients hold (and let model_copy deep-copy them)
-                if p.grad is not None:
-                    p.grad = p.grad.detach()
-        elif mode == "zeroth":  # the norm of the two-point estimate ĝ
-            gnorm = math.sqrt(sum(g.get("estimate_norm", 0.0) ** 2 for g in self.torch_optimizer.param_groups))
+        row: dict[str, Any] = {}
+        for hook in self._hooks:
+            row.update(hook(self, xb, yb, nxt))
+        measured = kind.update(self, xb, yb)
         self._step = nxt
-        row = {"step": nxt, "epoch": self._batches.epoch, "time": self._elapsed + time.perf_counter() - self._since,
-               "lr": self._lr, "train_loss": stats[0], "grad_norm": gnorm}
+        row = {"step": nxt, "epoch": self.batches.epoch, "time": self.elapsed + time.perf_counter() - self._since,
+               "lr": self._lr, "train_loss": stats[0], "grad_norm": stats[-1] if measured is None else measured, **row}
         if self._classify:
             row["train_acc"] = stats[1] / len(yb)
-        if self._adaptive:
-            row["batch_size"] = len(yb)
-            if test is not None:
-                row["batch_test"] = test["ratio"]
         if self._event:
             row["event"], self._event = self._event, None
         try:
@@ -437,69 +397,16 @@ class Run(param.Parameterized):
             self.history.append(row)
         return True
 
-    def _zero_grads(self) -> torch.Tensor | None:
-        """Zero the gradients; the flat buffer if every .grad is still its view, else None."""
-        flat = self._flat_grad
-        if flat is not None and all(p.grad is v for p, v in zip(self.params, self._grad_views)):
-            flat.zero_()
-            return flat
-        self.torch_optimizer.zero_grad(set_to_none=True)  # someone replaced a .grad: per-tensor this step
-        return None
-
-    def _closure(self, xb: torch.Tensor, yb: torch.Tensor, mode: str) -> Callable[[], torch.Tensor]:
-        """The loss on this step's batch, recomputed at the optimizer's current weights (with gradients unless zeroth)."""
-        if mode == "zeroth":
-            return lambda: self.loss_fn(self.model(xb), yb)
-
-        def closure() -> torch.Tensor:
-            with torch.enable_grad():
-                self._zero_grads()
-                loss = self.loss_fn(self.model(xb), yb)
-                loss.backward()
-            if self._noise[0] > 0:
-                self._add_grad_noise()
-            return loss
-
-        return closure
-
-    def _add_grad_noise(self) -> None:
-        """Neelakantan et al. 2015: g += N(0, σ²), σ² = η / (1 + t)^γ, t the steps taken; from the run's own generator."""
-        eta, gamma = self._noise
-        std = math.sqrt(eta / (1 + self._step) ** gamma)
-        flat = self._flat_grad
-        if flat is not None and all(p.grad is v for p, v in zip(self.params, self._grad_views)):
-            grads = [flat]
-        else:
-            grads = [p.grad for p in self.params if p.grad is not None]
-        for g in grads:
-            g.add_(torch.randn(g.shape, generator=self._noise_gen, device=g.device, dtype=g.dtype), alpha=std)
-
-    def _test_batch(self, xb: torch.Tensor, yb: torch.Tensor) -> dict[str, float]:
-        """AdAdaGrad's variance test on this batch's per-example gradients; grows batch_size if it fails."""
-        kind, _, eta, cap = self._adaptive
-        G = per_example_grads(self.model, self.loss_fn, xb, yb)
-        result = norm_test(G, eta) if kind == "norm" else inner_product_test(G, eta, eta)
-        new = next_batch_size(result, self.batch_size, cap)
-        if new > self.batch_size:
-            self._note(f"batch size {self.batch_size} -> {new} ({kind} test failed: ratio {result['ratio']:.3g} > 1)")
-            self.set(batch_size=new)  # the run's own setting: the history and the dashboard's slider follow
-        return result
-
     def evaluate(self) -> dict[str, float]:
         """Validation loss (and accuracy) in eval mode: BatchNorm uses its running statistics."""
-        was_training = self.model.training
-        self.model.eval()
         total, n, correct = 0.0, 0, 0.0
-        try:
-            with torch.no_grad():
-                for xb, yb in val_batches(self.data, self.device):
-                    out = self.model(xb)
-                    total += float(self.loss_fn(out, yb)) * len(yb)
-                    if self._classify:
-                        correct += float((out.argmax(1) == yb).sum())
-                    n += len(yb)
-        finally:
-            self.model.train(was_training)
+        with torch.no_grad(), eval_mode(self.model):
+            for xb, yb in val_batches(self.data, self.device):
+                out = self.model(xb)
+                total += float(self.loss_fn(out, yb)) * len(yb)
+                if self._classify:
+                    correct += float((out.argmax(1) == yb).sum())
+                n += len(yb)
         result = {"val_loss": total / n}
         if self._classify:
             result["val_acc"] = correct / n
@@ -507,18 +414,18 @@ class Run(param.Parameterized):
 
     def step(self, n: int = 1) -> int:
         """Train n steps now, on this thread; returns the steps taken (fewer if it diverged)."""
-        if not isinstance(n, int) or n < 0:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"n must be a whole number of steps >= 0, got {n!r}")
         if self.status == "running":
             raise RuntimeError("the run is training in the background; pause() it before stepping by hand")
         done = 0
-        with self._lock:
+        with self._lock, _torch_threads(self.threads):
             self._since = time.perf_counter()
             try:
                 while done < n and self._step_once():
                     done += 1
             finally:
-                self._elapsed += time.perf_counter() - self._since
+                self.elapsed += time.perf_counter() - self._since
         return done
 
     def start(self, steps: int | None = None) -> None:
@@ -533,6 +440,7 @@ class Run(param.Parameterized):
         self._thread.start()
 
     def _loop(self, steps: int | None) -> None:
+        torch.set_num_threads(self.threads)  # this thread's own setting: the caller's is untouched
         done = 0
         while not self._halt.is_set() and (steps is None or done < steps):
             if not self._go.wait(0.05):
@@ -548,7 +456,7 @@ class Run(param.Parameterized):
                     self._set_state("paused", f"error at step {self._stepping}: {type(e).__name__}: {e}")
                     ok = False
                 finally:
-                    self._elapsed += time.perf_counter() - self._since
+                    self.elapsed += time.perf_counter() - self._since
             done += ok
         if not self._halt.is_set():
             self._set_state("stopped")
@@ -596,37 +504,16 @@ class Run(param.Parameterized):
 
     # ---- persistence ------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Weights, optimizer state, settings and history, written atomically (temp file, then rename)."""
-        path = os.fspath(path)
+        """Weights, optimizer state, settings and history, written atomically (temp file, then rename).
+
+        Settings changed since the last step are applied first, so the file holds the optimizer state
+        that goes with the settings it records.
+        """
         with self._lock:
-            ckpt = {
-                "format": FORMAT,
-                "version": __version__,
-                "model_spec": list(self.model_spec) if self.model_spec else None,
-                "data_spec": list(self.data.spec) if self.data.spec else None,
-                "settings": {k: getattr(self, k) for k in self._settable},
-                "optimizer_hparams": option_values(self.opt_params),
-                "seed": self.seed,
-                "model_state": self.model.state_dict(),
-                "initial_state": self._initial_state,
-                "optimizer_state": self.torch_optimizer.state_dict(),
-                "history": self.history.columns(),
-                "step": self._step,
-                "elapsed": self._elapsed,
-                "generator": self._gen.get_state(),
-                "noise_generator": self._noise_gen.get_state(),
-                "batches": self._batches.state() if hasattr(self._batches, "state") else None,
-                "schedule": list(self.schedule),
-            }
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".trainlab-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(ckpt, f)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+            if self._dirty:
+                self._apply_settings()
+            ckpt = checkpoint.state(self)
+        checkpoint.write(ckpt, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: nn.Module | None = None, data: Any = None,
@@ -636,37 +523,38 @@ class Run(param.Parameterized):
         A run on a registered model and data set rebuilds them by name; one on the user's own
         model or data needs them passed again (`model=`, `data=`).
         """
-        try:
-            ckpt = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-        except OSError:
-            raise
-        except Exception as e:  # not a torch file, or one holding objects other than tensors and plain data
-            raise ValueError(f"{path} is not a trainlab run (expected format {FORMAT!r}); "
-                             f"it was not loaded ({type(e).__name__})") from e
-        if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a trainlab run (expected format {FORMAT!r})")
-        if model is None:
-            if ckpt["model_spec"] is None:
-                raise ValueError("this run trained your own model: pass model=<a fresh instance of it>")
-            model = tuple(ckpt["model_spec"])
-        if data is None:
-            if ckpt["data_spec"] is None:
-                raise ValueError("this run trained on your own data: pass data=<the same data>")
-            data = tuple(ckpt["data_spec"])
-        run = cls(model=model, data=data, loss=loss, seed=ckpt["seed"], device=device,
-                  **ckpt["settings"], **ckpt["optimizer_hparams"], **{"schedule": ckpt.get("schedule", "constant"), **kwargs})
-        run.model.load_state_dict(ckpt["model_state"])
-        run._initial_state = ckpt["initial_state"]
-        run.torch_optimizer.load_state_dict(ckpt["optimizer_state"])
-        run.history.restore(ckpt["history"])
-        run._step, run._elapsed = ckpt["step"], ckpt["elapsed"]
-        run._gen.set_state(ckpt["generator"])
-        if "noise_generator" in ckpt:
-            run._noise_gen.set_state(ckpt["noise_generator"])
-        if ckpt["batches"] is not None:
-            run._batches.load_state(ckpt["batches"])
-        return run
+        return checkpoint.load(cls, path, model=model, data=data, loss=loss, device=device, **kwargs)
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        """Weights, optimizer state, history and sampling state from a checkpoint (`trainlab.checkpoint`)."""
+        with self._lock:
+            self.model.load_state_dict(ckpt["model_state"])
+            self._initial_state = ckpt["initial_state"]
+            self.torch_optimizer.load_state_dict(ckpt["optimizer_state"])
+            self.history.restore(ckpt["history"])
+            self._step, self.elapsed = ckpt["step"], ckpt["elapsed"]
+            self.sampler_generator.set_state(ckpt["generator"])
+            if "noise_generator" in ckpt:
+                self.noise.generator.set_state(ckpt["noise_generator"])
+            if ckpt["batches"] is not None:
+                self.batches.load_state(ckpt["batches"])
 
     def close(self) -> None:
         """Stop training; for sessions and notebooks that are done with the run."""
         self.stop()
+
+
+class _torch_threads:
+    """torch's intra-op threads set for the block on this thread, and put back after."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self):
+        self.was = torch.get_num_threads()
+        if self.was != self.n:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        if torch.get_num_threads() != self.was:
+            torch.set_num_threads(self.was)

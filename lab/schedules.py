@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import param
 
-from .registry import Entry, Registry, option_values
+from .registry import Entry, Registry, option_values, parse_spec
 
 schedules = Registry("schedule")
 
@@ -33,7 +33,7 @@ def _cos(frac: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
-@schedules.register("constant", extra={"horizon": None})
+@schedules.register("constant")
 def constant() -> Callable[[int], float]:
     """The base lr at every step."""
     return lambda t: 1.0
@@ -179,21 +179,27 @@ class Schedule:
             return 5 * opts["step_size"]
         return None
 
-    def write(self, optimizer, t: int, rebase: bool = False, lr_key: str = "lr") -> float:
+    def write(self, optimizer, t: int, lr_key: str = "lr") -> float:
         """Scale every param group's lr to the one of step t+1; returns the multiplier.
 
         Each group's base lr (what the run's settings wrote into it: the run's lr, or a group's
-        own lr such as Muon's AdamW groups) is kept under "base_lr" in the group, and taken afresh
-        when `rebase` (the settings were just rewritten) or when the group has none yet (a new
-        optimizer). Saved with the optimizer's state, so a loaded run continues its schedule.
+        own lr such as Muon's AdamW groups) is kept under "base_lr" in the group (see `rebase`), or
+        taken from its lr when it has none yet (a new optimizer). Saved with the optimizer's state,
+        so a loaded run continues its schedule.
         """
         m = self.fn(t)
         for group in optimizer.param_groups:
             key = lr_key if lr_key in group else "lr"
-            if rebase or "base_lr" not in group:
+            if "base_lr" not in group:
                 group["base_lr"] = group[key]
             group[key] = group["base_lr"] * m
         return m
+
+    @staticmethod
+    def rebase(optimizer, lr_key: str = "lr") -> None:
+        """Take each group's lr as its base lr: the settings were just written into the groups."""
+        for group in optimizer.param_groups:
+            group["base_lr"] = group[lr_key if lr_key in group else "lr"]
 
     def __repr__(self) -> str:
         return f"Schedule({self.name!r}, {option_values(self.options)})"
@@ -203,12 +209,11 @@ def as_schedule(spec: Any) -> Schedule:
     """A Schedule from a name, a (name, {options}) pair (or list, as saved) or a Schedule."""
     if isinstance(spec, Schedule):
         return spec
-    if isinstance(spec, str):
-        return Schedule(spec)
-    if isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], dict):
-        return Schedule(spec[0], **spec[1])
-    raise ValueError(f"schedule must be a name ({', '.join(schedules.names())}) or a (name, {{options}}) pair, "
-                     f"got {spec!r}")
+    parsed = parse_spec(spec)
+    if parsed is None:
+        raise ValueError(f"schedule must be a name ({', '.join(schedules.names())}) or a (name, {{options}}) pair, "
+                         f"got {spec!r}")
+    return Schedule(parsed[0], **parsed[1])
 
 
 def preview(spec: Any, base_lr: float, steps: int | None = None, points: int = 400) -> dict[str, np.ndarray]:

@@ -13,6 +13,7 @@ import math
 from typing import Callable
 
 import torch
+from pytorch_optimizer.base.optimizer import BaseOptimizer
 
 
 def perturbation(params: list[torch.Tensor], seed: int, step: int) -> list[torch.Tensor]:
@@ -49,12 +50,9 @@ class ZerothOrderSGD(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr: float = 1e-3, eps: float = 1e-3, weight_decay: float = 0.0, seed: int = 0):
-        if not lr > 0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not eps > 0:
-            raise ValueError(f"Invalid eps: {eps} (must be > 0)")
-        if weight_decay < 0:
-            raise ValueError(f"Invalid weight_decay: {weight_decay}")
+        BaseOptimizer.validate_positive(lr, "lr")
+        BaseOptimizer.validate_positive(eps, "eps")
+        BaseOptimizer.validate_non_negative(weight_decay, "weight_decay")
         super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay, seed=seed, step=0))
 
     @torch.no_grad()

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import trainlab
-from trainlab.analysis.gradients import GradientNoise
-from trainlab.analysis.hessian import GroupLoss, Sharpness
+from trainlab.probes import GradientNoise
+from trainlab.probes import GroupLoss, Sharpness
 from trainlab.widgets.curvature import CurvaturePanel
 
 

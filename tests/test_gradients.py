@@ -11,7 +11,7 @@ from torch import nn
 
 import trainlab
 from trainlab.analysis import gradients
-from trainlab.analysis.gradients import GradientNoise
+from trainlab.probes import GradientNoise
 
 
 def problem(seed: int = 0, n: int = 40):

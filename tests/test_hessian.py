@@ -9,7 +9,9 @@ from torch import nn
 
 import trainlab
 from trainlab.analysis import hessian
-from trainlab.analysis.hessian import GroupLoss, HessianOperator, Sharpness
+from trainlab import live
+from trainlab.analysis.hessian import HessianOperator
+from trainlab.probes import GroupLoss, Sharpness
 
 
 def small_problem(seed: int = 0, n: int = 120, width: int = 24, dtype=torch.float64):
@@ -83,7 +85,7 @@ def test_warm_start_from_the_eigenvector_converges_at_once(problem):
     model, X, y, _, dense = problem
     _, vectors = hessian.top_eigenvalues(model, F.cross_entropy, (X, y), k=1, tol=1e-8, return_vectors=True)
     op = HessianOperator(model, F.cross_entropy, (X, y))
-    warm, _, _ = hessian._block_lanczos(op, 1, 1e-3, 1, 100, vectors, hessian._generator(1), trainlab.jobs.Progress())
+    warm, _, _ = hessian.lanczos(op, 1, 1e-3, 1, 100, vectors, hessian._generator(1), trainlab.jobs.Progress())
     assert op.hvps <= 2
     np.testing.assert_allclose(warm, dense[:1], rtol=1e-3)
 
@@ -241,17 +243,19 @@ def test_group_loss_probe_reports_each_group():
             assert df[f"loss/{name}"].iloc[-1] == pytest.approx(expected, rel=1e-5)
 
 
-def test_analyze_publishes_snapshots():
+def test_live_hessian_publishes_snapshots():
     run = trainlab.Run(model=("mlp", {"width": 8, "depth": 1}), data="moons", device="cpu")
     run.step(3)
-    top = hessian.analyze(run, "top", k=3, progress=False)
+    top = live.compute(live.hessian, run, what="top", k=3, progress=False)["hessian_top"]
     step, snap = run.history.snapshot("hessian_top")
     assert step == 3 and np.allclose(snap["eigenvalue"], top["eigenvalue"]) and len(top["eigenvalue"]) == 3
-    hessian.analyze(run, "density", vectors=2, iters=10, progress=False)
+    direct = hessian.top_eigenvalues(run.model, run.loss_fn, (run.data.X, run.data.y), k=3)
+    np.testing.assert_allclose(top["eigenvalue"], direct, rtol=1e-3)
+    live.compute(live.hessian, run, what="density", vectors=2, iters=10, progress=False)
     _, dens = run.history.snapshot("hessian_density")
     assert dens["grid"].shape == dens["density"].shape
     with pytest.raises(ValueError, match="what must be"):
-        hessian.analyze(run, "everything")
+        live.compute(live.hessian, run, what="everything")
 
 
 def test_unconverged_solve_warns(problem):

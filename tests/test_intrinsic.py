@@ -75,7 +75,10 @@ def test_a_run_is_measured_from_its_initial_weights_and_cancel_keeps_dims():
     run = trainlab.Run(model=("mlp", {"width": 8, "depth": 1}), data="digits", probes=[])
     run.step(5)
     now = {k: v.clone() for k, v in run.model.state_dict().items()}
-    res = intrinsic_dimension(run, dims=(4, 40), steps=15, lr=0.05, progress=False)
+    start = run.model_copy()
+    start.load_state_dict(run.initial_state)
+    val = (run.data.X_val, run.data.y_val)
+    res = intrinsic_dimension(start, run.loss_fn, run.data, dims=(4, 40), steps=15, lr=0.05, val_data=val, progress=False)
     assert res.metric == "accuracy" and 0 < res.full <= 1 and res.complete
     assert res.performance[1] > res.performance[0] > 0.0
     for k, v in run.model.state_dict().items():
@@ -87,7 +90,8 @@ def test_a_run_is_measured_from_its_initial_weights_and_cancel_keeps_dims():
             if self.done >= 15 * 2:  # the full model and the first dimension
                 self.cancel()
 
-    part = intrinsic_dimension(run, dims=(4, 40), steps=15, lr=0.05, progress=CancelAfter())
+    part = intrinsic_dimension(start, run.loss_fn, run.data, dims=(4, 40), steps=15, lr=0.05, val_data=val,
+                               progress=CancelAfter())
     assert not part.complete and np.isfinite(part.performance[0]) and np.isnan(part.performance[1])
     np.testing.assert_allclose(part.performance[0], res.performance[0])
 

@@ -13,6 +13,7 @@ from torch.nn import functional as F
 import trainlab
 from trainlab.analysis import landscape as L
 from trainlab.jobs import Progress
+from trainlab.probes import TrajectoryProbe
 
 
 def _mlp(bn: bool = False) -> nn.Module:
@@ -228,11 +229,11 @@ def test_line_between_two_weights(data):
 
 def test_pca_trajectory_matches_numpy_svd_and_centres_the_plane():
     run = trainlab.Run(model=("mlp", {"width": 16, "depth": 1}), data="digits", seed=0, probes=[])
-    with pytest.raises(ValueError, match="TrajectoryProbe"):
-        L.trajectory(run)
-    probe = run.add_probe(L.TrajectoryProbe(every=2))
+    probe = run.add_probe(TrajectoryProbe(every=2))
+    with pytest.raises(ValueError, match="at least 3"):
+        probe.trajectory(run.model)
     run.step(20)
-    traj = L.trajectory(run)
+    traj = probe.trajectory(run.model)
     steps, W = probe.points()
     np.testing.assert_array_equal(traj.steps, np.arange(2, 21, 2))
     W = W.double().numpy()
@@ -243,18 +244,18 @@ def test_pca_trajectory_matches_numpy_svd_and_centres_the_plane():
         sign = np.sign(c @ ref[:, k])  # singular vectors are defined up to sign
         np.testing.assert_allclose(sign * c, ref[:, k], atol=1e-6)
     np.testing.assert_allclose(traj.explained_variance, (s**2 / (s**2).sum())[:2], rtol=1e-6)
-    res = L.plane(run, steps=5, directions="pca", progress=False)
+    res = L.plane(run.model, run.loss_fn, run.data, steps=5, directions=traj, progress=False)
     assert res.kind == "pca" and res.trajectory is not None
     assert res.x[-1] >= np.abs(traj.x).max()  # the span covers the path
     with torch.no_grad():
         model = run.model_copy().eval()
         np.testing.assert_allclose(res.loss[2, 2], float(run.loss_fn(model(run.data.X), run.data.y)), rtol=1e-5)
-    with pytest.raises(ValueError, match="needs a Run"):
+    with pytest.raises(ValueError, match="TrajectoryProbe"):
         L.plane(run.model, run.loss_fn, (run.data.X, run.data.y), directions="pca", progress=False)
 
 
 def test_a_reset_starts_the_trajectory_over():
-    run = trainlab.Run(model=("mlp", {"width": 8, "depth": 1}), data="digits", probes=[L.TrajectoryProbe(every=1)])
+    run = trainlab.Run(model=("mlp", {"width": 8, "depth": 1}), data="digits", probes=[TrajectoryProbe(every=1)])
     run.step(5)
     run.reset()
     run.step(2)

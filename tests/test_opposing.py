@@ -7,7 +7,7 @@ import torch
 
 import trainlab
 from trainlab import datasets
-from trainlab.analysis.hessian import GroupLoss, Sharpness
+from trainlab.probes import GroupLoss, Sharpness
 
 
 def test_registered_with_declared_params():

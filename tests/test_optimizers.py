@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from trainlab import Run
+from trainlab.adagrad_norm import AdaGradNorm
 from trainlab.adaptive_batch import (
-    AdaGradNorm,
     inner_product_test,
     next_batch_size,
     norm_test,
@@ -50,16 +50,16 @@ def test_registry_holds_every_torch_and_pytorch_optimizer_class_but_the_refused(
     for n in torch_names:  # torch keeps the plain name
         assert (n in names) != (n in refused), n
         if n in names:
-            assert optimizers[n].extra["cls"] is getattr(torch.optim, [a for a in dir(torch.optim) if a.lower() == n][0])
+            assert optimizers[n].meta.cls is getattr(torch.optim, [a for a in dir(torch.optim) if a.lower() == n][0])
     for n in po_names:
         cls = po.load_optimizer(n)
         if cls.__module__.startswith("torch."):
-            assert optimizers[n].extra["cls"] is cls  # one entry for torch's class re-exported
+            assert optimizers[n].meta.cls is cls  # one entry for torch's class re-exported
             continue
         name = f"{n}_po" if n in torch_names else n  # a collision: pytorch_optimizer's gets the suffix
         assert (name in names) != (name in refused), name
         if name in names:
-            assert optimizers[name].extra["cls"] is cls
+            assert optimizers[name].meta.cls is cls
     assert {"adagradnorm", "zosgd"} <= names
     # pinned, like pytorch_optimizer's own test: 15 torch + 128 pytorch_optimizer - 6 shared + 2 here - 7 refused
     assert len(optimizers) == 132
@@ -77,7 +77,7 @@ def test_every_registered_optimizer_trains_five_steps_with_finite_loss(name):
     assert run.step(n) == n, run.message
     df = run.history.frame()
     assert np.isfinite(df["train_loss"]).all() and np.isfinite(df["grad_norm"]).all()
-    moved = any(not torch.equal(p, q) for p, q in zip(run.model.state_dict().values(), run._initial_state.values()))
+    moved = any(not torch.equal(p, q) for p, q in zip(run.model.state_dict().values(), run.initial_state.values()))
     assert moved  # every optimizer changed the weights
 
 
@@ -87,7 +87,7 @@ def test_closure_and_hessian_tables_are_what_the_optimizers_need():
     def attempt(name, create_graph):
         torch.manual_seed(0)
         model = nn.Linear(3, 2)
-        opt = optimizers[name].build(list(model.parameters()), lr=optimizers[name].extra["lr"])
+        opt = optimizers[name].build(list(model.parameters()), lr=optimizers[name].meta.usual_lr)
         loss = F.cross_entropy(model(X), y)
         grads = torch.autograd.grad(loss, list(model.parameters()), create_graph=create_graph)
         for p, g in zip(model.parameters(), grads):
@@ -134,8 +134,8 @@ def test_hyperparameters_are_discovered_from_the_signature():
     # a 3-tuple of betas, and a constructor whose usual lr is its signature's
     adan = optimizers["adan"]
     assert [adan.params[f"beta{i}"].default for i in (1, 2, 3)] == [0.98, 0.92, 0.99]
-    assert adan.extra["to_group"]({"beta1": 0.9, "beta2": 0.8, "beta3": 0.7})["betas"] == (0.9, 0.8, 0.7)
-    assert adan.extra["lr"] == 1e-3
+    assert adan.meta.to_group({"beta1": 0.9, "beta2": 0.8, "beta3": 0.7})["betas"] == (0.9, 0.8, 0.7)
+    assert adan.meta.usual_lr == 1e-3
     # an int annotated float (SGD's momentum=0) is a float; bounds by name
     assert isinstance(optimizers["sgd"].params["momentum"].default, float)
     # a name's bounds only where the optimizer's default agrees: AdEMAMix's alpha=5 is no [0, 1) constant
@@ -165,16 +165,16 @@ def test_every_discovered_default_is_valid_and_inside_its_slider_range():
 def test_discovered_defaults_build_what_the_constructor_builds_by_itself():
     """Every entry's declared defaults give the same param-group values as the bare constructor."""
     for e in optimizers:
-        if e.extra["takes_model"]:
+        if e.meta.takes_model:
             continue
         w = [torch.zeros(3, 3, requires_grad=True)]
         kw = {"num_iterations": 10_000} if e.name == "ranger21" else {"num_data": 1_000} if e.name == "bsam" else {}
-        key = e.extra["lr_key"]
+        key = e.meta.lr_key
         if e.name in ("adago", "adamuon", "muon_po", "muonclip", "normuon"):
             w = [{"params": w, "use_muon": True}]
-        bare = e.extra["cls"](w, **({key: e.extra["lr"]} if key else {}), **kw).param_groups[0]
-        ours = e.build([torch.zeros(3, 3, requires_grad=True)], lr=e.extra["lr"]).param_groups[0]
-        for k in e.extra["to_group"](e.defaults()):
+        bare = e.meta.cls(w, **({key: e.meta.usual_lr} if key else {}), **kw).param_groups[0]
+        ours = e.build([torch.zeros(3, 3, requires_grad=True)], lr=e.meta.usual_lr).param_groups[0]
+        for k in e.meta.to_group(e.defaults()):
             if k in bare:  # others are read by the constructor only: a live change rebuilds (tested below)
                 assert bare[k] == ours[k], (e.name, k)
 
@@ -342,7 +342,7 @@ def test_hessian_optimizers_get_differentiable_gradients_and_leave_plain_ones(na
     run.model_copy()  # deep-copyable (a gradient holding a graph is not)
     run.set(optimizer="sgd")
     run.step(2)
-    assert run._flat_grad is not None and all(p.grad is v for p, v in zip(run.params, run._grad_views))
+    assert run.grads.intact
 
 
 # ---- the seed papers' optimizers against their update rules ---------------------------------------

@@ -255,7 +255,7 @@ def test_contour_grid_is_log_gap_above_the_minimum_and_cached():
 def test_kernels_give_the_same_paths_with_the_jit_off():
     """With NUMBA_DISABLE_JIT=1 (how coverage sees the kernels) the plain-Python kernels agree."""
     f = pg.as_function("beale")
-    rules = [pg.rules[r].extra["code"] for r in pg.rules.names()]
+    rules = [pg.rules[r].meta.code for r in pg.rules.names()]
     hps = np.stack([pg.rules[r].build(**pg.rules[r].defaults()) for r in pg.rules.names()])
     hps[:, 0] = 0.01
     args = (f.code, list(f.fp), rules, hps.tolist(), [f.start] * len(rules), 30)

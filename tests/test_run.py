@@ -805,8 +805,8 @@ def test_a_dataset_with_one_float_target_per_example_trains_with_mse():
 @pytest.mark.parametrize("name", optimizers.names())
 def test_lr_defaults_to_the_optimizers_usual_value_and_reaches_torch(name):
     run = small_run(optimizer=name)
-    assert run.lr == optimizers[name].extra["lr"]
-    key = optimizers[name].extra["lr_key"]  # max_lr for AliG; None for A2Grad, which has no lr
+    assert run.lr == optimizers[name].meta.usual_lr
+    key = optimizers[name].meta.lr_key  # max_lr for AliG; None for A2Grad, which has no lr
     # as the optimizer's own constructor stores it (GrokFastAdamW divides lr by 1 + grokfast_lamb)
     own = optimizers[name].build([torch.zeros(2, 2, requires_grad=True)], lr=run.lr).param_groups[0]
     assert key is None or groups(run)[0][key] == own[key]
@@ -820,7 +820,7 @@ def _grad_norm_now(run: Run) -> float:
 def test_gradients_share_one_buffer_and_survive_being_replaced():
     run = small_run(probes=[])
     run.step(3)
-    flat = run._flat_grad
+    flat = run.grads.flat
     assert flat is not None and all(p.grad.data_ptr() >= flat.data_ptr() for p in run.model.parameters())
     assert run.history.frame()["grad_norm"].iloc[-1] == pytest.approx(_grad_norm_now(run), rel=1e-5)
     run.torch_optimizer.zero_grad(set_to_none=True)  # a user's code drops the .grad views
@@ -833,7 +833,7 @@ def test_a_model_with_mixed_dtypes_keeps_separate_gradients():
     model[0].double()
     model.insert(1, _ToFloat())
     run = small_run(model=_Cast(model))
-    assert run._flat_grad is None
+    assert run.grads.flat is None
     run.step(5)
     assert run.history.frame()["grad_norm"].iloc[-1] == pytest.approx(_grad_norm_now(run), rel=1e-5)
 

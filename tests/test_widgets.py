@@ -43,7 +43,7 @@ def test_controls_are_built_from_declared_parameters(dash):
     assert (momentum.start, momentum.end) == optimizers["sgd"].params["momentum"].softbounds
     assert momentum.value == pytest.approx(dash.run.opt_params.momentum)
     # every setting of the run and every declared hyperparameter of the optimizer has a control, nothing else
-    assert set(dash.controls) == {*Run._settable, *optimizers["sgd"].params}
+    assert set(dash.controls) == {*Run.SETTABLE, *optimizers["sgd"].params}
 
 
 def test_moving_a_slider_sets_the_run_at_the_next_step(dash):
@@ -200,7 +200,7 @@ def test_choosing_data_and_model_builds_a_new_run_or_refuses(dash):
 def test_switching_optimizer_rebuilds_its_controls(dash):
     dash.controls["optimizer"].widget.value = "adam"
     assert dash.run.optimizer == "adam"
-    assert set(dash.controls) == {*Run._settable, *optimizers["adam"].params}
+    assert set(dash.controls) == {*Run.SETTABLE, *optimizers["adam"].params}
     dash.controls["beta1"].widget.value = 0.8
     dash.run.step(1)
     assert dash.run.torch_optimizer.param_groups[0]["betas"] == (0.8, 0.999)

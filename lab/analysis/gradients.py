@@ -18,54 +18,30 @@ Definitions, for B per-example gradients g_i with mean ḡ:
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
-from trainlab.probes import Probe
-
-if TYPE_CHECKING:
-    from trainlab.run import Run
-
-
-def trainable(model: nn.Module, what: str = "gradients") -> list[tuple[str, torch.Tensor]]:
-    """The trainable parameters, after checking that every parameter is floating point (`what` needs them)."""
-    everything = list(model.named_parameters())
-    bad = [(n, p.dtype) for n, p in everything if not p.dtype.is_floating_point]
-    if bad:
-        raise ValueError(f"parameters must be floating point for {what}; {bad[0][0]} is {bad[0][1]}"
-                         f"{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''}: use a floating-point model")
-    named = [(n, p) for n, p in everything if p.requires_grad]
-    if not named:
-        raise ValueError(f"the model has no trainable parameters (requires_grad=True): no {what}")
-    return named
+from torch.func import grad, vmap
+from trainlab.functional import Functional, eval_mode, trainable
 
 
 def per_example_grads(model: nn.Module, loss_fn, X: torch.Tensor, y: torch.Tensor,
                       chunk: int = 64) -> dict[str, torch.Tensor]:
     """{parameter name: (B, *shape)} gradients of loss_fn on each example alone (a batch of one)."""
-    named = trainable(model)
+    f = Functional(model)
     if len(X) == 0:
         raise ValueError("no examples: per-example gradients need at least one")
-    params = {n: p.detach() for n, p in named}
-    rest = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
-    buffers = {n: b.detach() for n, b in model.named_buffers()}
+    params = f.detached()
 
     def loss_one(ps, x, t):
-        out = functional_call(model, ({**rest, **ps}, buffers), (x.unsqueeze(0),))
-        loss = loss_fn(out, t.unsqueeze(0))
+        loss = loss_fn(f(ps, x.unsqueeze(0)), t.unsqueeze(0))
         if loss.numel() != 1:
             raise ValueError(f"loss_fn must return a scalar; it returned shape {tuple(loss.shape)}")
         return loss.reshape(())
 
     fn = vmap(grad(loss_one), in_dims=(None, 0, 0))
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         parts = [fn(params, X[i : i + chunk], y[i : i + chunk]) for i in range(0, len(X), chunk)]
-    finally:
-        model.train(was)
     return {n: torch.cat([p[n] for p in parts]) for n in params}
 
 
@@ -111,37 +87,4 @@ def noise_scale(model: nn.Module, loss_fn, data, chunk: int = 64) -> float:
     return gradient_stats(model, loss_fn, X, y, chunk=chunk)["noise_scale"]
 
 
-class GradientNoise(Probe):
-    """Every k steps: `noise_scale`, `grad_snr` and `grad_snr/<layer>` at the current weights.
-
-    Each measurement draws `examples` training examples at random (its own generator, so the
-    run's sampling is untouched) and computes their per-example gradients after the step.
-    """
-
-    name = "gradient_noise"
-
-    def __init__(self, every: int = 25, examples: int = 256, seed: int = 0):
-        super().__init__(every)
-        if not isinstance(examples, int) or examples < 2:
-            raise ValueError(f"examples must be a whole number >= 2, got {examples!r}")
-        self.examples = examples
-        self._gen = torch.Generator().manual_seed(seed)
-
-    def measure(self, run: Run) -> dict[str, float]:
-        data = run.data
-        if data.X is None:
-            loader = torch.utils.data.DataLoader(data.source.dataset if isinstance(data.source, torch.utils.data.DataLoader)
-                                                 else data.source, batch_size=self.examples, shuffle=True,
-                                                 generator=self._gen)
-            X, y = next(iter(loader))
-            X, y = X.to(run.device), y.to(run.device)
-        else:
-            idx = torch.randperm(len(data.X), generator=self._gen)[: self.examples].to(data.X.device)
-            X, y = data.X[idx], data.y[idx]
-        ids = {id(p): n for n, p in run.model.named_parameters()}
-        layers = {layer: [ids[id(p)] for p in ps] for layer, ps in run.layers.items()}
-        stats = gradient_stats(run.model, run.loss_fn, X, y, layers)
-        return {k: v for k, v in stats.items() if k not in ("trace_cov", "grad_sq")}
-
-
-__all__ = ["GradientNoise", "gradient_stats", "noise_scale", "per_example_grads"]
+__all__ = ["gradient_stats", "noise_scale", "per_example_grads", "trainable"]

@@ -27,21 +27,15 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.linalg
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import grad, jvp, vmap
 from trainlab.data import eval_batches
+from trainlab.functional import Functional, eval_mode
 from trainlab.jobs import Cancelled, Progress, as_progress
-from trainlab.probes import Probe
-
-from .gradients import trainable
-
-if TYPE_CHECKING:
-    from trainlab.run import Run
 
 
 # ---- the Hessian as an operator ---------------------------------------------------------------
@@ -63,18 +57,11 @@ class HessianOperator:
 
     def __init__(self, model: nn.Module, loss_fn, data, scale: torch.Tensor | None = None, max_block: int = 16,
                  mode: str = "auto", cache_examples: int = 20_000):
-        named = trainable(model, "a Hessian")
+        self.f = Functional(model, "a Hessian")
         if mode not in ("auto", "reverse", "forward"):
             raise ValueError(f"mode must be 'auto', 'reverse' or 'forward', got {mode!r}")
         self.model, self.loss_fn, self.max_block = model, loss_fn, int(max_block)
-        self.names = [n for n, _ in named]
-        self.shapes = [p.shape for _, p in named]
-        self.sizes = [p.numel() for _, p in named]
-        self.dtype, self.device = named[0][1].dtype, named[0][1].device
-        self.theta = torch.cat([p.detach().reshape(-1).to(self.dtype) for _, p in named])
-        self.n = self.theta.numel()
-        self.buffers = {n: b.detach() for n, b in model.named_buffers()}
-        self.frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
+        self.dtype, self.device, self.theta, self.n = self.f.dtype, self.f.device, self.f.theta, self.f.n
         batches = eval_batches(data, self.device)
         total = sum(len(X) for X, _ in batches)
         self.batches = [(X, y, len(X) / total) for X, y in batches]  # weights: the mean loss over all examples
@@ -86,18 +73,13 @@ class HessianOperator:
         self._graphs = None
         self._hvp = vmap(self._hvp_one, in_dims=(0, None, None))
 
-    def _params(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
-        parts = torch.split(theta, self.sizes)
-        return {**self.frozen, **{n: t.view(s) for n, t, s in zip(self.names, parts, self.shapes)}}
-
     def _loss(self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = functional_call(self.model, (self._params(theta), self.buffers), (X,))
-        return self.loss_fn(out, y).reshape(())
+        return self.loss_fn(self.f(theta, X), y).reshape(())
 
     def _check_loss(self) -> None:
         X, y, _ = self.batches[0]
-        with torch.no_grad(), _eval(self.model):
-            loss = self.loss_fn(functional_call(self.model, (self._params(self.theta), self.buffers), (X,)), y)
+        with torch.no_grad(), eval_mode(self.model):
+            loss = self.loss_fn(self.f(self.theta, X), y)
         if not torch.is_tensor(loss) or loss.numel() != 1:
             shape = tuple(loss.shape) if torch.is_tensor(loss) else type(loss).__name__
             raise ValueError(f"loss_fn must return a scalar (the mean loss of the batch); it returned {shape}. "
@@ -112,13 +94,13 @@ class HessianOperator:
     def _build_graphs(self) -> None:
         self._leaf = self.theta.clone().requires_grad_(True)
         self._graphs = []
-        with torch.enable_grad(), _eval(self.model):
+        with torch.enable_grad(), eval_mode(self.model):
             for X, y, w in self.batches:
                 g = torch.autograd.grad(self._loss(self._leaf, X, y), self._leaf, create_graph=True)[0]
                 self._graphs.append((g, w))
 
     def loss(self) -> float:
-        with torch.no_grad(), _eval(self.model):
+        with torch.no_grad(), eval_mode(self.model):
             return sum(w * float(self._loss(self.theta, X, y)) for X, y, w in self.batches)
 
     def __call__(self, V: torch.Tensor) -> torch.Tensor:
@@ -136,7 +118,7 @@ class HessianOperator:
                 acc = sum(w * torch.autograd.grad(g, self._leaf, v, retain_graph=True)[0] for g, w in self._graphs)
                 out[:, i] = (acc * self.scale if self.scale is not None else acc).to(out.dtype)
         else:
-            with _eval(self.model):
+            with eval_mode(self.model):
                 for i in range(0, rows.shape[0], self.max_block):
                     chunk = rows[i : i + self.max_block]
                     acc = sum(w * self._hvp(chunk, X, y) for X, y, w in self.batches)
@@ -145,20 +127,6 @@ class HessianOperator:
                     out[:, i : i + len(chunk)] = acc.T.to(out.dtype)
         self.hvps += rows.shape[0]
         return out.reshape(V.shape) if single else out
-
-
-class _eval:
-    """The model in eval mode for the block (BatchNorm's running statistics, no dropout), then back."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def __enter__(self):
-        self.was = self.model.training
-        self.model.eval()
-
-    def __exit__(self, *exc):
-        self.model.train(self.was)
 
 
 def _operator(model, loss_fn, data, op: HessianOperator | None = None, **kw) -> HessianOperator:
@@ -186,8 +154,8 @@ def _orthonormalize(W: torch.Tensor, basis: torch.Tensor | None, drop: float = 1
 
 
 # ---- top eigenvalues ----------------------------------------------------------------------------
-def _block_lanczos(op: HessianOperator, k: int, tol: float, block: int, max_hvps: int, v0: torch.Tensor | None,
-                   gen: torch.Generator, progress: Progress) -> tuple[np.ndarray, torch.Tensor, bool]:
+def lanczos(op: HessianOperator, k: int, tol: float, block: int, max_hvps: int, v0: torch.Tensor | None,
+            gen: torch.Generator, progress: Progress) -> tuple[np.ndarray, torch.Tensor, bool]:
     """Top-k Ritz pairs of op by block Krylov iterations with full reorthogonalization.
 
     Returns (values descending, vectors (n, k) float64, converged). T = B^T H B is built a block
@@ -277,7 +245,7 @@ def top_eigenvalues(model: nn.Module, loss_fn, data, k: int = 1, tol: float = 1e
         raise ValueError(f"block must be >= 1, got {block}")
     p = as_progress(progress, min(max_hvps, op.n), "top eigenvalues (HVPs)")
     try:
-        values, vectors, converged = _block_lanczos(op, k, tol, block, max_hvps, v0, _generator(seed), p)
+        values, vectors, converged = lanczos(op, k, tol, block, max_hvps, v0, _generator(seed), p)
     finally:
         p.close()
     if p.cancelled:
@@ -487,31 +455,8 @@ def broaden(nodes: np.ndarray, weights: np.ndarray, grid: int | np.ndarray = 100
     return grid, dens
 
 
-# ---- live sharpness ---------------------------------------------------------------------------
-def probe_batch(run: Run, max_examples: int = 2048, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fixed batch curvature is measured on: the whole training set when it holds at most
-    `max_examples` (so under full-batch GD it is exactly the objective being trained), else a
-    fixed random subset of that size drawn once."""
-    data = run.data
-    if data.X is not None:
-        X, y = data.X, data.y
-    else:
-        xs, ys, count = [], [], 0
-        loader = torch.utils.data.DataLoader(data.source.dataset if isinstance(data.source, torch.utils.data.DataLoader)
-                                             else data.source, batch_size=512)
-        for xb, yb in loader:
-            xs.append(xb), ys.append(yb)
-            count += len(xb)
-            if count >= 4 * max_examples:
-                break
-        X, y = torch.cat(xs).to(run.device), torch.cat(ys).to(run.device)
-    if len(X) > max_examples:
-        idx = torch.randperm(len(X), generator=torch.Generator().manual_seed(seed))[:max_examples].to(X.device)
-        X, y = X[idx], y[idx]
-    return X, y
-
-
-def _threshold(opt: torch.optim.Optimizer) -> tuple[float, str]:
+# ---- what an optimizer makes of the curvature ------------------------------------------------
+def stability_threshold(opt: torch.optim.Optimizer) -> tuple[float, str]:
     """The stability threshold of the optimizer's update and what it bounds ("hessian" or "preconditioned").
 
     Gradient descent is stable on a quadratic while λ_max < 2/η; heavy-ball momentum β moves this
@@ -553,106 +498,3 @@ def preconditioner(opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> to
         else:
             return None
     return torch.cat([t.detach().reshape(-1) for t in parts])
-
-
-class Sharpness(Probe):
-    """λ_max of the loss's Hessian every k steps, warm-started from the previous top eigenvector.
-
-    Measured after the step, on a fixed probe batch (`probe_batch`: the whole training set up to
-    `max_examples`, else a fixed subset), so under full-batch GD it is the sharpness of the very
-    objective being trained. Columns:
-    - `sharpness`: λ_max(H);
-    - `sharpness_threshold`: the optimizer's stability threshold (2/lr for plain GD; (2+2β)/lr with
-      momentum β; 38/lr for Adam with β1 = 0.9, which bounds the preconditioned sharpness);
-    - `preconditioned_sharpness` (adaptive optimizers): λ_max(P⁻¹H) = λ_max(P^-1/2 H P^-1/2);
-    - `sharpness_hvps`: Hessian-vector products this measurement cost.
-    Each Lanczos solve starts from the previous top eigenvector (with `block - 1` random vectors
-    beside it when block > 1), so once the run settles a measurement costs a few HVPs.
-    """
-
-    name = "sharpness"
-
-    def __init__(self, every: int = 10, tol: float = 1e-3, block: int = 1, max_examples: int = 2048,
-                 max_hvps: int = 400):
-        super().__init__(every)
-        if not tol > 0:
-            raise ValueError(f"tol must be > 0, got {tol!r}")
-        self.tol, self.block, self.max_examples, self.max_hvps = tol, int(block), int(max_examples), int(max_hvps)
-        self._batch = None
-        self._vectors: dict[str, torch.Tensor | None] = {"hessian": None, "preconditioned": None}
-        self._gen = torch.Generator().manual_seed(0)
-
-    def _top(self, op: HessianOperator, key: str) -> float:
-        values, vectors, _ = _block_lanczos(op, 1, self.tol, self.block, self.max_hvps, self._vectors[key],
-                                            self._gen, Progress())
-        self._vectors[key] = vectors[:, 0].clone()
-        return float(values[0])
-
-    def measure(self, run: Run) -> dict[str, float]:
-        if self._batch is None:
-            self._batch = probe_batch(run, self.max_examples)
-        op = HessianOperator(run.model, run.loss_fn, self._batch)
-        out = {"sharpness": self._top(op, "hessian")}
-        hvps = op.hvps
-        threshold, kind = _threshold(run.torch_optimizer)
-        out["sharpness_threshold"] = threshold
-        if kind == "preconditioned":
-            P = preconditioner(run.torch_optimizer, [p for _, p in trainable(run.model, "a Hessian")])
-            if P is not None:
-                pop = HessianOperator(run.model, run.loss_fn, self._batch, scale=P.rsqrt())
-                out["preconditioned_sharpness"] = self._top(pop, "preconditioned")
-                hvps += pop.hvps
-        out["sharpness_hvps"] = hvps
-        return out
-
-
-class GroupLoss(Probe):
-    """The mean training loss of each labelled group of examples, in columns `loss/<group>`.
-
-    For data sets that mark groups (the "opposing" set marks `group_a`, `group_b` and `bulk` in
-    `data.info["groups"]`): watch the two outlier groups' losses swing in antiphase once the run
-    reaches the edge of stability. Measured after the step, in eval mode.
-    """
-
-    name = "group_loss"
-
-    def __init__(self, every: int = 1):
-        super().__init__(every)
-
-    def measure(self, run: Run) -> dict[str, float]:
-        groups = run.data.info.get("groups")
-        if not groups:
-            return {}
-        out = {}
-        with torch.no_grad(), _eval(run.model):
-            for name, idx in groups.items():
-                idx = idx.to(run.data.X.device)
-                out[f"loss/{name}"] = float(run.loss_fn(run.model(run.data.X[idx]), run.data.y[idx]))
-        return out
-
-
-# ---- on a live run, for dashboards --------------------------------------------------------
-def analyze(run: Run, what: str, k: int = 5, samples: int = 64, vectors: int = 4, iters: int = 64,
-            max_examples: int = 2048, progress: bool | Progress = True) -> Any:
-    """Compute `what` ("top", "trace" or "density") on a copy of the run's model and probe batch,
-    and publish it as the run's history snapshot `hessian_top` / `hessian_trace` / `hessian_density`.
-
-    Runs beside training (`run.model_copy()`): the result is that of the weights at the step it
-    started, which the snapshot's step records.
-    """
-    if what not in ("top", "trace", "density"):
-        raise ValueError(f"what must be 'top', 'trace' or 'density', got {what!r}")
-    step, model = run.steps, run.model_copy()
-    data = probe_batch(run, max_examples)
-    if what == "top":
-        p = as_progress(progress, 1, "top eigenvalues")
-        values = top_eigenvalues(model, run.loss_fn, data, k=k, progress=p)
-        result = {"rank": np.arange(1, len(values) + 1), "eigenvalue": values}
-    elif what == "trace":
-        est, err = trace(model, run.loss_fn, data, samples=samples, progress=progress)
-        result = {"trace": np.array([est]), "stderr": np.array([err])}
-    else:
-        grid, dens = density(model, run.loss_fn, data, vectors=vectors, iters=iters, progress=progress)
-        result = {"grid": grid, "density": dens}
-    run.history.put_snapshot(f"hessian_{what}", step, result)
-    return result

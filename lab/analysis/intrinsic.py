@@ -18,9 +18,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from ..data import eval_batches
+from ..functional import Functional
 from ..jobs import Progress, as_progress
 
 PROJECTIONS = ("auto", "dense", "fastfood")
@@ -119,8 +119,8 @@ def intrinsic_dimension(model: nn.Module, loss_fn: Callable | None = None, data:
                         progress: bool | Progress = True) -> IntrinsicDimension:
     """Train theta0 + P z with Adam for `steps` steps for each d in `dims`; report performance against d.
 
-    `model` an nn.Module (its current weights are theta0: pass it untrained) or a Run (its initial
-    weights, loss, training data and validation data); `data` (X, y) or a DataLoader (gathered once);
+    `model` an nn.Module (its current weights are theta0: pass it untrained); `data` (X, y), a DataLoader
+    (gathered once) or a trainlab Data (its training set);
     `val_data` where performance is measured (default: the training data); `metric` "accuracy",
     "r2", "auto" (accuracy for integer labels, R^2 otherwise) or a callable (out, y) -> float,
     higher is better; `full` the full model's performance if known, else it is trained the same way
@@ -129,19 +129,10 @@ def intrinsic_dimension(model: nn.Module, loss_fn: Callable | None = None, data:
     The model is not modified.
     Cancelling keeps the dimensions done (NaN for the rest).
     """
-    if hasattr(model, "model") and isinstance(getattr(model, "model"), nn.Module) and not isinstance(model, nn.Module):
-        run = model
-        model = run.model_copy()
-        model.load_state_dict(run.initial_state)  # the subspace is anchored at the initialization
-        loss_fn = run.loss_fn if loss_fn is None else loss_fn
-        if data is None:
-            data = (run.data.X, run.data.y) if run.data.X is not None else run.data.source
-        if val_data is None and run.data.X_val is not None:
-            val_data = (run.data.X_val, run.data.y_val)
-    else:
-        model = copy.deepcopy(model)
     if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be an nn.Module or a trainlab Run; got {type(model).__name__}")
+        raise ValueError(f"model must be an nn.Module (for a run: a copy at its initial weights); "
+                         f"got {type(model).__name__}")
+    model = copy.deepcopy(model)
     if loss_fn is None or not callable(loss_fn):
         raise ValueError("loss_fn must be a callable (outputs, targets) -> scalar loss")
     if projection not in PROJECTIONS:
@@ -167,14 +158,11 @@ def intrinsic_dimension(model: nn.Module, loss_fn: Callable | None = None, data:
     score = {"accuracy": _accuracy, "r2": _r2}.get(metric, metric) if isinstance(metric, str) else metric
     metric_name = metric if isinstance(metric, str) else getattr(metric, "__name__", "metric")
 
-    theta0 = torch.cat([p.detach().reshape(-1) for _, p in named])
-    names, shapes, sizes = [k for k, _ in named], [p.shape for _, p in named], [p.numel() for _, p in named]
+    f = Functional(model, "subspace training")
+    theta0 = f.theta
     buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
     gen = torch.Generator().manual_seed(seed)
     order = torch.Generator().manual_seed(seed + 1)
-
-    def params(theta):
-        return {k: t.view(s) for k, t, s in zip(names, theta.split(sizes), shapes)}
 
     def train(make_theta, leaves) -> float:
         """Adam on `leaves` for `steps` steps, then the score on the validation data; False if cancelled."""
@@ -193,7 +181,7 @@ def intrinsic_dimension(model: nn.Module, loss_fn: Callable | None = None, data:
 
             def closure():
                 opt.zero_grad(set_to_none=True)
-                loss = loss_fn(functional_call(model, params(make_theta()), (xb,)), yb)
+                loss = loss_fn(f(make_theta(), xb), yb)
                 loss.backward()
                 return loss
 
@@ -201,7 +189,7 @@ def intrinsic_dimension(model: nn.Module, loss_fn: Callable | None = None, data:
             p.update()
         model.eval()
         with torch.no_grad():
-            return float(score(functional_call(model, params(make_theta()), (Xv,)), yv))
+            return float(score(f(make_theta(), Xv), yv))
 
     kind = projection
     p = as_progress(progress, steps * (len(dims) + (full is None)), "intrinsic dimension")

@@ -2,7 +2,7 @@
 
     plane(model, loss_fn, data, steps=51, span=1.0, directions="filter")   # loss[i, j] at (x[i], y[j])
     line(model, loss_fn, data, start=None, end=None, steps=51)             # interpolation, mode connectivity
-    trajectory(run)                                                        # a run's path on its PCA plane
+    pca_trajectory(model, steps, points)                                   # recorded weights on their PCA plane
 
 Directions. "filter" (the default) draws a Gaussian direction per parameter and rescales each
 filter (a row of a Linear weight, an output channel of a Conv weight: index 0) to the norm of the
@@ -12,8 +12,8 @@ filters; `bias=` says what they get: "zero" (the default, what Li et al.'s code 
 `--xignore biasbn`: they stay at their trained values), "weight" (the direction equals the
 parameter itself, their code's other branch) or "filter" (the vector treated as one filter:
 rescaled to the parameter's norm). "layer" rescales each parameter tensor as a whole, "random"
-leaves the Gaussian draw as is, "pca" takes the top two principal directions of a run's recorded
-trajectory, and a pair of flat tensors or {parameter name: tensor} dicts gives your own.
+leaves the Gaussian draw as is, a Trajectory (`pca_trajectory`) takes the top two principal directions
+of a run's recorded weights, and a pair of flat tensors or {parameter name: tensor} dicts gives your own.
 Buffers (BatchNorm's running statistics) are never moved.
 
 Evaluation. The trainable parameters become views into one flat buffer for the duration of the
@@ -27,9 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -37,10 +36,6 @@ from torch import nn
 
 from ..data import eval_batches
 from ..jobs import Progress, as_progress
-from ..probes import Probe
-
-if TYPE_CHECKING:
-    from ..run import Run
 
 KINDS = ("filter", "layer", "random", "pca")
 BIAS = ("zero", "weight", "filter")
@@ -136,10 +131,8 @@ def _unflatten(named: list[tuple[str, torch.Tensor]], flat: torch.Tensor) -> dic
 
 
 def _as_flat(model_named, value, what: str) -> torch.Tensor:
-    """Weights given as a flat tensor, a {name: tensor} dict, an nn.Module or a Run."""
+    """Weights given as a flat tensor, a {name: tensor} dict or an nn.Module."""
     n_total = sum(p.numel() for _, p in model_named)
-    if hasattr(value, "model") and isinstance(getattr(value, "model"), nn.Module):  # a Run
-        value = value.model
     if isinstance(value, nn.Module):
         value = dict(value.named_parameters())
     if isinstance(value, dict):
@@ -150,7 +143,7 @@ def _as_flat(model_named, value, what: str) -> torch.Tensor:
             raise ValueError(f"{what} has {v.numel()} values; the model has {n_total} trainable parameters")
         p0 = model_named[0][1]
         return v.to(p0.device, p0.dtype)
-    raise ValueError(f"{what} must be a flat tensor, a {{parameter name: tensor}} dict, an nn.Module or a Run; "
+    raise ValueError(f"{what} must be a flat tensor, a {{parameter name: tensor}} dict or an nn.Module; "
                      f"got {type(value).__name__}")
 
 
@@ -398,14 +391,11 @@ def random_directions(model: nn.Module, kind: str = "filter", bias: str = "zero"
     return pair[0], pair[1]
 
 
-def _resolve(model, directions, bias, seed, run) -> tuple[str, tuple[dict, dict], Trajectory | None]:
+def _resolve(model, directions, bias, seed) -> tuple[str, tuple[dict, dict], Trajectory | None]:
     if isinstance(directions, str):
         if directions == "pca":
-            if run is None:
-                raise ValueError("directions='pca' needs a Run with a TrajectoryProbe: call plane(run, ...) "
-                                 "or pass directions=trajectory(run)")
-            traj = trajectory(run)
-            return "pca", traj.directions, traj
+            raise ValueError("directions='pca' needs the recorded trajectory: pass directions=probe.trajectory(model), "
+                             "from a trainlab.probes.TrajectoryProbe on the run")
         if directions not in KINDS:
             raise ValueError(f"directions must be one of {', '.join(map(repr, KINDS))} or a pair of tensors/dicts; "
                              f"got {directions!r}")
@@ -416,25 +406,19 @@ def _resolve(model, directions, bias, seed, run) -> tuple[str, tuple[dict, dict]
         named = _named(model)
         pair = tuple(_unflatten(named, _as_flat(named, d, f"directions[{i}]").clone()) for i, d in enumerate(directions))
         return "given", pair, None
-    raise ValueError("directions must be 'filter', 'layer', 'random', 'pca', a Trajectory, or a pair of flat "
+    raise ValueError("directions must be 'filter', 'layer', 'random', a Trajectory, or a pair of flat "
                      f"tensors or {{parameter name: tensor}} dicts; got {type(directions).__name__}")
 
 
 # ---- public functions ---------------------------------------------------------------------------
-def _unpack(model, loss_fn, data):
-    """A Run brings its own model, loss and training data."""
-    run = None
-    if not isinstance(model, nn.Module) and isinstance(getattr(model, "model", None), nn.Module):
-        run, model = model, model.model
-        loss_fn = run.loss_fn if loss_fn is None else loss_fn
-        data = run.data if data is None else data
+def _check(model, loss_fn, data) -> None:
     if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be an nn.Module or a trainlab Run; got {type(model).__name__}")
+        raise ValueError(f"model must be an nn.Module (for a run: run.model, run.loss_fn, run.data); "
+                         f"got {type(model).__name__}")
     if loss_fn is None or not callable(loss_fn):
         raise ValueError("loss_fn must be a callable (outputs, targets) -> scalar loss")
     if data is None:
-        raise ValueError("data must be an (X, y) pair or a DataLoader")
-    return run, model, loss_fn, data
+        raise ValueError("data must be an (X, y) pair, a DataLoader or a trainlab Data")
 
 
 def _check_steps(steps) -> int:
@@ -443,15 +427,15 @@ def _check_steps(steps) -> int:
     return int(steps)
 
 
-def plane(model: nn.Module | Run, loss_fn: Callable | None = None, data: Any = None, steps: int = 51,
+def plane(model: nn.Module, loss_fn: Callable | None = None, data: Any = None, steps: int = 51,
           span: float | None = None, directions: Any = "filter", seed: int = 0, bias: str = "zero",
           mode: str = "eval", samples: int | None = None, vectorize: bool | None = None,
           memory: int = 256 * 2**20, progress: bool | Progress = True) -> Landscape:
     """The loss on theta + a*d1 + b*d2 for a, b in linspace(-span, span, steps).
 
-    `model` any nn.Module, or a Run (its model, loss and training data are the defaults);
-    `directions` "filter" (default), "layer", "random", "pca" (a Run with a TrajectoryProbe; then
-    `span` defaults to 1.25x the trajectory's extent), a Trajectory, or a pair of directions;
+    `model` any nn.Module, `data` an (X, y) pair, a DataLoader or a trainlab Data;
+    `directions` "filter" (default), "layer", "random", a Trajectory (the PCA plane of recorded weights,
+    `TrajectoryProbe.trajectory(model)`; then `span` defaults to 1.25x its extent), or a pair of directions;
     `bias` what 1-D parameters get ("zero", "weight", "filter"; see the module doc);
     `mode` "eval" (default: BatchNorm uses running statistics) or "train";
     `samples=N` evaluates on a fixed random subset of N examples and reports `stderr`;
@@ -459,10 +443,10 @@ def plane(model: nn.Module | Run, loss_fn: Callable | None = None, data: Any = N
     point's weights and activations are under SMALL_POINT bytes; results agree to float rounding).
     Cancelling `progress` keeps the points computed so far (NaN elsewhere, complete=False).
     """
-    run, model, loss_fn, data = _unpack(model, loss_fn, data)
+    _check(model, loss_fn, data)
     steps = _check_steps(steps)
     _check_mode(mode)
-    kind, pair, traj = _resolve(model, directions, bias, seed, run)
+    kind, pair, traj = _resolve(model, directions, bias, seed)
     if span is None:
         span = 1.0 if traj is None else 1.25 * max(float(np.abs(np.r_[traj.x, traj.y]).max()), 1e-8)
     if isinstance(span, bool) or not isinstance(span, (int, float)) or not math.isfinite(span) or span <= 0:
@@ -484,18 +468,18 @@ def plane(model: nn.Module | Run, loss_fn: Callable | None = None, data: Any = N
                      samples, complete, traj)
 
 
-def line(model: nn.Module | Run, loss_fn: Callable | None = None, data: Any = None, start: Any = None,
+def line(model: nn.Module, loss_fn: Callable | None = None, data: Any = None, start: Any = None,
          end: Any = None, steps: int = 51, span: tuple[float, float] = (0.0, 1.0), mode: str = "eval",
          samples: int | None = None, seed: int = 0, vectorize: bool | None = None, memory: int = 256 * 2**20,
          progress: bool | Progress = True) -> Line:
     """The loss along start + alpha * (end - start), alpha in linspace(*span, steps).
 
-    `start` and `end` are weights: a {name: tensor} state dict, an nn.Module, a Run, or a flat
-    tensor; None is the model's current weights. Between a run's initial and current weights it
+    `start` and `end` are weights: a {name: tensor} state dict, an nn.Module or a flat tensor; None is
+    the model's current weights. Between a run's initial and current weights it
     shows the path training took; between two runs, whether their minima are linearly connected.
     Only trainable parameters move; buffers (BatchNorm statistics) stay the model's.
     """
-    _, model, loss_fn, data = _unpack(model, loss_fn, data)
+    _check(model, loss_fn, data)
     steps = _check_steps(steps)
     _check_mode(mode)
     if start is None and end is None:
@@ -521,68 +505,22 @@ def line(model: nn.Module | Run, loss_fn: Callable | None = None, data: Any = No
 
 
 # ---- trajectory ---------------------------------------------------------------------------------
-class TrajectoryProbe(Probe):
-    """Records the run's trainable weights (flattened, on the CPU) every `every` steps.
+def pca_trajectory(model: nn.Module, steps, points: torch.Tensor) -> Trajectory:
+    """Recorded weights (T, n) at `steps`, projected on their top-two PCA plane (Li et al. 2018, section 7).
 
-    At most `max_points` are kept: past that, every other old point is dropped (the newest kept),
-    so a long run keeps its whole path at bounded memory. A reset of the run starts it over.
+    `points` are flat trainable weights in `model.named_parameters()` order, such as a
+    `trainlab.probes.TrajectoryProbe` records; at least 3 are needed. Each direction is a unit vector
+    over all trainable parameters (not filter-normalized, as in the paper).
     """
-
-    name = "trajectory"
-
-    def __init__(self, every: int = 10, max_points: int = 200):
-        super().__init__(every)
-        if not isinstance(max_points, int) or max_points < 3:
-            raise ValueError(f"max_points must be a whole number >= 3; got {max_points!r}")
-        self.max_points = max_points
-        self._lock = threading.Lock()
-        self._steps: list[int] = []
-        self._points: list[torch.Tensor] = []
-        self._generation = None
-        self.names: list[str] = []
-
-    def measure(self, run: Run) -> dict[str, Any]:
-        flat = torch.cat([p.detach().reshape(-1) for _, p in _named(run.model)]).to("cpu", copy=True)
-        with self._lock:
-            if run.history.generation != self._generation:
-                self._generation, self._steps, self._points = run.history.generation, [], []
-                self.names = [n for n, _ in _named(run.model)]
-            self._steps.append(run.steps)
-            self._points.append(flat)
-            if len(self._points) > self.max_points:
-                self._steps = self._steps[:-1:2] + self._steps[-1:]
-                self._points = self._points[:-1:2] + self._points[-1:]
-        return {}
-
-    def points(self) -> tuple[np.ndarray, torch.Tensor]:
-        """(steps, weights (T, n)) recorded so far, a consistent copy."""
-        with self._lock:
-            steps, points = list(self._steps), list(self._points)
-        return np.array(steps), torch.stack(points) if points else torch.empty(0)
-
-
-def _probe(run) -> TrajectoryProbe:
-    for p in getattr(run, "probes", []):
-        if isinstance(p, TrajectoryProbe):
-            return p
-    raise ValueError("the run records no trajectory: add one with run.add_probe(TrajectoryProbe(every=10)) "
-                     "(or probes=[..., TrajectoryProbe()]) and train a few steps")
-
-
-def trajectory(run: Run) -> Trajectory:
-    """The run's recorded weights projected on their top-two PCA plane (Li et al. 2018, section 7).
-
-    Needs a `TrajectoryProbe` in the run's probes and at least 3 recorded points. Each direction
-    is a unit vector over all trainable parameters (not filter-normalized, as in the paper).
-    """
-    steps, W = _probe(run).points()
-    if len(steps) < 3:
-        raise ValueError(f"the trajectory has {len(steps)} recorded points; train until it has at least 3")
+    steps = np.asarray(steps)
+    if len(steps) < 3 or len(points) != len(steps):
+        raise ValueError(f"the trajectory has {len(points)} recorded points; train until it has at least 3")
+    W = points
     M = (W[:-1] - W[-1]).double()  # (T-1, n): each point relative to the last
     _, s, Vt = torch.linalg.svd(M, full_matrices=False)
     V = Vt[:2]  # (2, n)
     coords = (W - W[-1]).double() @ V.T  # (T, 2)
-    named = _named(run.model)
+    named = _named(model)
     device, dtype = named[0][1].device, named[0][1].dtype
     pair = tuple(_unflatten(named, v.to(device, dtype).clone()) for v in V)
     var = (s**2 / (s**2).sum()).numpy()[:2]
@@ -590,4 +528,4 @@ def trajectory(run: Run) -> Trajectory:
     return Trajectory(coords[:, 0].numpy(), coords[:, 1].numpy(), steps, var, pair, origin)
 
 
-__all__ = ["Landscape", "Line", "Trajectory", "TrajectoryProbe", "line", "plane", "random_directions", "trajectory"]
+__all__ = ["Landscape", "Line", "Trajectory", "line", "pca_trajectory", "plane", "random_directions"]

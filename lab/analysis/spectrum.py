@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,10 +35,7 @@ from torch import nn
 
 from ..jobs import Progress, as_progress
 from ..kernels import powerlaw as _pl
-from ..probes import Probe
 
-if TYPE_CHECKING:
-    from ..run import Run
 
 MIN_EIGENVALUES = 10  # fewer positive eigenvalues than this: no power-law fit
 TW_99 = 2.02  # the 99th percentile of the Tracy–Widom (β=1) law
@@ -385,33 +382,3 @@ def views(frame: pd.DataFrame, tw_margin: float = TW_99, bins: int = 40) -> dict
                                tw_margin, bins)
         out[r["name"]] = v
     return out
-
-
-def analyse(model: nn.Module, farms: bool = False, progress: bool | Progress = True, **options) -> dict:
-    """esd(model) and its plot views in one call: what a dashboard's 'Analyse now' Job runs."""
-    frame = esd(model, farms=farms, progress=progress, **options)
-    return {"layers": views(frame), "cancelled": frame.attrs["cancelled"]}
-
-
-# ---- live probe ----------------------------------------------------------------------------------
-class SpectrumProbe(Probe):
-    """α of every weight matrix every k steps, in columns `alpha/<layer>` (KS fit) and `alpha_hill/<layer>`,
-    and the snapshot `esd`.
-
-    The snapshot is `{"layers": views(...)}` (see `views`), what SpectrumPanel draws.
-    """
-
-    name = "spectrum"
-
-    def __init__(self, every: int = 50, snapshot: bool = True):
-        super().__init__(every)
-        self.snapshot = snapshot
-
-    def measure(self, run: Run) -> dict[str, Any]:
-        frame = esd(run.model, progress=False)
-        out: dict[str, Any] = {}
-        for r in frame.itertuples():
-            out[f"alpha/{r.name}"], out[f"alpha_hill/{r.name}"] = float(r.alpha), float(r.alpha_hill)
-        if self.snapshot:
-            out["esd"] = {"layers": views(frame), "cancelled": False}
-        return out

@@ -1,0 +1,132 @@
+"""Analyses of a live run, computed now on a copy of it while it goes on training.
+
+Every function here has one signature, `fn(run, *, progress, **options)`, and returns the results
+as `{snapshot name: value}` (a generator yields such dicts as they are ready: the landscape's coarse
+grid before its fine one). `compute(fn, run, ...)` runs one and publishes every result as a history
+snapshot at the step the copy was taken, which is how a dashboard's job and a notebook get them
+alike; panels draw what the history holds. Values are data only (arrays, numbers, names): what a
+plot makes of them (colours, labels) is the widget's.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .jobs import Progress, as_progress
+
+if TYPE_CHECKING:
+    from .run import Run
+
+HESSIAN = {"top": "hessian_top", "trace": "hessian_trace", "density": "hessian_density"}
+SPECTRUM = "esd_analysis"
+LANDSCAPE, LINE = "landscape", "landscape/line"
+INTRINSIC = "intrinsic"
+RANGE_TEST = "lr_range_test"
+
+
+def compute(fn: Callable[..., Any], run: Run, *, progress: bool | Progress = True, **options) -> dict[str, Any]:
+    """Run `fn(run, progress=..., **options)` and publish each result in the run's history; returns them all."""
+    step = run.steps
+    out = fn(run, progress=progress, **options)
+    parts = out if inspect.isgenerator(out) else iter([out])
+    published: dict[str, Any] = {}
+    for results in parts:
+        for name, value in results.items():
+            run.history.put_snapshot(name, step, value)
+            published[name] = value
+    return published
+
+
+# ---- curvature and spectra -------------------------------------------------------------------
+def hessian(run: Run, *, progress: bool | Progress = True, what: str = "top", k: int = 5, samples: int = 64,
+            vectors: int = 4, iters: int = 64, max_examples: int = 2048) -> dict[str, Any]:
+    """The top-k eigenvalues, the trace or the density of the loss's Hessian at the run's current weights,
+    on the fixed batch the Sharpness probe uses (up to `max_examples` training examples)."""
+    from .analysis import hessian as H
+
+    if what not in HESSIAN:
+        raise ValueError(f"what must be one of {', '.join(map(repr, HESSIAN))}, got {what!r}")
+    model = run.model_copy()
+    data = run.data.fixed_sample(max_examples, device=run.device)
+    if what == "top":
+        values = H.top_eigenvalues(model, run.loss_fn, data, k=k, progress=as_progress(progress, 1, "top eigenvalues"))
+        return {HESSIAN[what]: {"rank": np.arange(1, len(values) + 1), "eigenvalue": values}}
+    if what == "trace":
+        est, err = H.trace(model, run.loss_fn, data, samples=samples, progress=progress)
+        return {HESSIAN[what]: {"trace": np.array([est]), "stderr": np.array([err])}}
+    grid, dens = H.density(model, run.loss_fn, data, vectors=vectors, iters=iters, progress=progress)
+    return {HESSIAN[what]: {"grid": grid, "density": dens}}
+
+
+def spectrum(run: Run, *, progress: bool | Progress = True, farms: bool = False, **options) -> dict[str, Any]:
+    """Every weight matrix's ESD, power-law fit and MP bulk (FARMS too), ready to draw; nothing if cancelled."""
+    from .analysis import spectrum as S
+
+    frame = S.esd(run.model_copy(), farms=farms, progress=progress, **options)
+    if frame.attrs["cancelled"]:
+        return {}  # a half-analysed model would read as the whole: keep the last complete one
+    return {SPECTRUM: {"layers": S.views(frame)}}
+
+
+# ---- landscapes --------------------------------------------------------------------------------
+def landscape(run: Run, *, progress: bool | Progress = True, directions: str = "pca", mode: str = "eval",
+              coarse: int = 11, resolution: int = 51, span: float = 1.0, samples: int | None = None,
+              preview: int | None = 512, trajectory=None) -> Iterator[dict[str, Any]]:
+    """A quick coarse grid (on a `preview` subset), then the fine grid, then the line from the initial to
+    the current weights.
+
+    `directions="pca"` takes the plane of the run's recorded path (`trajectory`: a TrajectoryProbe; the
+    plane is centred on its last point) once it has 3 points, a random filter-normalized plane until then.
+    A grid cut short by Cancel is not published, so the last complete picture stays.
+    """
+    from .analysis import landscape as L
+
+    model, copied = run.model_copy(), run.steps
+    dirs, extra, centre = ("filter" if directions == "pca" else directions), {"span": span}, copied
+    if directions == "pca" and trajectory is not None:
+        steps, points = trajectory.points()
+        if len(steps) >= 3:
+            dirs, extra, centre = L.pca_trajectory(model, steps, points), {}, int(steps[-1])
+    n = run.data.n_examples
+    for size, subset in ((coarse, preview), (resolution, samples)):
+        subset = None if subset is None or subset >= n else subset  # a subset as large as the data is the data
+        res = L.plane(model, run.loss_fn, run.data, steps=size, directions=dirs, mode=mode, samples=subset,
+                      progress=progress, **extra)
+        if not res.complete:
+            return
+        yield {LANDSCAPE: {**res.to_dict(), "step": centre}}
+    # from a little before the initial weights (alpha 0) to a little past the current ones (alpha 1)
+    res = L.line(model, run.loss_fn, run.data, start=run.initial_state, steps=2 * coarse + 1, span=(-0.25, 1.25),
+                 mode=mode, samples=samples, progress=progress)
+    if res.complete:
+        yield {LINE: {"alpha": res.alpha, "loss": res.loss, "step": copied}}
+
+
+def intrinsic(run: Run, *, progress: bool | Progress = True, steps: int = 100, max_dim: int = 512) -> dict[str, Any]:
+    """Intrinsic dimension from the run's initial weights, over d = 1, 2, 4, ... up to `max_dim`."""
+    from .analysis.intrinsic import intrinsic_dimension
+
+    model = run.model_copy()
+    model.load_state_dict(run.initial_state)  # the subspace is anchored at the initialization
+    n = sum(p.numel() for p in run.params)
+    dims = [d for d in (2**k for k in range(20)) if d <= min(max_dim, n)]
+    val = (run.data.X_val, run.data.y_val) if run.data.X_val is not None else None
+    res = intrinsic_dimension(model, run.loss_fn, run.data, dims=dims, steps=steps, val_data=val, progress=progress)
+    return {INTRINSIC: {**res.to_dict(), "step": run.steps}}
+
+
+# ---- optimizer ----------------------------------------------------------------------------------
+def range_test(run: Run, *, progress: bool | Progress = True, start: float = 1e-7, end: float = 10.0,
+               steps: int = 200) -> dict[str, Any]:
+    """The LR range test on a copy of the run: the sweep, its trend, the suggestion and where it sits on the curve."""
+    from .lr_finder import lr_range_test
+
+    r = lr_range_test(run, start=start, end=end, steps=steps, progress=progress)
+    marks = [m for m in (("minimum", r.minimum), ("suggestion", r.suggestion)) if m[1] is not None]
+    return {RANGE_TEST: {**r.as_dict(), "suggestion": r.suggestion, "minimum": r.minimum, "stopped": r.stopped,
+                         "note": r.note, "optimizer": run.optimizer,
+                         "marks": {"kind": [k for k, _ in marks], "lr": [v for _, v in marks],
+                                   "loss": [float(np.interp(np.log(v), np.log(r.lrs), r.trend)) for _, v in marks]}}}

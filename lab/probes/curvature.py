@@ -1,0 +1,98 @@
+"""Curvature while the run trains: sharpness at the edge of stability, and the losses of labelled groups."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from trainlab.analysis.hessian import HessianOperator, lanczos, preconditioner, stability_threshold
+from trainlab.functional import eval_mode, trainable
+from trainlab.jobs import Progress
+
+from .base import Columns, Probe
+
+if TYPE_CHECKING:
+    from trainlab.run import Run
+
+
+class Sharpness(Probe):
+    """λ_max of the loss's Hessian every k steps, warm-started from the previous top eigenvector.
+
+    Measured after the step, on a fixed probe batch (`run.data.fixed_sample(max_examples)`: the whole
+    training set up to `max_examples`, else a fixed subset), so under full-batch GD it is the sharpness of the very
+    objective being trained. Columns:
+    - `sharpness`: λ_max(H);
+    - `sharpness_threshold`: the optimizer's stability threshold (2/lr for plain GD; (2+2β)/lr with
+      momentum β; 38/lr for Adam with β1 = 0.9, which bounds the preconditioned sharpness);
+    - `preconditioned_sharpness` (adaptive optimizers): λ_max(P⁻¹H) = λ_max(P^-1/2 H P^-1/2);
+    - `sharpness_hvps`: Hessian-vector products this measurement cost.
+    Each Lanczos solve starts from the previous top eigenvector (with `block - 1` random vectors
+    beside it when block > 1), so once the run settles a measurement costs a few HVPs.
+    """
+
+    name = "sharpness"
+
+    def __init__(self, every: int = 10, tol: float = 1e-3, block: int = 1, max_examples: int = 2048,
+                 max_hvps: int = 400):
+        super().__init__(every)
+        if not tol > 0:
+            raise ValueError(f"tol must be > 0, got {tol!r}")
+        self.tol, self.block, self.max_examples, self.max_hvps = tol, int(block), int(max_examples), int(max_hvps)
+        self._batch = None
+        self._vectors: dict[str, torch.Tensor | None] = {"hessian": None, "preconditioned": None}
+        self._gen = torch.Generator().manual_seed(0)
+
+    def _top(self, op: HessianOperator, key: str) -> float:
+        values, vectors, _ = lanczos(op, 1, self.tol, self.block, self.max_hvps, self._vectors[key], self._gen,
+                                     Progress())
+        self._vectors[key] = vectors[:, 0].clone()
+        return float(values[0])
+
+    def columns(self, run: Run) -> Columns:
+        return Columns({"sharpness": "sharpness", "sharpness_threshold": "threshold",
+                        "preconditioned_sharpness": "preconditioned", "sharpness_hvps": "hvps"})
+
+    def measure(self, run: Run) -> dict[str, float]:
+        if self._batch is None:
+            self._batch = run.data.fixed_sample(self.max_examples, device=run.device)
+        op = HessianOperator(run.model, run.loss_fn, self._batch)
+        out = {"sharpness": self._top(op, "hessian")}
+        hvps = op.hvps
+        threshold, kind = stability_threshold(run.torch_optimizer)
+        out["sharpness_threshold"] = threshold
+        if kind == "preconditioned":
+            P = preconditioner(run.torch_optimizer, [p for _, p in trainable(run.model, "a Hessian")])
+            if P is not None:
+                pop = HessianOperator(run.model, run.loss_fn, self._batch, scale=P.rsqrt())
+                out["preconditioned_sharpness"] = self._top(pop, "preconditioned")
+                hvps += pop.hvps
+        out["sharpness_hvps"] = hvps
+        return out
+
+
+class GroupLoss(Probe):
+    """The mean training loss of each labelled group of examples, in columns `loss/<group>`.
+
+    For data sets that mark groups (the "opposing" set marks `group_a`, `group_b` and `bulk` in
+    `data.info["groups"]`): watch the two outlier groups' losses swing in antiphase once the run
+    reaches the edge of stability. Measured after the step, in eval mode.
+    """
+
+    name = "group_loss"
+
+    def __init__(self, every: int = 1):
+        super().__init__(every)
+
+    def columns(self, run: Run) -> Columns:
+        return Columns({f"loss/{g}": g for g in run.data.info.get("groups", {})})
+
+    def measure(self, run: Run) -> dict[str, float]:
+        groups = run.data.info.get("groups")
+        if not groups:
+            return {}
+        out = {}
+        with torch.no_grad(), eval_mode(run.model):
+            for name, idx in groups.items():
+                idx = idx.to(run.data.X.device)
+                out[f"loss/{name}"] = float(run.loss_fn(run.model(run.data.X[idx]), run.data.y[idx]))
+        return out
