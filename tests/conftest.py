@@ -1,4 +1,9 @@
-"""Shared test set-up: one torch thread, and Debian's Chromium for pytest-playwright (never a downloaded browser)."""
+"""Shared test set-up: one torch thread, a small run, waiting on a condition, and Debian's Chromium for
+pytest-playwright (never a downloaded browser).
+
+Tests that wait for a thread, a job or a browser wait on a condition with a generous timeout
+(`wait_until`), never on a fixed sleep: CI machines can be busy.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -11,6 +16,32 @@ from pathlib import Path
 
 import pytest
 import torch
+
+SMALL = ("mlp", {"width": 16, "depth": 1})
+ARTIFACTS = Path(os.environ.get("TRAINLAB_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-results"))
+
+
+def small_run(**kw):
+    """A fast run: a one-hidden-layer MLP on moons, on the CPU (any Run argument overrides)."""
+    from trainlab import Run
+
+    kw.setdefault("model", SMALL)
+    kw.setdefault("data", "moons")
+    kw.setdefault("device", "cpu")
+    return Run(**kw)
+
+
+def wait_until(cond, timeout: float = 60.0, what: str = "the condition", every: float = 0.02):
+    """Poll cond() until it returns something truthy (returned); fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"after {timeout:.0f} s: {what}", pytrace=False)
+        time.sleep(every)
+
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -1,14 +1,13 @@
 """CurvaturePanel: probes toggled on the run, live sources fed from the history, Hessian jobs with progress and cancel."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
+from conftest import wait_until
 
 import trainlab
-from trainlab.probes import GradientNoise
-from trainlab.probes import GroupLoss, Sharpness
+from trainlab.probes import GradientNoise, GroupLoss, Sharpness
 from trainlab.widgets.curvature import CurvaturePanel
 
 
@@ -17,11 +16,8 @@ def make_run(data="opposing", **kw) -> trainlab.Run:
                         momentum=0.0, lr=0.5, batch_size=100_000, device="cpu", eval_every=100_000, **kw)
 
 
-def wait(job, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while not job.done and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert job.done
+def wait(job, timeout=120.0):
+    wait_until(lambda: job.done, timeout, "the job to finish", every=0.05)
 
 
 def test_toggles_add_and_remove_probes_and_curves_stream():
@@ -55,14 +51,13 @@ def test_buttons_run_jobs_whose_results_reach_the_sources():
     panel = CurvaturePanel(run, k=3, vectors=2, iters=12)
     try:
         assert not panel.has_groups and panel.groups_source is None
-        panel.buttons["top"].clicks += 1
-        wait(panel._job)
-        panel.buttons["density"].clicks += 1
-        wait(panel._job)
-        panel.buttons["trace"].clicks += 1
-        wait(panel._job)
-        panel.feed.tick()
-        assert panel._job.error is None
+        slot = panel.slots["hessian"]
+        for what in ("top", "density", "trace"):
+            panel.buttons[what].clicks += 1
+            assert all(b.disabled for b in panel.buttons.values())  # one Hessian job at a time
+            wait(slot.job)
+            assert slot.job.error is None
+            panel.feed.tick()
         top = panel.top_source.data["eigenvalue"]
         expected = trainlab.analysis.hessian.top_eigenvalues(run.model, run.loss_fn, (run.data.X, run.data.y), k=3)
         np.testing.assert_allclose(top, expected, rtol=1e-3)
@@ -98,5 +93,9 @@ def test_controls_come_from_declared_params():
         assert (widget.start, widget.end) == CurvaturePanel.param.k.softbounds
         with pytest.raises(ValueError):
             panel.k = 0
+        panel.k = 10  # set from Python: the widget follows
+        assert widget.value == 10
+        widget.value = 7  # moved in the page: the setting follows
+        assert panel.k == 7
     finally:
         panel.close()

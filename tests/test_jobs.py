@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import trainlab
+from conftest import wait_until
 from trainlab.jobs import Cancelled, Job, Progress, as_progress
 
 
@@ -47,8 +48,7 @@ def test_job_returns_result_and_reports_progress():
 
 def test_job_cancel_keeps_what_was_computed():
     job = Job(_count, 1000, pause=0.005)
-    while job.progress.done < 3:
-        time.sleep(0.001)
+    wait_until(lambda: job.progress.done >= 3, 30, "the job to count to 3", every=0.001)
     job.cancel(wait=10)
     assert job.done and job.cancelled
     assert 3 <= len(job.result) < 1000  # the partial result survives
@@ -74,12 +74,10 @@ def test_probe_added_and_removed_while_training():
     run.step(2)
     probe = run.add_probe(_Counter(every=1))
     run.start()
-    while run.steps < 20:
-        time.sleep(0.005)
+    wait_until(lambda: run.steps >= 20, 60, "20 steps in the background", every=0.005)
     run.remove_probe(probe)
     seen = run.steps
-    while run.steps < seen + 20:
-        time.sleep(0.005)
+    wait_until(lambda: run.steps >= seen + 20, 60, "20 more steps", every=0.005)
     run.stop()
     df = run.history.frame().set_index("step")
     assert df["counted"].isna()[[1, 2]].all()  # before it was added
@@ -99,14 +97,29 @@ def test_model_copy_is_independent_of_training():
     assert not all(torch.equal(a, b) for a, b in zip(before, run.model.parameters()))
 
 
-def test_a_panel_lets_finished_jobs_go_and_cancels_running_ones_on_close():
+def _counting(run, *, progress, n, pause=0.0):
+    """A live analysis in the shape of trainlab.live's: results as {snapshot name: value}."""
+    return {"counted": _count(n, progress=progress, pause=pause)}
+
+
+def test_a_panel_runs_one_job_per_slot_publishes_it_and_cancels_it_on_close():
     from trainlab.widgets.base import LabPanel
 
-    panel = LabPanel(trainlab.Run(data="moons", probes=[]))
-    first = panel.start_job(_count, 3)
+    run = trainlab.Run(data="moons", probes=[])
+    panel = LabPanel(run)
+    button = __import__("panel").widgets.Button(label="count")
+    slot = panel.job_slot("count", "Counting", [button])
+    first = panel.run_job(_counting, "count", n=3)
     first.wait(10)
-    slow = panel.start_job(_count, 10_000, pause=0.005)
-    assert panel.jobs == [slow]  # the finished one (and its result) is not kept
+    assert run.history.snapshot("counted") == (0, [0, 1, 2])  # published at the step the job started
+    panel.feed.tick()
+    assert slot.status.object == "Counting: done" and not button.disabled
+    slow = panel.run_job(_counting, "count", n=10_000, pause=0.005)
+    assert panel.run_job(_counting, "count", n=1) is slow  # one at a time in a slot
+    assert slot.job is slow  # the finished one (and its result) is not kept
+    panel.feed.tick()
+    assert button.disabled and slot.bar.visible and not slot.cancel_button.disabled
     panel.close()
     slow.wait(10)
-    assert slow.cancelled and len(slow.result) < 10_000
+    assert slow.cancelled
+    assert run.history.snapshot("counted")[1] != list(range(10_000))

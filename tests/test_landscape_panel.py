@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from trainlab import Run
-from trainlab.analysis.landscape import TrajectoryProbe, plane
+from trainlab.analysis.landscape import plane, wireframe
+from trainlab.probes import TrajectoryProbe
 from trainlab.widgets.feed import Feed
-from trainlab.widgets.landscape import LANDSCAPE, LINE, LandscapePanel, project
+from trainlab.widgets.landscape import LANDSCAPE, LINE, LandscapePanel
 
 
 @pytest.fixture
@@ -51,7 +52,8 @@ def test_job_publishes_coarse_then_fine_and_the_feed_receives_them(panel):
     assert "BN running stats" in panel.map_fig.title.text
     assert len(panel.interp.data["loss"]) == 11
     # the published grid is the analysis' own: the same plane computed directly
-    direct = plane(run, steps=9, directions="pca", progress=False)
+    direct = plane(run.model, run.loss_fn, run.data, steps=9, directions=panel.probe.trajectory(run.model),
+                   progress=False)
     np.testing.assert_allclose(snap["loss"], direct.loss, rtol=1e-5)
 
 
@@ -64,9 +66,10 @@ def test_following_recomputes_while_training(panel):
         deadline = time.monotonic() + 60
         while len(jobs) < 2 and time.monotonic() < deadline:
             panel.feed.tick()  # what the periodic callback does: it starts jobs, with no click
-            if panel._job is not None and (not jobs or panel._job is not jobs[-1]):
-                jobs.append(panel._job)
-                panel._job.wait(60)
+            job = panel.slots["plane"].job
+            if job is not None and (not jobs or job is not jobs[-1]):
+                jobs.append(job)
+                job.wait(60)
                 jobs[-1].snap = run.history.snapshot(LANDSCAPE)[1]
             time.sleep(0.01)
     finally:
@@ -75,7 +78,7 @@ def test_following_recomputes_while_training(panel):
     assert jobs[1].snap["step"] > jobs[0].snap["step"]  # recomputed at a later step of the same run
 
 
-def test_cancel_keeps_the_points_computed(panel):
+def test_cancel_keeps_the_last_complete_picture(panel):
     run = panel.run
     run.step(12)
     panel.param.update(coarse=3, resolution=101)
@@ -84,12 +87,12 @@ def test_cancel_keeps_the_points_computed(panel):
     while (job.progress.total != 101 * 101 or job.progress.done < 50) and time.monotonic() < deadline:
         time.sleep(0.005)  # the coarse grid is published and the fine one under way
     panel.cancel()
-    assert job.done and job.error is None
+    assert job.done and job.error is None and job.cancelled
     snap = run.history.snapshot(LANDSCAPE)[1]
-    assert snap["loss"].shape == (101, 101) and not snap["complete"]
-    done = np.isfinite(snap["loss"]).ravel()
-    assert 50 <= done.sum() < done.size and done[: done.sum()].all()  # row by row, NaN after the last computed
+    assert snap["loss"].shape == (3, 3) and snap["complete"] and np.isfinite(snap["loss"]).all()  # not a half grid
     assert run.history.snapshot(LINE) is None  # the line comes after a complete grid
+    panel.feed.tick()
+    assert "cancelled" in panel.status.object
 
 
 def test_intrinsic_job_publishes(panel):
@@ -103,8 +106,8 @@ def test_intrinsic_job_publishes(panel):
 def test_wireframe_projection_from_above_is_the_grid():
     x = np.linspace(-1, 1, 4)
     z = np.add.outer(x, 2 * x)
-    xs, ys = project(x, x, z, azimuth=0, elevation=90)  # looking down: screen = (x, y)
+    xs, ys = wireframe(x, x, z, azimuth=0, elevation=90)  # looking down: screen = (x, y)
     np.testing.assert_allclose(xs[0], np.full(4, -1.0))
     np.testing.assert_allclose(ys[0], x)
-    xs, ys = project(x, x, z, azimuth=0, elevation=0)  # from the side: height is z
+    xs, ys = wireframe(x, x, z, azimuth=0, elevation=0)  # from the side: height is z
     np.testing.assert_allclose(ys[1], (z[1] - z.min()) / (z.max() - z.min()) * 2 - 1)

@@ -1,12 +1,12 @@
 """OptimizerPanel driven by its widgets (no browser): schedule, preview, LR range test job, internals plots."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
+from conftest import wait_until
 
-from trainlab import Run
+from trainlab import Run, live
 from trainlab.probes import EffectiveStep, ScaleInvariantNorm, SecondMoment, UpdateRatio
 from trainlab.schedules import preview, schedules
 from trainlab.widgets.feed import Feed
@@ -34,6 +34,16 @@ def test_the_panel_turns_its_probes_on_once(panel):
     again = OptimizerPanel(panel.run)  # a second view reuses them
     assert [type(p) for p in panel.run.probes] == kinds
     again.close()
+    assert [type(p) for p in panel.run.probes] == kinds  # still in use by the first view
+    panel.close()
+    assert not any(isinstance(p, (EffectiveStep, ScaleInvariantNorm, SecondMoment)) for p in panel.run.probes)
+
+
+def test_its_own_settings_follow_python_and_the_widgets(panel):
+    panel.range_steps = 500
+    assert panel.range_controls["range_steps"].widget.value == 500
+    panel.range_controls["range_steps"].widget.value = 300
+    assert panel.range_steps == 300
 
 
 def test_schedule_chooser_and_options_set_the_run_and_the_preview(panel):
@@ -75,11 +85,8 @@ def test_the_preview_follows_a_change_made_elsewhere_and_marks_the_step(panel):
     np.testing.assert_allclose(panel.feed._channels[0].source.data["lr"][-30:], 0.01)
 
 
-def wait(job, timeout=120):
-    deadline = time.monotonic() + timeout
-    while not job.done and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert job.done
+def wait(job, timeout=120.0):
+    wait_until(lambda: job.done, timeout, "the job to finish", every=0.05)
 
 
 def test_range_test_button_runs_a_job_and_apply_sets_the_suggestion(panel):
@@ -88,22 +95,24 @@ def test_range_test_button_runs_a_job_and_apply_sets_the_suggestion(panel):
     run.start()
     try:
         panel.range_button.clicks += 1
-        job = panel._job
+        job = panel.slots["range"].job
         assert job is not None and panel.range_button.disabled and not panel.cancel_button.disabled
         wait(job)
-        panel.feed.tick()  # the panel publishes the result to the history ...
-        panel.feed.tick()  # ... and the feed streams it to the plot
+        panel.feed.tick()  # the feed streams the published result to the plot
     finally:
         run.stop()
-    result = job.result
-    assert job.error is None and result.suggestion is not None
-    assert rows(panel.range_curve) == len(result.lrs) > 10
-    np.testing.assert_allclose(panel.range_curve.data["trend"], result.trend)
-    assert list(panel.range_marks.data["lr"]) == [result.minimum, result.suggestion]
-    assert f"{result.suggestion:.3g}" in panel.range_text.object
+    result = panel.result
+    assert job.error is None and result["suggestion"] is not None
+    assert rows(panel.range_curve) == len(result["lr"]) > 10
+    np.testing.assert_allclose(panel.range_curve.data["trend"], result["trend"])
+    assert list(panel.range_marks.data["lr"]) == [result["minimum"], result["suggestion"]]
+    assert f"{result['suggestion']:.3g}" in panel.range_text.object
     assert not panel.apply_button.disabled
     panel.apply_button.clicks += 1
-    assert run.lr == result.suggestion
+    assert run.lr == result["suggestion"]
+    run.set(optimizer="sgd")  # a suggestion measured with adam does not apply to sgd
+    panel.feed.tick()
+    assert panel.apply_button.disabled and "measured with adam" in panel.range_text.object
 
 
 def test_cancel_stops_the_range_test(panel):
@@ -112,9 +121,10 @@ def test_cancel_stops_the_range_test(panel):
     panel.range_controls["range_end"].widget.value = 1e-2  # a sweep that does not blow up: it would run long
     panel.range_button.clicks += 1
     panel.cancel_button.clicks += 1
-    wait(panel._job)
+    job = panel.slots["range"].job
+    wait(job)
     panel.feed.tick()
-    assert panel._job.result.stopped == "cancelled"
+    assert job.cancelled and job.result[live.RANGE_TEST]["stopped"] == "cancelled"
     assert "cancelled" in panel.range_text.object and not panel.range_button.disabled
 
 
@@ -130,7 +140,7 @@ def test_internals_plots_get_data_while_the_run_trains(panel):
         assert columns[f"update_ratio/{layer}"] == 2
         assert columns[f"second_moment/{layer}"] == 1
     assert columns["scale_invariant_norm/fc1"] == 5 and columns["scale_invariant_norm/fc2"] == 5
-    hist = panel.feed._snapshots["second_moment"][0]
+    hist = panel.feed.snapshot_source("second_moment")
     snap = run.history.snapshot("second_moment")[1]
     np.testing.assert_array_equal(hist.data["fc1"], snap["counts"]["fc1"])
     assert len(panel.figures) == 7

@@ -18,23 +18,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from trainlab import History, Run, as_data, optimizers
 from trainlab.models import mse
 
-SMALL = ("mlp", {"width": 16, "depth": 1})
+from conftest import SMALL, small_run, wait_until
 
 
-def small_run(**kw) -> Run:
-    """A fast run: a one-hidden-layer MLP on moons, on the CPU."""
-    kw.setdefault("model", SMALL)
-    kw.setdefault("data", "moons")
-    kw.setdefault("device", "cpu")
-    return Run(**kw)
-
-
-def wait_for(cond, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
+def wait_for(cond, timeout=30.0, what="condition"):
+    wait_until(cond, timeout, what, every=0.005)
 
 
 def run_threads():

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import wait_until
 from trainlab import Run
 from trainlab.schedules import Schedule, as_schedule, preview, schedules
 
@@ -179,11 +180,7 @@ def test_schedule_while_training_in_the_background():
     run.start()
     try:
         run.set(schedule=("step", {"step_size": 1, "gamma": 0.9}))
-        deadline = 200
-        while run.steps < 20 and deadline:
-            import time
-            time.sleep(0.02)
-            deadline -= 1
+        wait_until(lambda: run.steps >= 20, 60, "20 steps in the background")
     finally:
         run.stop()
     df = run.history.frame()

@@ -1,14 +1,16 @@
 """SpectrumPanel: built over a run, fed by its probe and by 'Analyse now', drawing what the analyses computed."""
 from __future__ import annotations
 
-import time
+import html
 
 import numpy.testing as npt
 import pytest
+from conftest import wait_until
 import torch
 import trainlab
 from torch import nn
 from trainlab.analysis import spectrum
+from trainlab.probes import SpectrumProbe
 from trainlab.widgets.spectrum import SpectrumPanel
 
 
@@ -19,18 +21,15 @@ def run():
     r.stop()
 
 
-def _wait(panel, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while panel._job is not None and time.monotonic() < deadline:
-        panel.feed.tick()
-        time.sleep(0.02)
-    assert panel._job is None, "the analysis did not finish"
+def _wait(panel, timeout=120.0):
+    slot = panel.slots["esd"]
+    wait_until(lambda: (panel.feed.tick(), not slot.running)[1], timeout, "the analysis to finish")
     panel.feed.tick()  # the Feed picks up the published snapshot
 
 
 def test_live_probe_fills_the_alpha_curves_and_the_esd(run):
     panel = SpectrumPanel(run, every=5)
-    assert any(isinstance(p, spectrum.SpectrumProbe) and p.every == 5 for p in run.probes)
+    assert any(isinstance(p, SpectrumProbe) and p.every == 5 for p in run.probes)
     run.step(10)
     panel.feed.tick()
     ref = spectrum.esd(run.model, progress=False).set_index("name")
@@ -52,7 +51,7 @@ def test_live_probe_fills_the_alpha_curves_and_the_esd(run):
     npt.assert_allclose(panel.hist.data["top"], out["lin_density"])
     assert "**out**" in panel.status.object
     panel.close()
-    assert not any(isinstance(p, spectrum.SpectrumProbe) for p in run.probes)
+    assert not any(isinstance(p, SpectrumProbe) for p in run.probes)
 
 
 def test_analyse_now_with_farms_publishes_a_snapshot(run):
@@ -61,7 +60,7 @@ def test_analyse_now_with_farms_publishes_a_snapshot(run):
     panel.controls["farms"].widget.value = True
     assert panel.farms
     panel.analyse_button.clicks += 1
-    assert panel._job is not None and panel.cancel_button.disabled is False
+    assert panel.slots["esd"].running and panel.cancel_button.disabled is False
     _wait(panel)
     step, snap = run.history.snapshot("esd_analysis")
     assert step == 3 and set(snap["layers"]) == {"fc1", "fc2", "out"}
@@ -95,25 +94,38 @@ def test_cancel_stops_a_long_analysis(run):
     job = panel.analyse()
     panel.cancel_button.clicks += 1
     _wait(panel)
-    assert job.result["cancelled"] and panel.status.object == "Analysis cancelled."
-    assert r.history.snapshot("esd_analysis") is None
+    assert job.cancelled and job.result == {} and "cancelled" in panel.slots["esd"].status.object
+    assert r.history.snapshot("esd_analysis") is None  # no half-analysed model is published
     panel.close()
 
 
-def test_every_is_validated_and_replaces_the_probe(run):
+def test_every_is_validated_and_moves_the_probe(run):
     panel = SpectrumPanel(run, every=20)
-    panel._set_own("every", 0)
-    assert "every" in panel.status.object and panel.every == 20
+    panel.controls["every"].widget.value = 0  # below the bound: refused, shown, the old value kept
+    assert panel.every == 20 and panel.alert.visible and "every" in panel.alert.object
+    assert panel.controls["every"].widget.value == 20
     panel.controls["every"].widget.value = 10
-    probes = [p for p in run.probes if isinstance(p, spectrum.SpectrumProbe)]
+    probes = [p for p in run.probes if isinstance(p, SpectrumProbe)]
     assert len(probes) == 1 and probes[0].every == 10
+    panel.every = 30  # from Python: the widget and the probe follow
+    assert panel.controls["every"].widget.value == 30 and probes[0].every == 30
     panel.close()
 
 
-def test_panel_renders(run):
+def test_panel_renders_the_measured_spectra(run):
     import panel as pn
+    from bokeh.models import ColumnDataSource
 
-    panel = SpectrumPanel(run)
-    model = pn.panel(panel).get_root()
-    assert model is not None
+    panel = SpectrumPanel(run, every=5)
+    run.step(5)
+    panel.feed.tick()
+    root = pn.panel(panel).get_root()
+    sources = [m for m in root.references() if isinstance(m, ColumnDataSource)]
+    ref = spectrum.esd(run.model, progress=False).set_index("name")
+    alpha = next(s for s in sources if "fc1" in s.data and "step" in s.data)  # the α-over-training curves
+    assert alpha.data["fc1"][-1] == pytest.approx(ref.loc["fc1", "alpha"])
+    hist = next(s for s in sources if "top" in s.data and "left" in s.data)  # the drawn ESD histogram
+    npt.assert_allclose(hist.data["top"], spectrum.views(ref.reset_index())["fc1"]["plain"]["lin_density"])
+    table = html.unescape(next(str(m.text) for m in root.references() if "alpha_hill" in str(getattr(m, "text", ""))))
+    assert all(f"<td>{layer}</td>" in table for layer in ("fc1", "fc2", "out"))  # the per-layer table
     panel.close()

@@ -174,7 +174,7 @@ def test_reset_starts_the_plots_over(dash):
 
 
 def test_decision_boundary_streams_for_2d_data(dash):
-    grid, _, _ = dash.feed._snapshots["boundary"]
+    grid = dash.feed.snapshot_source("boundary")
     assert np.all(grid.data["z"][0] == 0.5)  # drawn before the first measurement
     dash.run.step(20)
     dash.tick()
@@ -191,7 +191,7 @@ def test_choosing_data_and_model_builds_a_new_run_or_refuses(dash):
     assert dash.run is old and dash._model.value == "mlp" and "cnn needs image data" in dash.error
     dash._data.value = "digits"
     assert dash.run is not old and dash.run.data.name == "digits" and dash.error == ""
-    assert "boundary" not in dash.feed._snapshots  # 10-D data: no decision boundary
+    assert not dash.feed.follows("boundary")  # 10-D data: no decision boundary
     dash._model.value = "cnn"
     assert dash.run.model_spec[0] == "cnn"
     assert dash.run.lr == old.lr and dash.run.settings() == old.settings()
@@ -303,7 +303,7 @@ def test_a_dashboard_on_a_trained_run_shows_its_past_before_any_tick():
     try:
         assert _rows(dash.feed._channels[0].source) == 120
         assert list(dash.feed._channels[1].source.data["step"]) == [50.0, 100.0]
-        grid, _, _ = dash.feed._snapshots["boundary"]
+        grid = dash.feed.snapshot_source("boundary")
         np.testing.assert_array_equal(grid.data["z"][0], run.history.snapshot("boundary")[1]["z"])
     finally:
         dash.close()

@@ -1,10 +1,13 @@
 """Panel components over trainlab's core objects: they draw and control, and own no math."""
+from .base import LabPanel
 from .curvature import CurvaturePanel
 from .dashboard import TrainingDashboard
 from .feed import Feed
+from .labs import LABS, Lab
 from .landscape import LandscapePanel
 from .optimizer_panel import OptimizerPanel
 from .playground import Playground2D
 from .spectrum import SpectrumPanel
 
-__all__ = ["CurvaturePanel", "Feed", "LandscapePanel", "OptimizerPanel", "Playground2D", "SpectrumPanel", "TrainingDashboard"]
+__all__ = ["LABS", "CurvaturePanel", "Feed", "Lab", "LabPanel", "LandscapePanel", "OptimizerPanel", "Playground2D",
+           "SpectrumPanel", "TrainingDashboard"]

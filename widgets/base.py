@@ -1,14 +1,85 @@
-"""What every lab panel shares: a run, the session's Feed, and clean-up when the session ends."""
+"""What every lab panel shares: a run, the session's Feed, its probes, its jobs, its own settings.
+
+- `use_probe(cls, **kw)`: the run's probe of that class, added if it lacks one and removed again when
+  the panel closes (a tab that is gone measures nothing).
+- `run_job(fn, slot, **options)`: one of `trainlab.live`'s analyses on a Job thread, with the slot's
+  progress bar, Cancel button and status line; its results reach the plots as history snapshots.
+- `control(name)`: a widget bound both ways to one of the panel's own param settings.
+"""
 from __future__ import annotations
+
+import html
+import weakref
+from typing import Any, Callable
 
 import panel as pn
 import param
 from panel.viewable import Viewer
 
-from trainlab import Run
-from trainlab.jobs import Job
+from trainlab import Run, live
+from trainlab.jobs import Cancelled, Job
+from trainlab.probes import Probe
 
+from .controls import Control
 from .feed import Feed
+
+
+def plain(text: str) -> str:
+    """User-provided or error text made safe to show in Markdown/HTML panes (nothing in it is markup)."""
+    return html.escape(str(text), quote=False)
+
+
+class JobSlot:
+    """One kind of computation in a panel: the buttons that start it, a Cancel button, a progress bar
+    and a status line, all driven from the Feed's tick (the job itself never touches them)."""
+
+    def __init__(self, label: str, buttons: list[pn.widgets.Button] | None = None,
+                 describe: Callable[[Job], str] | None = None):
+        self.label, self.buttons, self.describe = label, list(buttons or []), describe
+        self.job: Job | None = None
+        self.bar = pn.indicators.Progress(value=0, max=100, visible=False, sizing_mode="stretch_width", height=14)
+        self.cancel_button = pn.widgets.Button(label="Cancel", width=80, disabled=True)
+        self.cancel_button.on_click(lambda e: self.cancel())
+        self.status = pn.pane.Markdown("", sizing_mode="stretch_width")
+        self._shown: tuple | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.job is not None and not self.job.done
+
+    def cancel(self, wait: float | None = None) -> None:
+        if self.job is not None:
+            self.job.cancel(wait)
+
+    def tick(self) -> None:
+        job, running = self.job, self.running
+        state = (id(job), running, int(100 * job.progress.fraction) if running else None)
+        if state == self._shown:
+            return
+        self._shown = state
+        self.bar.visible = running
+        self.cancel_button.disabled = not running
+        for b in self.buttons:
+            b.disabled = running
+        if job is None:
+            return
+        if running:
+            self.bar.value = state[2]
+            text = f"{self.label}: {job.progress.desc or 'computing'} …"
+        elif job.cancelled or isinstance(job.error, Cancelled):
+            text = f"{self.label}: cancelled (the last complete result stays)"
+        elif job.error is not None:
+            text = f"{self.label} failed: {type(job.error).__name__}: {job.error}"
+        else:
+            text = self.describe(job) if self.describe else f"{self.label}: done"
+        self.status.object = plain(text)
+
+    def panel(self) -> pn.Column:
+        return pn.Column(pn.Row(*self.buttons, self.cancel_button), self.bar, self.status, sizing_mode="stretch_width")
+
+
+# per run: the probes panels added, and how many open panels use each (two views of one run share them)
+_USERS: weakref.WeakKeyDictionary[Run, dict[int, int]] = weakref.WeakKeyDictionary()
 
 
 class LabPanel(Viewer):
@@ -16,8 +87,6 @@ class LabPanel(Viewer):
 
     Inside the served dashboard it is given the dashboard's Feed and registers its sources and
     tick listeners there; on its own (a notebook cell) it makes, fills and starts a Feed of its own.
-    A long analysis runs as a `Job` (its own thread); the panel polls it on the Feed's tick and
-    publishes results by `run.history.put_snapshot`, so plots read them through `feed.snapshot`.
     """
 
     run = param.ClassSelector(class_=Run, doc="the run this panel reads and controls")
@@ -26,7 +95,10 @@ class LabPanel(Viewer):
         super().__init__(run=run, **params)
         self._own_feed = feed is None
         self.feed = Feed(run.history) if feed is None else feed
-        self.jobs: list[Job] = []
+        self.slots: dict[str, JobSlot] = {}
+        self._added: list[Probe] = []
+        self.alert = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width")
+        self.feed.on_tick(self._tick_slots)
 
     def _ready(self) -> None:
         """Call at the end of a subclass's __init__: a panel with its own Feed starts it."""
@@ -34,27 +106,84 @@ class LabPanel(Viewer):
             self.feed.tick()  # the run's past before the first render
             self.feed.start()
 
-    def start_job(self, fn, *args, **kwargs) -> Job:
-        """Run fn as a Job that close() will cancel; finished jobs (and their results) are let go."""
-        job = Job(fn, *args, **kwargs)
-        self.jobs = [j for j in self.jobs if not j.done] + [job]
-        return job
+    # ---- probes --------------------------------------------------------------------------------
+    def use_probe(self, cls: type[Probe], **kw) -> Probe:
+        """The run's probe of exactly this class, or a new one made with `kw`. A probe that panels added
+        is removed when the last panel using it closes; one the run had of its own stays."""
+        users = _USERS.setdefault(self.run, {})
+        probe = next((p for p in self.run.probes if type(p) is cls), None)
+        if probe is None:
+            probe = self.run.add_probe(cls(**kw))
+            users[id(probe)] = 0
+        if id(probe) in users:
+            users[id(probe)] += 1
+            self._added.append(probe)
+        return probe
+
+    def add_probe(self, probe: Probe) -> Probe:
+        """A probe of this panel's own on the run (a toggle turned on), removed by drop_probe or close()."""
+        _USERS.setdefault(self.run, {})[id(probe)] = 1
+        self._added.append(self.run.add_probe(probe))
+        return probe
+
+    def drop_probe(self, probe: Probe) -> None:
+        """This panel no longer uses `probe`; the last panel to let a panel-added probe go removes it."""
+        if probe not in self._added:
+            return
+        self._added.remove(probe)
+        users = _USERS.get(self.run, {})
+        users[id(probe)] = users.get(id(probe), 1) - 1
+        if users[id(probe)] <= 0:
+            users.pop(id(probe), None)
+            self.run.remove_probe(probe)
+
+    # ---- jobs ----------------------------------------------------------------------------------
+    def job_slot(self, name: str, label: str, buttons: list | None = None,
+                 describe: Callable[[Job], str] | None = None) -> JobSlot:
+        slot = self.slots[name] = JobSlot(label, buttons, describe)
+        return slot
+
+    def run_job(self, fn: Callable[..., Any], slot: str = "job", **options) -> Job:
+        """`trainlab.live.compute(fn, run, **options)` on a Job thread in `slot` (one job at a time there:
+        a running one is returned as is)."""
+        s = self.slots[slot]
+        if s.running:
+            return s.job
+        s.job = Job(live.compute, fn, self.run, name=f"trainlab-{getattr(fn, '__name__', 'job')}", **options)
+        s.tick()
+        return s.job
+
+    def _tick_slots(self) -> None:
+        for s in self.slots.values():
+            s.tick()
+
+    # ---- own settings --------------------------------------------------------------------------
+    def control(self, name: str) -> Control:
+        """A widget for the panel's own setting `name`, bound both ways: moving it sets the param, and
+        setting the param from Python moves it. A value outside the param's bounds is refused and shown."""
+        ctl = Control(self, name, self._set_own)
+        self.param.watch(lambda e: ctl.show(e.new), name)
+        return ctl
+
+    def _set_own(self, name: str, value: Any) -> None:
+        try:
+            setattr(self, name, value)
+        except ValueError as e:
+            self.report(str(e))
+            self.param.trigger(name)  # the widget goes back to the value kept
+            return
+        self.report("")
+
+    def report(self, error: str) -> None:
+        """Show a refusal (escaped) in the panel's alert, or hide it."""
+        self.alert.object, self.alert.visible = (f"Rejected: {plain(error)}", True) if error else ("", False)
 
     def close(self) -> None:
-        """Cancel running analyses and stop an own Feed (a session ended, or the run was replaced)."""
-        for job in self.jobs:
-            job.cancel()
+        """Cancel running analyses, remove the probes it added, stop an own Feed (a session ended, or the
+        run was replaced)."""
+        for s in self.slots.values():
+            s.cancel()
+        for probe in list(self._added):
+            self.drop_probe(probe)
         if self._own_feed:
             self.feed.stop()
-
-    @staticmethod
-    def progress_bar() -> pn.indicators.Progress:
-        return pn.indicators.Progress(value=0, max=100, visible=False, sizing_mode="stretch_width", height=14)
-
-    @staticmethod
-    def show_progress(bar: pn.indicators.Progress, job: Job | None) -> None:
-        """Move a progress bar to a job's progress; hidden when no job runs."""
-        running = job is not None and not job.done
-        bar.visible = running
-        if running:
-            bar.value = int(100 * job.progress.fraction)

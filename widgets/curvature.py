@@ -9,16 +9,12 @@ import panel as pn
 import param
 from bokeh.models import ColumnDataSource, HoverTool
 from bokeh.palettes import Category10_10
-from bokeh.plotting import figure
 
-from trainlab.analysis import hessian
-from trainlab.analysis.gradients import GradientNoise
-from trainlab.analysis.hessian import GroupLoss, Sharpness
-from trainlab.jobs import Cancelled, Job
+from trainlab import live
+from trainlab.probes import GradientNoise, GroupLoss, Sharpness
 
 from . import plots
 from .base import LabPanel
-from .controls import Control
 
 _GROUP_COLORS = {"group_a": "#2166ac", "group_b": "#b2182b", "bulk": "#7f7f7f"}
 
@@ -51,55 +47,51 @@ class CurvaturePanel(LabPanel):
 
     def __init__(self, run, feed=None, **params):
         super().__init__(run, feed, **params)
-        self._probes: dict[str, object] = {}
-        self._job: Job | None = None
-        self._job_kind = ""
-        self.sharpness_toggle = pn.widgets.Toggle(label="Sharpness", value=False, width=115)
-        self.noise_toggle = pn.widgets.Toggle(label="Gradient noise", value=False, width=125)
-        self.groups_toggle = pn.widgets.Toggle(label="Group losses", value=False, width=115)
-        self.sharpness_toggle.param.watch(partial(self._toggle, "sharpness"), "value")
-        self.noise_toggle.param.watch(partial(self._toggle, "noise"), "value")
-        self.groups_toggle.param.watch(partial(self._toggle, "groups"), "value")
+        # the instruments, made now (their columns name the plots' data) and added to the run when toggled on
+        self.instruments = {"sharpness": Sharpness(every=self.every), "noise": GradientNoise(every=self.every),
+                            "groups": GroupLoss(every=1)}
+        self.toggles = {kind: pn.widgets.Toggle(label=label, value=False, width=w) for kind, label, w in
+                        (("sharpness", "Sharpness", 115), ("noise", "Gradient noise", 125), ("groups", "Group losses", 115))}
+        for kind, toggle in self.toggles.items():
+            toggle.param.watch(partial(self._toggle, kind), "value")
+        self.sharpness_toggle, self.noise_toggle, self.groups_toggle = self.toggles.values()
         self.buttons = {what: pn.widgets.Button(label=label, width=120)
                         for what, label in (("top", "Top-k eigenvalues"), ("trace", "Trace"), ("density", "Density"))}
         for what, button in self.buttons.items():
             button.on_click(partial(lambda what, event: self.compute(what), what))
-        self.cancel_button = pn.widgets.Button(label="Cancel", color="warning", width=90, disabled=True)
-        self.cancel_button.on_click(lambda event: self.cancel())
-        self.progress = self.progress_bar()
-        self.status = pn.pane.Markdown("", sizing_mode="stretch_width")
-        self.controls = {n: Control(self, n, self._set) for n in ("every", "k", "samples", "vectors", "iters")}
+        slot = self.job_slot("hessian", "Hessian", list(self.buttons.values()), describe=self._describe)
+        self.cancel_button, self.progress, self.status = slot.cancel_button, slot.bar, slot.status
+        self.controls = {n: self.control(n) for n in ("every", "k", "samples", "vectors", "iters")}
+        self.param.watch(self._every, "every")
 
         feed, figs = self.feed, []
-        self.sharpness_source = feed.source({"sharpness": "sharpness", "sharpness_threshold": "threshold",
-                                             "preconditioned_sharpness": "preconditioned"}, sparse=True)
+        columns = self.instruments["sharpness"].columns(run).scalars
+        self.sharpness_source = feed.source(columns, sparse=True)
         figs.append(self._sharpness_figure(self.sharpness_source))
         self.has_groups = bool(run.data.info.get("groups"))
         self.groups_source = None
         if self.has_groups:
-            names = list(run.data.info["groups"])
-            self.groups_source = feed.source({f"loss/{g}": g for g in names}, sparse=True)
-            fig = plots._figure("Group losses (opposing signals)", "loss", log=True)
-            for g in names:
+            columns = self.instruments["groups"].columns(run).scalars
+            self.groups_source = feed.source(columns, sparse=True)
+            fig = plots.figure("Group losses (opposing signals)", "step", "loss", log_y=True, hover=True)
+            for g in columns.values():
                 fig.line("step", g, source=self.groups_source, color=_GROUP_COLORS.get(g, "#333"), legend_label=g,
                          line_width=1.5)
-            plots._legend(fig, "top_right")
+            plots.legend(fig, "top_right")
             figs.append(fig)
-        self.noise_source = feed.source(["noise_scale", "grad_snr"], sparse=True)
+        self.noise_source = feed.source(self.instruments["noise"].columns(run).scalars, sparse=True)
         figs.append(plots.single("Gradient noise scale B_simple", "examples", self.noise_source, "noise_scale", log=True))
         figs.append(plots.single("Gradient SNR (mean over parameters)", "SNR", self.noise_source, "grad_snr", log=True))
-        self.top_source = feed.snapshot("hessian_top", _eigen_data, {"rank": [], "eigenvalue": []})
+        self.top_source = feed.snapshot(live.HESSIAN["top"], _eigen_data, {"rank": [], "eigenvalue": []})
         figs.append(self._top_figure(self.top_source))
-        self.density_source = feed.snapshot("hessian_density", _density_data, {"grid": [], "density": []})
+        self.density_source = feed.snapshot(live.HESSIAN["density"], _density_data, {"grid": [], "density": []})
         figs.append(self._density_figure(self.density_source))
-        self.feed.on_tick(self._refresh)
 
         toggles = [self.sharpness_toggle, self.noise_toggle] + ([self.groups_toggle] if self.has_groups else [])
         side = pn.Column(pn.pane.Markdown("### Curvature\nProbes (every k steps):"), pn.Row(*toggles),
                          self.controls["every"].widget, pn.pane.Markdown("Hessian now, on a copy of the model:"),
-                         pn.Row(*self.buttons.values()), self.controls["k"].widget, self.controls["samples"].widget,
-                         self.controls["vectors"].widget, self.controls["iters"].widget,
-                         pn.Row(self.cancel_button), self.progress, self.status, width=420)
+                         *(self.controls[n].widget for n in ("k", "samples", "vectors", "iters")),
+                         slot.panel(), self.alert, width=420)
         self._layout = pn.Row(side, pn.FlexBox(*[pn.pane.Bokeh(f) for f in figs], sizing_mode="stretch_width"),
                               sizing_mode="stretch_width")
         if self.has_groups:
@@ -109,21 +101,19 @@ class CurvaturePanel(LabPanel):
     # ---- figures ---------------------------------------------------------------------------
     @staticmethod
     def _sharpness_figure(source: ColumnDataSource):
-        fig = plots._figure("Sharpness vs stability threshold", "λ_max", log=True)
+        fig = plots.figure("Sharpness vs stability threshold", "step", "λ_max", log_y=True, hover=True)
         fig.line("step", "threshold", source=source, color="black", line_dash="dashed", line_width=1.5,
                  legend_label="threshold (2/lr for GD)")
         fig.line("step", "sharpness", source=source, color=plots.TRAIN, line_width=2, legend_label="λ_max(H)")
         fig.scatter("step", "sharpness", source=source, color=plots.TRAIN, size=3, legend_label="λ_max(H)")
         fig.line("step", "preconditioned", source=source, color=Category10_10[1], line_width=2,
                  legend_label="λ_max(P⁻¹H) (adaptive)")
-        plots._legend(fig, "bottom_right")
+        plots.legend(fig, "bottom_right")
         return fig
 
     @staticmethod
     def _top_figure(source: ColumnDataSource):
-        fig = figure(title="Top Hessian eigenvalues", x_axis_label="rank", y_axis_label="eigenvalue",
-                     width=430, height=250, tools="pan,wheel_zoom,reset,save")
-        fig.toolbar.logo = None
+        fig = plots.figure("Top Hessian eigenvalues", "rank", "eigenvalue", tools="pan,wheel_zoom,reset,save")
         fig.scatter("rank", "eigenvalue", source=source, size=9, color=plots.VAL)
         fig.segment("rank", 0, "rank", "eigenvalue", source=source, color=plots.VAL)
         fig.add_tools(HoverTool(tooltips=[("rank", "@rank"), ("λ", "@eigenvalue{0.0000}")]))
@@ -131,71 +121,37 @@ class CurvaturePanel(LabPanel):
 
     @staticmethod
     def _density_figure(source: ColumnDataSource):
-        fig = figure(title="Hessian eigenvalue density (SLQ)", x_axis_label="eigenvalue", y_axis_label="density",
-                     y_axis_type="log", width=430, height=250, tools="pan,wheel_zoom,box_zoom,reset,save")
-        fig.toolbar.logo = None
+        fig = plots.figure("Hessian eigenvalue density (SLQ)", "eigenvalue", "density", log_y=True)
         fig.line("grid", "density", source=source, color=plots.TRAIN, line_width=1.5)
         return fig
 
     # ---- actions ---------------------------------------------------------------------------
-    def _set(self, name: str, value) -> None:
-        setattr(self, name, value)
-        if name == "every":
-            for probe in self._probes.values():
-                if not isinstance(probe, GroupLoss):
-                    probe.every = int(value)  # read at every step: takes effect at the next one
+    def _every(self, event) -> None:
+        for kind in ("sharpness", "noise"):
+            self.instruments[kind].every = int(event.new)  # read at every step: takes effect at the next one
 
     def _toggle(self, kind: str, event) -> None:
+        probe = self.instruments[kind]
         if event.new:
-            probe = {"sharpness": lambda: Sharpness(every=self.every),
-                     "noise": lambda: GradientNoise(every=self.every),
-                     "groups": lambda: GroupLoss(every=1)}[kind]()
-            self._probes[kind] = self.run.add_probe(probe)
-        elif kind in self._probes:
-            self.run.remove_probe(self._probes.pop(kind))
+            self.add_probe(probe)
+        else:
+            self.drop_probe(probe)
 
-    def compute(self, what: str) -> Job:
+    def compute(self, what: str):
         """Start `what` ("top", "trace", "density") as a background job on a copy of the model."""
-        if self._job is not None and not self._job.done:
-            return self._job
         kw = {"top": {"k": self.k}, "trace": {"samples": self.samples},
               "density": {"vectors": self.vectors, "iters": self.iters}}[what]
-        self._job = self.start_job(hessian.analyze, self.run, what, name=f"trainlab-hessian-{what}", **kw)
         self._job_kind = what
-        self._refresh()
-        return self._job
+        return self.run_job(live.hessian, "hessian", what=what, **kw)
 
     def cancel(self) -> None:
-        if self._job is not None:
-            self._job.cancel()
+        self.slots["hessian"].cancel()
 
-    def _refresh(self) -> None:
-        """On the Feed's tick: the job's progress and state, and the last trace."""
-        job = self._job
-        self.show_progress(self.progress, job)
-        running = job is not None and not job.done
-        self.cancel_button.disabled = not running
-        for button in self.buttons.values():
-            button.disabled = running
-        lines = []
-        if running:
-            lines.append(f"computing {self._job_kind}…")
-        elif job is not None and job.error is not None:
-            lines.append(f"{self._job_kind}: cancelled" if isinstance(job.error, Cancelled)
-                         else f"{self._job_kind} failed: {type(job.error).__name__}: {job.error}")
-        snap = self.run.history.snapshot("hessian_trace")
-        if snap is not None:
-            step, value = snap
-            lines.append(f"trace(H) = {value['trace'][0]:.4g} ± {value['stderr'][0]:.2g} (step {step})")
-        text = "\n\n".join(lines)
-        if self.status.object != text:
-            self.status.object = text
-
-    def close(self) -> None:
-        for probe in self._probes.values():
-            self.run.remove_probe(probe)
-        self._probes.clear()
-        super().close()
+    def _describe(self, job) -> str:
+        trace = (job.result or {}).get(live.HESSIAN["trace"])
+        if trace is not None:
+            return f"trace(H) = {trace['trace'][0]:.4g} ± {trace['stderr'][0]:.2g}"
+        return f"{self._job_kind}: done"
 
     def __panel__(self):
         return self._layout

@@ -1,7 +1,6 @@
 """The training dashboard: choosers, live settings, and plots that stream while the run trains."""
 from __future__ import annotations
 
-import importlib
 from functools import partial
 from typing import Any
 
@@ -12,27 +11,17 @@ from bokeh.models import ColumnDataSource
 from panel.viewable import Viewer
 
 from trainlab import Run, datasets, models
-from trainlab.probes import DecisionBoundary
+from trainlab.probes import DecisionBoundary, GradNorm
 
 from . import plots
+from .base import plain
 from .controls import Control
 from .feed import Feed
+from .labs import LABS
 
 _CUSTOM = "(your own)"
 _REGISTRIES = {"data": datasets, "model": models}
 _CLASS_COLORS = ["#b2182b", "#2166ac"]  # red for class 0, blue for class 1, as the boundary's palette
-# The labs beside the training plots: tab title -> (module, class, whether it needs the run).
-# Each is built the first time its tab is opened, so a lab's probes (sharpness, spectra) cost the
-# run nothing until someone looks at them.
-LABS = {
-    "Optimizer": ("optimizer_panel", "OptimizerPanel", True),
-    "Playground": ("playground", "Playground2D", False),
-    "Landscape": ("landscape", "LandscapePanel", True),
-    "Curvature": ("curvature", "CurvaturePanel", True),
-    "Spectrum": ("spectrum", "SpectrumPanel", True),
-}
-
-
 def _image(snapshot: dict) -> dict:
     """A boundary snapshot as the columns of a Bokeh image glyph."""
     x, y = snapshot["x"], snapshot["y"]
@@ -78,7 +67,7 @@ class TrainingDashboard(Viewer):
                     sizing_mode="stretch_width"),
             pn.Row(self.start_button, self.pause_button, self.reset_button), width=330,
         )
-        self.tabs = pn.Tabs(("Training", self._plots), *((title, pn.Column()) for title in LABS),
+        self.tabs = pn.Tabs(("Training", self._plots), *((lab.title, pn.Column()) for lab in LABS),
                             sizing_mode="stretch_width")
         self.tabs.param.watch(self._open_tab, "active")
         self.labs: dict[str, Any] = {}  # tab title -> its panel, once opened
@@ -92,10 +81,10 @@ class TrainingDashboard(Viewer):
         """Build the controls, plots and feed of `run` (on start and when data or model change)."""
         if self.feed is not None:
             self.feed.stop()
-        for title, (_, _, needs_run) in LABS.items():
-            if needs_run and title in self.labs:  # a lab of the old run: rebuilt for the new one when shown
-                self.labs.pop(title).close()
-                self.tabs[list(LABS).index(title) + 1] = (title, pn.Column())
+        for i, lab in enumerate(LABS):
+            if lab.needs_run and lab.title in self.labs:  # a lab of the old run: rebuilt for the new one when shown
+                self.labs.pop(lab.title).close()
+                self.tabs[i + 1] = (lab.title, pn.Column())
         self.run = run
         self._choosing = True
         for chooser, spec, registry in ((self._data, run.data.spec, datasets), (self._model, run.model_spec, models)):
@@ -114,15 +103,14 @@ class TrainingDashboard(Viewer):
     def open_lab(self, title: str):
         """The lab under this tab, built on first use with the dashboard's run and feed."""
         if title not in self.labs:
-            module, cls, needs_run = LABS[title]
-            lab = getattr(importlib.import_module(f".{module}", __package__), cls)
-            self.labs[title] = lab(self.run, feed=self.feed) if needs_run else lab()
-            self.tabs[list(LABS).index(title) + 1] = (title, self.labs[title])
+            i, lab = next((i, lab) for i, lab in enumerate(LABS) if lab.title == title)
+            self.labs[title] = lab.build(self.run, self.feed)
+            self.tabs[i + 1] = (title, self.labs[title])
         return self.labs[title]
 
     def _open_tab(self, *events) -> None:
         if self.tabs.active > 0:
-            self.open_lab(list(LABS)[self.tabs.active - 1])
+            self.open_lab(LABS[self.tabs.active - 1].title)
 
     def _specs(self) -> dict[str, tuple[str, dict] | None]:
         return {"data": self.run.data.spec, "model": self.run.model_spec}
@@ -150,7 +138,7 @@ class TrainingDashboard(Viewer):
         self._opt_shown = run.optimizer
         self._controls.objects = [self.controls["optimizer"].widget, self.keep_state,
                                   *(c.widget for n, c in self.controls.items() if n != "optimizer")]
-        more = [n for n in run._settable if n not in self.controls]
+        more = [n for n in run.SETTABLE if n not in self.controls]
         for n in more:
             self.controls[n] = Control(run, n, self._apply)
         self._more_controls.objects = [self.controls[n].widget for n in more]
@@ -160,14 +148,14 @@ class TrainingDashboard(Viewer):
         train, val = feed.source(["train_loss", "train_acc", "lr"]), feed.source(["val_loss", "val_acc"], sparse=True)
         figs.append(plots.train_val("Loss", "loss", train, val, "train_loss", log=True))
         if run.data.task == "classification":
-            figs.append(plots.train_val("Accuracy", "accuracy", train, val, "train_acc", legend="bottom_right"))
+            figs.append(plots.train_val("Accuracy", "accuracy", train, val, "train_acc", legend_at="bottom_right"))
         figs.append(plots.single("Learning rate", "learning rate", train, "lr", log=True))
-        layers = list(run.layers)
-        grads = feed.source({f"grad_norm/{l}": l for l in layers}, sparse=True)
-        figs.append(plots.per_layer("Gradient norm per layer", "gradient norm", grads, layers))
+        columns = GradNorm().columns(run).scalars
+        grads = feed.source(columns, sparse=True)
+        figs.append(plots.per_layer("Gradient norm per layer", "gradient norm", grads, list(columns.values())))
         probe = next((p for p in run.probes if isinstance(p, DecisionBoundary)), None)
         if probe is not None:
-            grid = feed.snapshot("boundary", _image, initial=probe.blank(run))
+            grid = feed.snapshot(probe.columns(run).snapshots[0], _image, initial=probe.blank(run))
             X, y = run.data.X.cpu().numpy(), run.data.y.cpu().numpy()
             points = ColumnDataSource({"x1": X[:, 0], "x2": X[:, 1], "color": np.array(_CLASS_COLORS)[y % 2]})
             figs.append(plots.boundary(grid, points))
@@ -236,10 +224,10 @@ class TrainingDashboard(Viewer):
         text = f"**{run.status}** · step {run.steps}"
         kind = {"running": "success", "paused": "warning", "stopped": "secondary", "idle": "secondary"}[run.status]
         if run.message:
-            text += f" · {run.message}"
+            text += f" · {plain(run.message)}"
             kind = "danger" if "diverged" in run.message else kind
-        if self.error:
-            text += f"\n\nRejected: {self.error}"
+        if self.error:  # a rejected value is the user's own text: escaped, never markup
+            text += f"\n\nRejected: {plain(self.error)}"
             kind = "danger"
         if self.status.object != text:
             self.status.object, self.status.alert_type = text, kind

@@ -49,7 +49,7 @@ class Feed:
     def __init__(self, history: History, period: int = 100, length: int = 10_000, max_rows_per_tick: int = 200):
         self.history, self.period, self.length, self.max_rows = history, period, length, max_rows_per_tick
         self._channels: list[_Channel] = []
-        self._snapshots: dict[str, tuple[ColumnDataSource, Callable[[Any], dict], Any]] = {}
+        self._snapshots: list[list] = []  # [name, source, to_data, the (step, value) pair last drawn]
         self._listeners: list[Callable[[], None]] = []
         self.cursor, self.generation = -1, history.generation
         self._callback = None
@@ -64,10 +64,19 @@ class Feed:
         return channel.source
 
     def snapshot(self, name: str, to_data: Callable[[Any], dict], initial: Any) -> ColumnDataSource:
-        """A source holding `to_data(newest snapshot under name)`, starting from `to_data(initial)`."""
+        """A source holding `to_data(newest snapshot under name)`, starting from `to_data(initial)`.
+        Several sources may follow one snapshot (a curve and its marks)."""
         source = ColumnDataSource(to_data(initial))
-        self._snapshots[name] = (source, to_data, None)
+        self._snapshots.append([name, source, to_data, None])
         return source
+
+    def follows(self, name: str) -> bool:
+        """Whether a source follows snapshot `name`."""
+        return any(entry[0] == name for entry in self._snapshots)
+
+    def snapshot_source(self, name: str) -> ColumnDataSource:
+        """The first source that follows snapshot `name`."""
+        return next(entry[1] for entry in self._snapshots if entry[0] == name)
 
     def on_tick(self, fn: Callable[[], None]) -> None:
         """Also call fn on every tick (status text, control values): UI work on the UI's thread."""
@@ -79,7 +88,8 @@ class Feed:
             for ch in self._channels:
                 ch.source.data = {k: np.array([], dtype=float) for k in ch.source.data}
                 ch.sent = 0
-            self._snapshots = {k: (s, f, None) for k, (s, f, _) in self._snapshots.items()}
+            for entry in self._snapshots:
+                entry[3] = None
         first = self.cursor < 0
         rows = self.history.since(self.cursor)
         if len(rows):
@@ -94,12 +104,13 @@ class Feed:
                 elif len(part):
                     ch.source.stream(_columns(part))
                     ch.sent += len(part)
-        for name, (source, to_data, seen) in list(self._snapshots.items()):
+        for entry in self._snapshots:
+            name, source, to_data, seen = entry
             snap = self.history.snapshot(name)
             # each put_snapshot stores a new (step, value) pair: two analyses at one step both redraw
             if snap is not None and snap is not seen:
                 source.data = to_data(snap[1])
-                self._snapshots[name] = (source, to_data, snap)
+                entry[3] = snap
         for fn in self._listeners:
             fn()
 

@@ -1,44 +1,35 @@
 """The landscape lab: the loss around the current weights, the path training took, and intrinsic dimension.
 
-A Job computes on `run.model_copy()` (the run keeps training) and publishes to the History:
-`landscape` (a coarse grid first, then the fine one), `landscape/line` (the loss from the initial to
-the current weights) and `intrinsic`. The panel reads them through its Feed like every other plot.
+Jobs run `trainlab.live.landscape` and `trainlab.live.intrinsic` on a copy of the run (it keeps
+training), which publish to the History: `landscape` (a coarse grid first, then the fine one),
+`landscape/line` (the loss from the initial to the current weights) and `intrinsic`. The panel reads
+them through its Feed like every other plot.
 
-3-D view: Bokeh has no 3-D and plotly is not a dependency, so the surface is a wireframe projected
-here (azimuth and elevation sliders) and drawn with `multi_line`: it needs nothing beyond Bokeh and
-works offline, served or in JupyterLab.
+3-D view: Bokeh has no 3-D and plotly is not a dependency, so the surface is a wireframe projected by
+`trainlab.analysis.landscape.wireframe` (azimuth and elevation sliders) and drawn with `multi_line`:
+it needs nothing beyond Bokeh and works offline, served or in JupyterLab.
 """
 from __future__ import annotations
-
-import itertools
 
 import numpy as np
 import panel as pn
 import param
 from bokeh.models import ColorBar, ColumnDataSource, LinearColorMapper
 from bokeh.palettes import Viridis256
-from bokeh.plotting import figure
 from bokeh.plotting.contour import contour_data
 
-from trainlab import Run
-from trainlab.analysis.intrinsic import intrinsic_dimension
-from trainlab.analysis.landscape import TrajectoryProbe, line, plane, trajectory
-from trainlab.jobs import Job
+from trainlab import Run, live
+from trainlab.analysis.landscape import wireframe
+from trainlab.probes import TrajectoryProbe
 from trainlab.registry import LogInteger
 
+from . import plots
 from .base import LabPanel
-from .controls import Control
 from .feed import Feed
 
-LANDSCAPE, LINE, INTRINSIC = "landscape", "landscape/line", "intrinsic"
+LANDSCAPE, LINE, INTRINSIC = live.LANDSCAPE, live.LINE, live.INTRINSIC
 _EMPTY_IMAGE = {"z": [np.zeros((2, 2))], "x0": [-1.0], "y0": [-1.0], "dw": [2.0], "dh": [2.0]}
 _SIZE = dict(width=460, height=400)
-
-
-def _fig(title: str, **kw):
-    fig = figure(title=title, tools="pan,wheel_zoom,box_zoom,reset,save", **kw)
-    fig.toolbar.logo = None
-    return fig
 
 
 def _image(snap: dict | None) -> dict:
@@ -64,24 +55,6 @@ def _intrinsic(snap: dict | None) -> dict:
     d = snap["dims"].astype(float)
     return {"d": d, "performance": snap["performance"], "full": np.full(len(d), snap["full"]),
             "threshold": np.full(len(d), snap["threshold"] * snap["full"])}
-
-
-def project(x: np.ndarray, y: np.ndarray, z: np.ndarray, azimuth: float, elevation: float) -> tuple[list, list]:
-    """Wireframe lines of a surface z[i, j] over (x[i], y[j]), seen from (azimuth, elevation) degrees.
-
-    Each axis is scaled to [-1, 1] first, so the picture's shape does not depend on the units.
-    Returns the screen coordinates of the grid's rows and columns, for a multi_line.
-    """
-    unit = lambda a: (a - np.nanmin(a)) / max(np.nanmax(a) - np.nanmin(a), 1e-12) * 2 - 1  # noqa: E731
-    X, Y = np.meshgrid(unit(x), unit(y), indexing="ij")
-    Z = unit(z)
-    a, e = np.radians(azimuth), np.radians(elevation)
-    u = X * np.cos(a) - Y * np.sin(a)
-    depth = X * np.sin(a) + Y * np.cos(a)
-    v = Z * np.cos(e) + depth * np.sin(e)
-    xs = [*u, *u.T]
-    ys = [*v, *v.T]
-    return xs, ys
 
 
 class LandscapePanel(LabPanel):
@@ -116,13 +89,7 @@ class LandscapePanel(LabPanel):
 
     def __init__(self, run: Run, feed: Feed | None = None, **params):
         super().__init__(run, feed, **params)
-        self.probe = next((p for p in run.probes if isinstance(p, TrajectoryProbe)), None)
-        self._added = self.probe is None
-        if self._added:
-            self.probe = run.add_probe(TrajectoryProbe(every=self.record_every))
-        self._job: Job | None = None
-        self._id_job: Job | None = None
-        self._seq = itertools.count(1)  # snapshots keyed by publication: the fine grid replaces the coarse one
+        self.probe = self.use_probe(TrajectoryProbe, every=self.record_every)
         self._computed_at, self._generation = -(10**9), run.history.generation
         self._shown = None
         self._has_bn = any("BatchNorm" in type(m).__name__ for m in run.model.modules())
@@ -135,7 +102,7 @@ class LandscapePanel(LabPanel):
         self.image = self.feed.snapshot(LANDSCAPE, self._on_landscape, None)  # also fills the three above
         self.interp = self.feed.snapshot(LINE, _line, None)
 
-        self.map_fig = _fig("Loss landscape", x_axis_label="direction 1", y_axis_label="direction 2", **_SIZE)
+        self.map_fig = plots.figure("Loss landscape", "direction 1", "direction 2", **_SIZE)
         self.heat = self.map_fig.image(image="z", x="x0", y="y0", dw="dw", dh="dh", source=self.image,
                                        color_mapper=self.mapper)
         self.lines = self.map_fig.multi_line("xs", "ys", source=self.contours, line_width=1.2,
@@ -144,89 +111,78 @@ class LandscapePanel(LabPanel):
         self.map_fig.scatter("x", "y", source=self.path, color="#d62728", line_color="white", size=6)
         self.map_fig.add_layout(ColorBar(color_mapper=self.mapper, title="log10 loss", width=10), "right")
         self.map_fig.x_range.range_padding = self.map_fig.y_range.range_padding = 0
-        self.surf_fig = _fig("Loss surface (wireframe)", **_SIZE)
+        self.surf_fig = plots.figure("Loss surface (wireframe)", "", "", **_SIZE)
         self.surf_fig.multi_line("xs", "ys", source=self.wire, color="#1f77b4", line_width=0.7, alpha=0.8)
         self.surf_fig.axis.visible = self.surf_fig.grid.visible = False
-        self.line_fig = _fig("Interpolation: initial (0) to current (1) weights", x_axis_label="alpha",
-                             y_axis_label="loss", width=460, height=260)
+        self.line_fig = plots.figure("Interpolation: initial (0) to current (1) weights", "alpha", "loss",
+                                     width=460, height=260)
         self.line_fig.line("alpha", "loss", source=self.interp, line_width=2)
         self.line_fig.scatter("alpha", "loss", source=self.interp, size=4)
         self.dims = self.feed.snapshot(INTRINSIC, self._on_intrinsic, None)
-        self.id_fig = _fig("Intrinsic dimension", x_axis_label="subspace dimension d", y_axis_label="performance",
-                           x_axis_type="log", width=460, height=260)
+        self.id_fig = plots.figure("Intrinsic dimension", "subspace dimension d", "performance", log_x=True,
+                                   width=460, height=260)
         self.id_fig.line("d", "performance", source=self.dims, line_width=2, legend_label="subspace")
         self.id_fig.scatter("d", "performance", source=self.dims, size=6, legend_label="subspace")
         self.id_fig.line("d", "full", source=self.dims, line_dash="dashed", color="#2ca02c", legend_label="full model")
         self.id_fig.line("d", "threshold", source=self.dims, line_dash="dotted", color="#d62728", legend_label="threshold")
         self.id_fig.legend.location = "top_left"
 
-        self.controls = {n: Control(self, n, self._set) for n in
-                         ("view", "directions", "mode", "coarse", "resolution", "span", "samples", "preview_samples", "follow",
-                          "refresh",
-                          "azimuth", "elevation")}
-        self.id_controls = {n: Control(self, n, self._set) for n in ("id_steps", "id_max_dim")}
+        self.controls = {n: self.control(n) for n in
+                         ("view", "directions", "mode", "coarse", "resolution", "span", "samples", "preview_samples",
+                          "follow", "refresh", "azimuth", "elevation")}
+        self.id_controls = {n: self.control(n) for n in ("id_steps", "id_max_dim")}
         self.compute_button = pn.widgets.Button(label="Compute now", color="primary", width=120)
-        self.cancel_button = pn.widgets.Button(label="Cancel", width=90)
         self.id_button = pn.widgets.Button(label="Measure intrinsic dimension", color="primary", width=220)
         self.compute_button.on_click(lambda e: self.compute())
-        self.cancel_button.on_click(lambda e: self.cancel())
         self.id_button.on_click(lambda e: self.measure_intrinsic())
-        self.bar, self.id_bar = self.progress_bar(), self.progress_bar()
-        self.status = pn.pane.Markdown("", sizing_mode="stretch_width")
-        self.id_status = pn.pane.Markdown("Trains the initial weights in random d-dimensional subspaces "
-                                          "(Li et al. 2018); d_int90 reaches 90% of the full model.",
-                                          sizing_mode="stretch_width")
+        plane_slot = self.job_slot("plane", "Landscape", [self.compute_button], describe=self._describe)
+        id_slot = self.job_slot("intrinsic", "Intrinsic dimension", [self.id_button])
+        self.cancel_button, self.bar, self.status = plane_slot.cancel_button, plane_slot.bar, plane_slot.status
+        self.id_bar, self.id_status = id_slot.bar, id_slot.status
+        self.id_status.object = ("Trains the initial weights in random d-dimensional subspaces "
+                                 "(Li et al. 2018); d_int90 reaches 90% of the full model.")
         self._map_pane, self._surf_pane = pn.pane.Bokeh(self.map_fig), pn.pane.Bokeh(self.surf_fig)
         self._view_box = pn.Column()
-        sidebar = pn.Column(*(c.widget for c in self.controls.values()),
-                            pn.Row(self.compute_button, self.cancel_button), self.bar, self.status, width=300)
+        sidebar = pn.Column(*(c.widget for c in self.controls.values()), plane_slot.panel(), self.alert, width=300)
         self._layout = pn.Column(
             pn.Row(sidebar, self._view_box, pn.pane.Bokeh(self.line_fig)),
-            pn.Row(pn.Column(*(c.widget for c in self.id_controls.values()), self.id_button, self.id_bar,
-                             self.id_status, width=300), pn.pane.Bokeh(self.id_fig)),
+            pn.Row(pn.Column(*(c.widget for c in self.id_controls.values()), id_slot.panel(), width=300),
+                   pn.pane.Bokeh(self.id_fig)),
             sizing_mode="stretch_width")
         self._show_view()
         self.param.watch(self._show_view, "view")
-        controls = {**self.controls, **self.id_controls}
-        self.param.watch(lambda *events: [controls[e.name].show(e.new) for e in events], list(controls))  # set from code: the widget follows
         self.param.watch(lambda *e: self._draw_surface(), ["azimuth", "elevation"])
         self.feed.on_tick(self._tick)
         self._ready()
 
     # ---- controls ---------------------------------------------------------------------------
-    def _set(self, name: str, value) -> None:
-        setattr(self, name, value)
-
     def _show_view(self, *events) -> None:
         # swapped in a container: a Bokeh pane's `visible` does not come back once set False (panel 1.9)
         self._view_box.objects = [self._surf_pane if self.view == "surface" else self._map_pane]
         self.heat.visible = self.view == "heatmap"
 
     # ---- jobs -------------------------------------------------------------------------------
-    def compute(self) -> Job:
+    def compute(self):
         """Start computing the landscape of the run's current weights (cancelling one in progress)."""
         self.cancel()
-        settings = dict(directions=self.directions, mode=self.mode, levels=(self.coarse, self.resolution),
-                        span=self.span, samples=self.samples or None, preview=self.preview_samples or None)
         self._computed_at, self._generation = self.run.steps, self.run.history.generation
-        self._job = self.start_job(_landscape_job, self.run, self._publish, **settings, name="trainlab-landscape")
-        return self._job
+        return self.run_job(live.landscape, "plane", directions=self.directions, mode=self.mode, coarse=self.coarse,
+                            resolution=self.resolution, span=self.span, samples=self.samples or None,
+                            preview=self.preview_samples or None, trajectory=self.probe)
 
     def cancel(self) -> None:
-        if self._job is not None and not self._job.done:
-            self._job.cancel(wait=5.0)
+        if self.slots["plane"].running:
+            self.slots["plane"].cancel(wait=5.0)
 
-    def measure_intrinsic(self) -> Job:
+    def measure_intrinsic(self):
         """Start the intrinsic-dimension measurement from the run's initial weights."""
-        if self._id_job is not None and not self._id_job.done:
-            self._id_job.cancel(wait=5.0)
-        self._id_job = self.start_job(_intrinsic_job, self.run, self._publish, steps=self.id_steps,
-                                      max_dim=self.id_max_dim, name="trainlab-intrinsic")
-        return self._id_job
+        if self.slots["intrinsic"].running:
+            self.slots["intrinsic"].cancel(wait=5.0)
+        return self.run_job(live.intrinsic, "intrinsic", steps=self.id_steps, max_dim=self.id_max_dim)
 
-    def _publish(self, name: str, value: dict) -> None:
-        """Called on a job's thread: only History is touched (put_snapshot is thread-safe)."""
-        self.run.history.put_snapshot(name, next(self._seq), value)
+    def _describe(self, job) -> str:
+        step = self._shown["step"] if self._shown else self._computed_at
+        return f"Computed at step {step}"
 
     # ---- on the UI's tick -------------------------------------------------------------------
     def _on_landscape(self, snap: dict | None) -> dict:
@@ -256,7 +212,7 @@ class LandscapePanel(LabPanel):
             self.wire.data = {"xs": [], "ys": []}
             return
         z = np.log10(np.maximum(np.nan_to_num(snap["loss"], nan=np.nanmax(snap["loss"])), 1e-12))
-        xs, ys = project(snap["x"], snap["y"], z, self.azimuth, self.elevation)
+        xs, ys = wireframe(snap["x"], snap["y"], z, self.azimuth, self.elevation)
         self.wire.data = {"xs": xs, "ys": ys}
 
     def _on_intrinsic(self, snap: dict | None) -> dict:
@@ -268,62 +224,12 @@ class LandscapePanel(LabPanel):
         return _intrinsic(snap)
 
     def _tick(self) -> None:
-        run, job = self.run, self._job
-        self.show_progress(self.bar, job)
-        self.show_progress(self.id_bar, self._id_job)
-        if job is not None and job.error is not None and not job.cancelled:
-            self.status.object = f"Landscape failed: {type(job.error).__name__}: {job.error}"
-        elif job is not None and not job.done:
-            self.status.object = f"Computing {job.progress.desc} … (step {self._computed_at})"
-        elif job is not None:
-            step = self._shown["step"] if self._shown else self._computed_at
-            self.status.object = f"Computed at step {step}" + (" (cancelled)" if job.cancelled else "")
-        idj = self._id_job
-        if idj is not None:
-            self.id_status.object = ("Training subspaces …" if not idj.done else
-                                     f"Failed: {idj.error}" if idj.error is not None and not idj.cancelled else "Done")
+        run = self.run
         if run.history.generation != self._generation:  # reset (or load): start following afresh
             self._computed_at, self._generation = -(10**9), run.history.generation
-        idle = job is None or job.done
+        idle = not self.slots["plane"].running
         if self.follow and idle and run.status == "running" and run.steps - self._computed_at >= self.refresh:
             self.compute()
 
-    def close(self) -> None:
-        super().close()
-        if self._added:
-            self.run.remove_probe(self.probe)
-
     def __panel__(self):
         return self._layout
-
-
-def _landscape_job(run: Run, publish, directions: str, mode: str, levels: tuple[int, int], span: float,
-                   samples: int | None, preview: int | None, progress) -> None:
-    """On a job's thread: the coarse grid (on a preview subset), the fine grid, then the interpolation line."""
-    model, step = run.model_copy(), run.steps
-    dirs, kw = directions, {"span": span}
-    if directions == "pca":
-        try:
-            dirs, kw = trajectory(run), {}  # the span then covers the path
-            step = int(dirs.steps[-1])  # the plane is centred on the last recorded weights
-        except ValueError:  # fewer than 3 recorded points yet: a random filter-normalized plane meanwhile
-            dirs = "filter"
-    data = (run.data.X, run.data.y) if run.data.X is not None else run.data.source
-    n_examples = len(run.data.y) if run.data.X is not None else None
-    for n, subset in ((levels[0], preview), (levels[1], samples)):
-        if subset is not None and n_examples is not None and subset >= n_examples:
-            subset = None  # a subset as large as the data is the data
-        res = plane(model, run.loss_fn, data, steps=n, directions=dirs, mode=mode, samples=subset, progress=progress, **kw)
-        publish(LANDSCAPE, {**res.to_dict(), "step": step})
-        if not res.complete:
-            return
-    res = line(model, run.loss_fn, data, start=run.initial_state, steps=levels[0] * 2 + 1, span=(-0.25, 1.25),
-               mode=mode, samples=samples, progress=progress)
-    publish(LINE, {"alpha": res.alpha, "loss": res.loss, "step": step})
-
-
-def _intrinsic_job(run: Run, publish, steps: int, max_dim: int, progress) -> None:
-    n = sum(p.numel() for p in run.params)
-    dims = [d for d in (2 ** k for k in range(20)) if d <= min(max_dim, n)]
-    res = intrinsic_dimension(run, dims=dims, steps=steps, progress=progress)
-    publish(INTRINSIC, {**res.to_dict(), "step": run.steps})

@@ -14,12 +14,12 @@ import param
 from bokeh.events import Tap
 from bokeh.models import ColorBar, ColumnDataSource, Legend, LegendItem, LinearColorMapper
 from bokeh.palettes import Category10_10, Viridis256
-from bokeh.plotting import figure
 from panel.viewable import Viewer
 
 from trainlab import playground
 from trainlab.registry import option_values
 
+from . import plots
 from .controls import Control
 
 _DEFAULT_ROWS = ("sgd", "momentum", "adam")
@@ -118,9 +118,7 @@ class Playground2D(Viewer):
 
     # ---- building -----------------------------------------------------------------------------
     def _build_figure(self) -> None:
-        fig = figure(width=620, height=520, tools="pan,wheel_zoom,reset,save,tap", x_axis_label="x",
-                     y_axis_label="y", title="log10 loss")
-        fig.toolbar.logo = None
+        fig = plots.figure("log10 loss", "x", "y", width=620, height=520, tools="pan,wheel_zoom,reset,save,tap")
         self.grid = ColumnDataSource({"z": [], "x0": [], "y0": [], "dw": [], "dh": []})
         self._mapper = LinearColorMapper(palette=Viridis256)
         fig.image(image="z", x="x0", y="y0", dw="dw", dh="dh", source=self.grid, color_mapper=self._mapper, alpha=0.85)

@@ -8,17 +8,16 @@ import pandas as pd
 import panel as pn
 import param
 from bokeh.models import ColumnDataSource
-from bokeh.plotting import figure
-from trainlab import Run
+
+from trainlab import Run, live
 from trainlab.analysis import spectrum
-from trainlab.jobs import Cancelled, Job
+from trainlab.probes import SpectrumProbe
 
 from . import plots
-from .base import LabPanel
-from .controls import Control
+from .base import LabPanel, plain
 from .feed import Feed
 
-LIVE, NOW = "esd", "esd_analysis"  # history snapshots: the live probe's, and "Analyse now"'s
+LIVE, NOW = "esd", live.SPECTRUM  # history snapshots: the live probe's, and "Analyse now"'s
 _EMPTY = np.array([])
 _TABLE = ("layer", "shape", "alpha", "xmin", "ks_distance", "alpha_hill", "num_spikes", "mp_bulk_edge",
           "spectral_norm", "stable_rank", "farms_alpha_hill")
@@ -56,23 +55,20 @@ class SpectrumPanel(LabPanel):
         super().__init__(run, feed, **params)
         self.layers = spectrum.matrix_names(run.model)
         self.layer = self.layer or (self.layers[0] if self.layers else "")
-        self.probe = next((p for p in run.probes if isinstance(p, spectrum.SpectrumProbe)), None)
-        self._own_probe = self.probe is None
-        if self.probe is None:
-            self.probe = run.add_probe(spectrum.SpectrumProbe(self.every))
+        self.probe = self.use_probe(SpectrumProbe, every=self.every)
+        self.every = self.probe.every  # the run's own probe keeps its interval
         self._snaps: dict[str, dict] = {}  # origin -> the newest snapshot received from it
-        self._job: Job | None = None
-        self._job_step = -1
 
         # controls
         self.layer_select = pn.widgets.Select(label="layer", options=self.layers, value=self.layer)
         self.layer_select.param.watch(lambda e: setattr(self, "layer", e.new), "value")
-        self.controls = {n: Control(self, n, self._set_own) for n in ("every", "farms", "show")}
+        self.param.watch(lambda e: setattr(self.layer_select, "value", e.new), "layer")
+        self.controls = {n: self.control(n) for n in ("every", "farms", "show")}
+        self.param.watch(self._every, "every")
         self.analyse_button = pn.widgets.Button(label="Analyse now", color="primary", width=120)
-        self.cancel_button = pn.widgets.Button(label="Cancel", width=80, disabled=True)
         self.analyse_button.on_click(lambda e: self.analyse())
-        self.cancel_button.on_click(lambda e: self._job and self._job.cancel())
-        self.bar = self.progress_bar()
+        slot = self.job_slot("esd", "Whole-model ESD", [self.analyse_button])
+        self.cancel_button, self.bar = slot.cancel_button, slot.bar
         self.status = pn.pane.Markdown("Waiting for the first measurement (or press *Analyse now*).",
                                        sizing_mode="stretch_width")
 
@@ -89,14 +85,14 @@ class SpectrumPanel(LabPanel):
         # an HTML table: it needs no JavaScript extension, so it renders in a tab opened after page load
         # (Tabulator's script would be missing there) and in notebooks alike
         self.table = pn.pane.DataFrame(_frame(_empty_table()), index=False, sizing_mode="stretch_width")
-        self.alpha = self.feed.source({f"alpha/{layer}": layer for layer in self.layers}, sparse=True)
+        columns = SpectrumProbe(self.every).columns(run).scalars
+        self.alpha = self.feed.source({k: v for k, v in columns.items() if k.startswith("alpha/")}, sparse=True)
         self.figures = self._figures()
         self.param.watch(lambda e: self._draw(), ["layer", "farms", "show"])
 
-        self.feed.on_tick(self._tick)
         sidebar = pn.Column(
             pn.pane.Markdown("### Weight spectra"), self.layer_select, *(c.widget for c in self.controls.values()),
-            pn.Row(self.analyse_button, self.cancel_button), self.bar, self.status, width=320,
+            slot.panel(), self.status, self.alert, width=320,
         )
         self._layout = pn.Row(sidebar, pn.Column(
             pn.FlexBox(*(pn.pane.Bokeh(f) for f in self.figures), sizing_mode="stretch_width"),
@@ -105,24 +101,19 @@ class SpectrumPanel(LabPanel):
 
     # ---- plots ------------------------------------------------------------------------------
     def _figures(self) -> list:
-        tools = "pan,wheel_zoom,box_zoom,reset,save"
-        loglog = figure(title="ESD, log-log: power-law tail", x_axis_type="log", y_axis_type="log",
-                        x_axis_label="eigenvalue of WᵀW/N", y_axis_label="density", tools=tools, **plots._SIZE)
+        loglog = plots.figure("ESD, log-log: power-law tail", "eigenvalue of WᵀW/N", "density", log_x=True, log_y=True)
         loglog.scatter("x", "y", source=self.loglog, color=plots.TRAIN, size=6, legend_label="ESD")
         loglog.line("x", "y", source=self.powerlaw, color=plots.VAL, line_width=2, legend_label="power law")
         loglog.segment("x", "y0", "x", "y1", source=self.xmin, color="black", line_dash="dashed", legend_label="xmin")
-        plots._legend(loglog, "bottom_left")
-        linear = figure(title="ESD and the Marchenko–Pastur bulk", x_axis_label="eigenvalue of WᵀW/N",
-                        y_axis_label="density", tools=tools, **plots._SIZE)
+        plots.legend(loglog, "bottom_left")
+        linear = plots.figure("ESD and the Marchenko–Pastur bulk", "eigenvalue of WᵀW/N", "density")
         linear.quad(left="left", right="right", top="top", bottom=0, source=self.hist, color=plots.TRAIN, alpha=0.5,
                     legend_label="ESD")
         linear.line("x", "y", source=self.mp, color="black", line_width=2, legend_label="MP bulk")
         linear.segment("x", "y0", "x", "y1", source=self.edge, color="black", line_dash="dotted", legend_label="λ+")
         linear.scatter("x", "y", source=self.spikes, color=plots.VAL, marker="triangle", size=11, legend_label="spikes")
-        plots._legend(linear, "top_right")
+        plots.legend(linear, "top_right")
         alpha = plots.per_layer("α per layer over training", "α (power-law fit)", self.alpha, self.layers, log=False)
-        for fig in (loglog, linear):
-            fig.toolbar.logo = None
         return [loglog, linear, alpha]
 
     def _receive(self, snapshot: dict | None, origin: str) -> dict[str, list]:
@@ -173,49 +164,17 @@ class SpectrumPanel(LabPanel):
         note = "" if shown == "FARMS" or not self.farms else " (no FARMS pool yet: press *Analyse now*)"
         fit = (f"α = {view['alpha']:.2f} above xmin = {view['xmin']:.3g} (KS {view['ks_distance']:.3f})"
                if np.isfinite(view["alpha"]) else "too few eigenvalues for a power-law fit")
-        self.status.object = (f"**{self.layer}** ({shown} ESD, from the {self.show}{note}): {fit}; "
+        self.status.object = (f"**{plain(self.layer)}** ({shown} ESD, from the {self.show}{note}): {fit}; "
                               f"{view['num_spikes']} spike(s) above the MP edge λ+ = {view['mp_bulk_edge']:.3g}.")
 
     # ---- actions ----------------------------------------------------------------------------
-    def _set_own(self, name: str, value: Any) -> None:
-        try:
-            setattr(self, name, value)
-        except ValueError as e:
-            self.status.object = str(e)
-            return
-        if name == "every" and self._own_probe:
-            self.run.remove_probe(self.probe)
-            self.probe = self.run.add_probe(spectrum.SpectrumProbe(self.every))
+    def _every(self, event) -> None:
+        if self.probe in self._added:  # a probe of the run's own keeps its interval
+            self.probe.every = int(event.new)  # read at every step: takes effect at the next one
 
-    def analyse(self) -> Job:
-        """Whole-model ESD now (FARMS too when ticked), on a copy of the model, as a Job."""
-        if self._job is not None and not self._job.done:
-            return self._job
-        self._job_step = self.run.steps
-        self._job = self.start_job(spectrum.analyse, self.run.model_copy(), farms=self.farms, name="trainlab-spectrum")
-        self.analyse_button.disabled, self.cancel_button.disabled = True, False
-        self.show_progress(self.bar, self._job)
-        return self._job
-
-    def _tick(self) -> None:
-        job = self._job
-        self.show_progress(self.bar, job)
-        if job is None or not job.done:
-            return
-        self._job = None
-        self.analyse_button.disabled, self.cancel_button.disabled = False, True
-        if isinstance(job.error, Cancelled) or (job.result is not None and job.result["cancelled"]):
-            self.status.object = "Analysis cancelled."
-            return
-        if job.error is not None:
-            self.status.object = f"The analysis failed: {type(job.error).__name__}: {job.error}"
-            return
-        self.run.history.put_snapshot(NOW, self._job_step, job.result)
-
-    def close(self) -> None:
-        super().close()
-        if self._own_probe:
-            self.run.remove_probe(self.probe)
+    def analyse(self):
+        """Whole-model ESD now (FARMS too when ticked), on a copy of the model, as a job."""
+        return self.run_job(live.spectrum, "esd", farms=self.farms)
 
     def __panel__(self):
         return self._layout

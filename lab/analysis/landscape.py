@@ -504,6 +504,23 @@ def line(model: nn.Module, loss_fn: Callable | None = None, data: Any = None, st
     return Line(alpha, loss, se, mode, samples, complete)
 
 
+# ---- drawing a plane in 3-D ------------------------------------------------------------------------
+def wireframe(x: np.ndarray, y: np.ndarray, z: np.ndarray, azimuth: float, elevation: float) -> tuple[list, list]:
+    """Wireframe lines of a surface z[i, j] over (x[i], y[j]), seen from (azimuth, elevation) degrees.
+
+    Each axis is scaled to [-1, 1] first, so the picture's shape does not depend on the units. Returns
+    the screen coordinates of the grid's rows and columns (lists of arrays, for a multi-line plot).
+    """
+    unit = lambda a: (a - np.nanmin(a)) / max(np.nanmax(a) - np.nanmin(a), 1e-12) * 2 - 1  # noqa: E731
+    X, Y = np.meshgrid(unit(x), unit(y), indexing="ij")
+    Z = unit(z)
+    a, e = np.radians(azimuth), np.radians(elevation)
+    u = X * np.cos(a) - Y * np.sin(a)
+    depth = X * np.sin(a) + Y * np.cos(a)
+    v = Z * np.cos(e) + depth * np.sin(e)
+    return [*u, *u.T], [*v, *v.T]
+
+
 # ---- trajectory ---------------------------------------------------------------------------------
 def pca_trajectory(model: nn.Module, steps, points: torch.Tensor) -> Trajectory:
     """Recorded weights (T, n) at `steps`, projected on their top-two PCA plane (Li et al. 2018, section 7).
@@ -528,4 +545,4 @@ def pca_trajectory(model: nn.Module, steps, points: torch.Tensor) -> Trajectory:
     return Trajectory(coords[:, 0].numpy(), coords[:, 1].numpy(), steps, var, pair, origin)
 
 
-__all__ = ["Landscape", "Line", "Trajectory", "line", "pca_trajectory", "plane", "random_directions"]
+__all__ = ["Landscape", "Line", "Trajectory", "line", "pca_trajectory", "plane", "random_directions", "wireframe"]
