@@ -60,7 +60,7 @@ def main():
     ratios, bare_totals, lab_totals = [], [], []
     for rep in range(args.repeats):
         model = copy.deepcopy(run.model)
-        model.load_state_dict(run._initial_state)
+        model.load_state_dict(run.initial_state)
         bare = BareLoop(model, run.data.X, run.data.y, kw["batch_size"], kw["lr"], kw["momentum"], kw["seed"])
         run.reset()
         tb = tl = 0.0

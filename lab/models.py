@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .data import Data
+from .functional import eval_mode
 from .inits import inits
 from .norms import norms
 from .registry import LogInteger, Registry
@@ -83,15 +84,11 @@ def check_fits(model: nn.Module, loss_fn, data: Data, device: torch.device) -> N
     """Fail before any step when the model's output cannot be scored against the labels."""
     xb, yb = data.sample(2)
     xb, yb = xb.to(device), yb.to(device)
-    was_training = model.training
-    model.eval()  # a train-mode forward would move BatchNorm's running statistics
-    try:
-        with torch.no_grad():
+    try:  # in eval mode: a train-mode forward would move BatchNorm's running statistics
+        with torch.no_grad(), eval_mode(model):
             out = model(xb)
     except Exception as e:
         raise ValueError(f"the model cannot take inputs of shape {tuple(xb.shape)}: {e}") from None
-    finally:
-        model.train(was_training)
     shapes = f"model output shape {tuple(out.shape)}, labels shape {tuple(yb.shape)}"
     if data.task == "classification" and loss_fn is nn.functional.cross_entropy:
         if out.ndim != 2 or out.shape[1] < data.n_out:

@@ -373,13 +373,13 @@ class Run(param.Parameterized):
         if not (math.isfinite(stats[0]) and math.isfinite(stats[-1])):
             self._diverged(stats[0], stats[-1])
             return False
-        row: dict[str, Any] = {}
-        for hook in self._hooks:
-            row.update(hook(self, xb, yb, nxt))
+        extra = [hook(self, xb, yb, nxt) for hook in self._hooks]  # before the update: this batch, these weights
         measured = kind.update(self, xb, yb)
         self._step = nxt
         row = {"step": nxt, "epoch": self.batches.epoch, "time": self.elapsed + time.perf_counter() - self._since,
-               "lr": self._lr, "train_loss": stats[0], "grad_norm": stats[-1] if measured is None else measured, **row}
+               "lr": self._lr, "train_loss": stats[0], "grad_norm": stats[-1] if measured is None else measured}
+        for columns in extra:
+            row.update(columns)
         if self._classify:
             row["train_acc"] = stats[1] / len(yb)
         if self._event:

@@ -98,7 +98,8 @@ class Plain:
         return loss, out, run.grads.norm(flat, loss)
 
     def update(self, run: Run, xb: torch.Tensor, yb: torch.Tensor) -> float | None:
-        run.noise.add(run.grads, run.steps)
+        if run.noise.eta > 0:
+            run.noise.add(run.grads, run.steps)
         run.torch_optimizer.step()
         return None
 

@@ -59,7 +59,11 @@ def _have_chromium() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Without Chromium, browser tests are skipped on a workstation; on CI they fail (see below)."""
+    """Notebooks and browser tests count as slow. Without Chromium, browser tests are skipped on a
+    workstation; on CI they fail (see below)."""
+    for item in items:
+        if item.get_closest_marker("browser") or str(item.fspath).endswith(".ipynb"):
+            item.add_marker(pytest.mark.slow)
     if _have_chromium() or _on_ci():
         return
     skip = pytest.mark.skip(reason=MISSING)
@@ -77,6 +81,17 @@ def browser_type_launch_args(browser_type_launch_args):
         pytest.skip(MISSING)
     # keep the plugin's own options (--headed, --slowmo, ...) and add ours
     return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": list(CHROMIUM_ARGS)}
+
+
+@pytest.fixture(autouse=True)
+def _patient_pages(request):
+    """Browser tests on a busy machine: every Playwright wait gets a minute, not its default 30 s
+    (screenshots of failures land in test-results/, pytest-playwright's --screenshot=only-on-failure)."""
+    if "page" in request.fixturenames:
+        page = request.getfixturevalue("page")
+        page.set_default_timeout(60_000)
+        page.set_default_navigation_timeout(120_000)
+    yield
 
 
 @pytest.fixture(autouse=True, scope="session")

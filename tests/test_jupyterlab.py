@@ -6,13 +6,14 @@ notebook; headless Chromium opens it, runs all cells, and reads each view's Boke
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import free_port, serving
+from conftest import ARTIFACTS, free_port, serving, wait_until
+
+from trainlab.widgets.labs import LABS
 
 pytestmark = pytest.mark.browser
 
@@ -22,12 +23,11 @@ CELLS = [
     "pn.ipywidget(TrainingDashboard(run))",
 ]
 
-# every lab panel, inline, over one trained run (their own Feeds: no dashboard around them)
+# every lab panel of the registry, inline, over one trained run (their own Feeds: no dashboard around them)
 LAB_CELLS = [
     "import panel as pn\nimport trainlab\nfrom trainlab import widgets as w\npn.extension(inline=True)\n"
     "run = trainlab.Run(data='moons', device='cpu', seed=0)\nrun.step(60)",
-    "w.OptimizerPanel(run)", "w.Playground2D()", "w.LandscapePanel(run)", "w.CurvaturePanel(run)",
-    "w.SpectrumPanel(run)",
+    *(f"w.{lab.cls}({'run' if lab.needs_run else ''})" for lab in LABS),
 ]
 
 # the number of points in the train_loss source of each Bokeh document in the page (one per view)
@@ -56,20 +56,22 @@ def lab(tmp_path_factory) -> str:
 
 
 def _wait_for(what: str, check, timeout: float):
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"after {timeout:.0f} s: {what}", pytrace=False)
-        time.sleep(0.25)
-    return value
+    return wait_until(check, timeout, what, every=0.25)
+
+
+def _run_all(page) -> None:
+    """JupyterLab's Run menu, Run All Cells, once the notebook has settled (an open menu would close)."""
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
+    page.wait_for_selector(".jp-Notebook .jp-Cell .jp-InputArea-editor", timeout=60_000)
+    wait_until(lambda: page.get_by_role("menuitem", name="Run", exact=True).is_visible(), 60, "JupyterLab's Run menu")
+    time.sleep(2)  # JupyterLab settles its layout after the notebook opens
+    page.get_by_role("menuitem", name="Run", exact=True).click(timeout=60_000)
+    page.get_by_text("Run All Cells", exact=True).click(timeout=60_000)
 
 
 def test_dashboard_renders_inline_and_as_an_ipywidget_and_streams(lab, page):
-    page.goto(f"{lab}/lab/tree/live.ipynb?reset")  # ?reset: no earlier workspace reopens
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-    time.sleep(3)  # JupyterLab settles its layout after the notebook opens; an open menu would close
-    page.get_by_role("menuitem", name="Run", exact=True).click()
-    page.get_by_text("Run All Cells", exact=True).click()
+    page.goto(f"{lab}/lab/tree/live.ipynb?reset", timeout=120_000)  # ?reset: no earlier workspace reopens
+    _run_all(page)
     # both views show the run's 30 past steps: the inline output and the ipywidget
     views = _wait_for("two dashboards showing the run's 30 steps", lambda: (
         (v := page.evaluate(POINTS_JS)) and len(v) == 2 and all(n == 30 for n in v) and v), 120)
@@ -78,7 +80,7 @@ def test_dashboard_renders_inline_and_as_an_ipywidget_and_streams(lab, page):
     # itself (it focuses the cell) and the button's event never reaches the kernel; a second click
     # starts the run. So click until the run starts, at most three times, 20 s apart.
     for _ in range(3):
-        page.get_by_role("button", name="Start", exact=True).first.click()  # exact: not "Restart the kernel"
+        page.get_by_role("button", name="Start", exact=True).first.click(timeout=60_000)  # not "Restart the kernel"
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not all(n > 30 for n in page.evaluate(POINTS_JS)):
             time.sleep(0.25)
@@ -87,7 +89,7 @@ def test_dashboard_renders_inline_and_as_an_ipywidget_and_streams(lab, page):
     grown = _wait_for("the views did not stream new points after Start", lambda: (
         (v := page.evaluate(POINTS_JS)) and all(n > 30 for n in v) and v), 30)
     assert len(grown) == 2
-    page.get_by_role("button", name="Pause", exact=True).first.click()
+    page.get_by_role("button", name="Pause", exact=True).first.click(timeout=60_000)
 
 
 # per Bokeh document of the page: does it hold a source with this column, filled?
@@ -101,16 +103,14 @@ FILLED_JS = """(column) => (window.Bokeh ? Bokeh.documents : []).filter((d) => {
 def test_every_lab_panel_renders_inline(lab, page, tmp_path):
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(f"{lab}/lab/tree/labs.ipynb?reset")
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-    time.sleep(3)
-    page.get_by_role("menuitem", name="Run", exact=True).click()
-    page.get_by_text("Run All Cells", exact=True).click()
+    page.goto(f"{lab}/lab/tree/labs.ipynb?reset", timeout=120_000)
+    _run_all(page)
     # one Bokeh document per displayed panel, each drawn from the run or the playground
-    _wait_for("five lab panels rendered", lambda: len(page.evaluate(
-        "() => window.Bokeh ? Bokeh.documents : []")) >= 5, 120)
+    _wait_for(f"{len(LABS)} lab panels rendered", lambda: len(page.evaluate(
+        "() => window.Bokeh ? Bokeh.documents : []")) >= len(LABS), 180)
     for column, what in (("lr", "the optimizer panel's lr curve"), ("dw", "the playground's contour image"),
                          ("xs", "the playground's paths or the landscape's contours")):
         _wait_for(f"{what} never drew", lambda: page.evaluate(FILLED_JS, column), 60)
-    page.screenshot(path=str(Path(tempfile.gettempdir()) / "trainlab-jupyter-labs.png"), full_page=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "jupyterlab-labs.png"), full_page=True, timeout=60_000)
     assert not errors, f"errors in the page: {errors}"

@@ -49,6 +49,13 @@ def test_job_publishes_coarse_then_fine_and_the_feed_receives_them(panel):
     np.testing.assert_allclose(image, np.log10(snap["loss"].T))
     assert len(panel.path.data["x"]) == 6 and panel.path.data["x"][-1] == 0  # the path ends at the current weights
     assert len(panel.contours.data["xs"]) > 0 and len(panel.wire.data["xs"]) == 18
+    # the 3-D wireframe is the core's projection of this grid's log-loss, seen from the panel's angles
+    xs, ys = wireframe(snap["x"], snap["y"], np.log10(snap["loss"]), panel.azimuth, panel.elevation)
+    for got, want in ((panel.wire.data["xs"], xs), (panel.wire.data["ys"], ys)):
+        np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-12)
+    panel.azimuth = -60.0  # turning the view redraws it from the new angle
+    np.testing.assert_allclose(np.array(panel.wire.data["xs"]),
+                               np.array(wireframe(snap["x"], snap["y"], np.log10(snap["loss"]), -60.0, panel.elevation)[0]))
     assert "BN running stats" in panel.map_fig.title.text
     assert len(panel.interp.data["loss"]) == 11
     # the published grid is the analysis' own: the same plane computed directly

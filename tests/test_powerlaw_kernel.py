@@ -64,7 +64,7 @@ def test_pruning_visits_fewer_points_than_the_scan():
 
 @pytest.mark.parametrize("alpha", [1.8, 2.5])
 def test_matches_the_powerlaw_package(alpha):
-    import powerlaw
+    powerlaw = pytest.importorskip("powerlaw", reason="the bench extra (pip install -e .[bench]) holds the peer")
 
     x = _pareto(alpha, 1000, 7)
     with warnings.catch_warnings():

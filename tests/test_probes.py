@@ -198,3 +198,26 @@ def test_decision_boundary_resolution_must_be_at_least_two():
 def test_base_probe_must_be_overridden():
     with pytest.raises(NotImplementedError):
         Probe(every=1).measure(None)
+
+
+@pytest.mark.parametrize("name", ["GradNorm", "UpdateRatio", "EffectiveStep", "DecisionBoundary", "ScaleInvariantNorm",
+                                  "SecondMoment", "Sharpness", "GroupLoss", "GradientNoise", "SpectrumProbe",
+                                  "TrajectoryProbe"])
+def test_every_probe_writes_exactly_what_it_declares(name):
+    import trainlab.probes as P
+
+    run = Run(model=("mlp", {"width": 16, "depth": 2, "norm": "batchnorm"}), data="opposing", optimizer="adam",
+              device="cpu", probes=[])
+    probe = run.add_probe(getattr(P, name)(every=2))
+    run.step(4)
+    declared = probe.columns(run)
+    df = run.history.frame()
+    written = {c for c in df.columns if c not in ("step", "epoch", "time", "lr", "train_loss", "train_acc",
+                                                  "grad_norm", "val_loss", "val_acc")}
+    assert written == set(declared.scalars), name
+    if declared.scalars:  # measured at the steps it is due
+        last = df[df["step"] == 4][list(declared.scalars)]
+        assert last.notna().to_numpy().any() and df[df["step"] == 3][list(declared.scalars)].isna().all(axis=None)
+    for snap in declared.snapshots:
+        assert run.history.snapshot(snap)[0] == 4, (name, snap)
+    assert len(set(declared.scalars.values())) == len(declared.scalars)  # the labels a plot uses are distinct

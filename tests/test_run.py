@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from trainlab import History, Run, as_data, optimizers
+from trainlab import Run, as_data, optimizers
 from trainlab.models import mse
 
-from conftest import SMALL, small_run, wait_until
+from conftest import small_run, wait_until
 
 
 def wait_for(cond, timeout=30.0, what="condition"):
@@ -377,64 +377,6 @@ def test_batchnorm_buffers_restored_on_divergence():
     assert all(not torch.equal(moved[k], before[k]) for k in before)
 
 
-# ---- History ---------------------------------------------------------------------------------
-def test_history_stays_bounded_and_keeps_recent_rows_whole():
-    h = History(max_rows=200, keep_recent=50)
-    for s in range(1, 1001):
-        h.append({"step": s, "v": float(s)})
-        assert len(h) <= 200
-    steps = h.frame()["step"].tolist()
-    assert len(steps) <= 200
-    assert steps[-50:] == list(range(951, 1001))
-    assert all(a < b for a, b in zip(steps, steps[1:]))
-    older = [s for s in steps if s <= 950]
-    assert len(older) > 0 and max(b - a for a, b in zip(older, older[1:])) > 1  # thinned, not dropped
-    assert older[0] < 100  # the start of the run is still represented
-    assert h.last_step == 1000
-
-
-def test_history_rejects_inconsistent_bounds():
-    with pytest.raises(ValueError):
-        History(max_rows=50, keep_recent=50)
-    with pytest.raises(ValueError):
-        History(max_rows=50, keep_recent=0)
-
-
-def test_run_with_bounded_history_stays_bounded():
-    h = History(max_rows=200, keep_recent=50)
-    run = small_run(history=h, batch_size=16)
-    assert run.history is h
-    run.step(300)
-    steps = run.history.frame()["step"].tolist()
-    assert len(steps) <= 200
-    assert steps[-50:] == list(range(251, 301))
-    assert all(a < b for a, b in zip(steps, steps[1:]))
-
-
-def test_history_since_returns_only_new_rows():
-    h = History()
-    assert h.since(-1).empty and h.last_step == -1
-    for s in range(1, 11):
-        h.append({"step": s})
-    assert h.since(5)["step"].tolist() == [6, 7, 8, 9, 10]
-    assert h.since(-1)["step"].tolist() == list(range(1, 11))
-    assert h.since(10).empty
-    h.append({"step": 11})
-    assert h.since(10)["step"].tolist() == [11]
-    gen = h.generation
-    h.clear()
-    assert len(h) == 0 and h.generation != gen
-
-
-def test_history_since_follows_a_run():
-    run = small_run()
-    run.step(4)
-    cursor = run.history.last_step
-    assert cursor == 4
-    run.step(3)
-    new = run.history.since(cursor)
-    assert new["step"].tolist() == [5, 6, 7]
-    pd.testing.assert_frame_equal(new.reset_index(drop=True), run.history.frame().iloc[4:].reset_index(drop=True))
 
 
 # ---- save and load ---------------------------------------------------------------------------

@@ -113,57 +113,6 @@ def test_feed_streams_only_new_rows(dash, monkeypatch):
     np.testing.assert_allclose(val.source.data["val_acc"], hist["val_acc"].dropna())
 
 
-def test_feed_thins_a_burst_to_a_steady_rate():
-    run = Run(data="moons", device="cpu")
-    feed = Feed(run.history, max_rows_per_tick=50, length=1000)
-    src = feed.source(["train_loss"])
-    run.step(300)
-    feed.tick()  # catching up on the past: up to half a source's length
-    assert list(src.data["step"]) == list(range(1, 301))
-    run.step(600)
-    feed.tick()  # a burst while watching: at most max_rows_per_tick
-    steps = list(src.data["step"])
-    assert len(steps) - 300 <= 50 and steps[-1] == 900 and steps == sorted(steps)
-
-
-def test_feed_rebases_a_full_buffer_on_the_thinned_history():
-    run = Run(data="moons", device="cpu")
-    feed = Feed(run.history, length=100)
-    src = feed.source(["train_loss"])
-    for _ in range(5):
-        run.step(40)
-        feed.tick()
-    steps = list(src.data["step"])
-    assert len(steps) <= 100 and steps[0] == 1 and steps[-1] == 200  # the whole run, thinned
-
-
-def test_a_source_added_while_watching_starts_with_the_past():
-    run = Run(data="moons", device="cpu")
-    feed = Feed(run.history)
-    early = feed.source(["train_loss"])
-    run.step(30)
-    feed.tick()
-    late = feed.source(["train_loss"])  # a lab tab opened at step 30
-    assert list(late.data["step"]) == list(range(1, 31))
-    run.step(5)
-    feed.tick()
-    assert list(late.data["step"]) == list(early.data["step"]) == list(range(1, 36))
-
-
-def test_feed_redraws_each_new_snapshot_even_at_the_same_step():
-    run = Run(data="moons", device="cpu", probes=[])
-    feed = Feed(run.history)
-    src = feed.snapshot("analysis", lambda v: {"v": [v]}, initial=0)
-    feed.tick()
-    assert src.data["v"] == [0]
-    run.history.put_snapshot("analysis", 5, 1)
-    feed.tick()
-    assert src.data["v"] == [1]
-    run.history.put_snapshot("analysis", 5, 2)  # a second analysis of the same step
-    feed.tick()
-    assert src.data["v"] == [2]
-
-
 def test_reset_starts_the_plots_over(dash):
     dash.run.step(20)
     dash.tick()
@@ -277,13 +226,6 @@ def test_displays_as_a_panel_and_as_an_ipywidget():
     finally:
         inline.close()
         other.close()
-
-
-def test_core_never_imports_the_ui():
-    code = ("import sys, trainlab, trainlab.kernels; trainlab.Run(data='moons', device='cpu').step(2); "
-            "bad = [m for m in ('panel', 'holoviews', 'bokeh', 'ipywidgets') if m in sys.modules]; "
-            "assert not bad, bad")
-    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_cli_version_and_port_check():

@@ -49,6 +49,10 @@ def _histogram(layers: list[str]):
     return to_data
 
 
+class _Choice(param.Parameterized):
+    schedule = param.Selector(default="constant", objects=schedules.names(), doc="lr schedule (lr × f(step))")
+
+
 class OptimizerPanel(LabPanel):
     """Schedule chooser with its lr curve ahead of time, the LR range test, and live optimizer internals.
 
@@ -73,8 +77,8 @@ class OptimizerPanel(LabPanel):
         self.status = self.alert
 
         # schedule: chooser, its declared options, the lr curve ahead of time
-        self.schedule_select = pn.widgets.Select(label="schedule", options=schedules.names(), value=run.schedule[0])
-        self.schedule_select.param.watch(self._choose, "value")
+        self._chooser = Control(_Choice(schedule=run.schedule[0]), "schedule", self._choose)
+        self.schedule_select = self._chooser.widget
         self._options = pn.Column(sizing_mode="stretch_width")
         self._shown: tuple | None = None
         self._preview = ColumnDataSource({"step": np.array([]), "lr": np.array([])})
@@ -156,19 +160,12 @@ class OptimizerPanel(LabPanel):
         """Controls for the options the current schedule declares."""
         name, values = self._shown = self.run.schedule
         self._horizon = max(1000, int(1.1 * (as_schedule(self._shown).horizon or 0)))  # steps the preview shows
-        if self.schedule_select.value != name:
-            self._choosing = True
-            try:
-                self.schedule_select.value = name
-            finally:
-                self._choosing = False
+        self._chooser.show(name)
         opts = schedules[name].options(**values)
         self.schedule_controls = {n: Control(opts, n, self._set_option) for n in schedules[name].params}
         self._options.objects = [c.widget for c in self.schedule_controls.values()]
 
     # ---- events -----------------------------------------------------------------------------
-    _choosing = False
-
     def report(self, error: str) -> None:
         self.error = error
         super().report(error)
@@ -182,16 +179,12 @@ class OptimizerPanel(LabPanel):
         self.report("")
         return True
 
-    def _choose(self, event) -> None:
+    def _choose(self, _: str, name: str) -> None:
         """A schedule chosen: the options it shares with the current one carry over."""
-        if self._choosing:
-            return
-        old = self.run.schedule[1]
-        carried = {k: v for k, v in old.items() if k in schedules[event.new].params}
-        if not self._set(schedule=(event.new, carried)) and not self._set(schedule=event.new):
-            self._choosing = True
-            event.obj.value = event.old
-            self._choosing = False
+        old = self.run.schedule
+        carried = {k: v for k, v in old[1].items() if k in schedules[name].params}
+        if not self._set(schedule=(name, carried)) and not self._set(schedule=name):
+            self._chooser.show(old[0])
         self._tick()
 
     def _set_option(self, name: str, value: Any) -> None:

@@ -1,7 +1,6 @@
 """The weight-spectra lab: per-layer ESD with its power law and Marchenko–Pastur bulk, α over training."""
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -25,7 +25,6 @@ model's weights, buffers and train/eval flags are restored exactly when the call
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 
 from ..data import eval_batches
+from ..functional import eval_mode, train_mode
 from ..jobs import Progress, as_progress
 
 KINDS = ("filter", "layer", "random", "pca")
@@ -199,24 +199,10 @@ class _Flat:
             p.data = saved
 
 
-@contextlib.contextmanager
 def _mode(model: nn.Module, mode: str):
-    """Every module in eval or train mode for the call; flags and buffers restored afterwards.
-
-    Train mode makes BatchNorm use batch statistics and update its running ones: they are put
-    back, so the call leaves no trace.
-    """
-    flags = [(m, m.training) for m in model.modules()]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()] if mode == "train" else []
-    model.train(mode == "train")
-    try:
-        yield
-    finally:
-        for m, t in flags:
-            m.training = t
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
+    """Every module in eval or train mode for the call, leaving no trace: train mode makes BatchNorm use
+    batch statistics and move its running ones, which are put back."""
+    return train_mode(model) if mode == "train" else eval_mode(model)
 
 
 # ---- data ---------------------------------------------------------------------------------------

@@ -60,15 +60,21 @@ def matrix_names(model: nn.Module) -> list[str]:
     return [name for name, _ in weight_matrices(model)]
 
 
-def eigenvalues(weight: torch.Tensor | np.ndarray) -> np.ndarray:
-    """The M eigenvalues of WᵀW/N (M, N the smaller and larger dimension), ascending, clipped at 0."""
+def _matrix(weight, what: str) -> torch.Tensor:
+    """A finite floating-point 2-D tensor, or a ValueError saying which of these it is not."""
     w = torch.as_tensor(weight).detach()
     if w.ndim != 2:
-        raise ValueError(f"a weight matrix must be 2-D, got shape {tuple(w.shape)}")
+        raise ValueError(f"{what} must be 2-D, got shape {tuple(w.shape)}")
     if not w.is_floating_point():
         raise ValueError(f"weights must be floating point, got dtype {w.dtype}")
     if not torch.isfinite(w).all():
         raise ValueError("the weight matrix contains NaN or infinity")
+    return w
+
+
+def eigenvalues(weight: torch.Tensor | np.ndarray) -> np.ndarray:
+    """The M eigenvalues of WᵀW/N (M, N the smaller and larger dimension), ascending, clipped at 0."""
+    w = _matrix(weight, "a weight matrix")
     if w.dtype not in (torch.float32, torch.float64):
         w = w.float()  # half precisions: LAPACK has no routine for them
     a = w.cpu().numpy()
@@ -242,13 +248,7 @@ def farms(weight, size: int | None = None, aspect: float = 1.0, windows: int = 4
     All windows share one aspect ratio, so the pooled ESD no longer depends on W's own (Marchenko–Pastur's
     shape depends on q = M/N, which biases α across layers of different shapes).
     """
-    w = torch.as_tensor(weight).detach()
-    if w.ndim != 2:
-        raise ValueError(f"FARMS takes a 2-D weight matrix, got shape {tuple(w.shape)}")
-    if not w.is_floating_point():
-        raise ValueError(f"weights must be floating point, got dtype {w.dtype}")
-    if not torch.isfinite(w).all():
-        raise ValueError("the weight matrix contains NaN or infinity")
+    w = _matrix(weight, "FARMS's weight matrix")
     transposed = w.shape[0] > w.shape[1]
     w = (w.T if transposed else w).cpu()
     rows, cols = w.shape

@@ -26,8 +26,8 @@ class SpectrumProbe(Probe):
 
     def columns(self, run: Run) -> Columns:
         names = matrix_names(run.model)
-        return Columns({**layer_columns(run, "alpha", names), **layer_columns(run, "alpha_hill", names)},
-                       snapshots=("esd",) if self.snapshot else ())
+        hill = {f"alpha_hill/{n}": f"{n} (Hill)" for n in names}
+        return Columns({**layer_columns(run, "alpha", names), **hill}, snapshots=("esd",) if self.snapshot else ())
 
     def measure(self, run: Run) -> dict[str, Any]:
         frame = esd(run.model, progress=False)

@@ -1,0 +1,112 @@
+"""The Feed, fed by a History filled directly: what reaches the plots, how much per tick, and when it rebases."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trainlab import History
+from trainlab.widgets import Feed
+
+
+def fill(history: History, start: int, stop: int, **extra) -> None:
+    """Rows for steps start..stop-1, as a run logs them: a loss every step, `val` every 10th."""
+    for s in range(start, stop):
+        row = {"step": s, "train_loss": 1.0 / s}
+        if s % 10 == 0:
+            row["val_loss"] = 2.0 / s
+        history.append({**row, **extra})
+
+
+def steps(source) -> list[float]:
+    return list(source.data["step"])
+
+
+def test_a_tick_streams_the_new_rows_of_each_source_and_sparse_ones_skip_gaps():
+    h = History()
+    feed = Feed(h)
+    train, val = feed.source(["train_loss"]), feed.source({"val_loss": "v"}, sparse=True)
+    fill(h, 1, 31)
+    feed.tick()
+    assert steps(train) == list(range(1, 31))
+    np.testing.assert_allclose(train.data["train_loss"], 1.0 / np.arange(1, 31))
+    assert steps(val) == [10, 20, 30] and list(val.data["v"]) == pytest.approx([0.2, 0.1, 2 / 30])
+    feed.tick()  # nothing new: nothing changes
+    assert steps(train) == list(range(1, 31))
+
+
+def test_feed_thins_a_burst_to_a_steady_rate():
+    h = History()
+    feed = Feed(h, max_rows_per_tick=50, length=1000)
+    src = feed.source(["train_loss"])
+    fill(h, 1, 301)
+    feed.tick()  # catching up on the past: up to half a source's length
+    assert steps(src) == list(range(1, 301))
+    fill(h, 301, 901)
+    feed.tick()  # a burst while watching: at most max_rows_per_tick, always ending at the newest row
+    got = steps(src)
+    assert len(got) - 300 <= 50 and got[-1] == 900 and got == sorted(got)
+
+
+def test_feed_rebases_a_full_buffer_on_the_thinned_history():
+    h = History()
+    feed = Feed(h, length=100)
+    src = feed.source(["train_loss"])
+    for k in range(5):
+        fill(h, 40 * k + 1, 40 * k + 41)
+        feed.tick()
+    got = steps(src)
+    assert len(got) <= 100 and got[0] == 1 and got[-1] == 200  # the whole run, thinned
+
+
+@pytest.fixture
+def watched():
+    """A History with 30 rows and a Feed that has sent them to a source."""
+    h = History()
+    feed = Feed(h)
+    src = feed.source(["train_loss"])
+    fill(h, 1, 31)
+    feed.tick()
+    return h, feed, src
+
+
+def test_a_source_added_while_watching_starts_with_the_past(watched):
+    h, feed, early = watched
+    late = feed.source(["train_loss"])  # a lab tab opened at step 30
+    assert steps(late) == list(range(1, 31))
+    fill(h, 31, 36)
+    feed.tick()
+    assert steps(late) == steps(early) == list(range(1, 36))
+
+
+def test_a_cleared_history_starts_the_plots_over(watched):
+    h, feed, src = watched
+    h.clear()
+    fill(h, 1, 6)
+    feed.tick()
+    assert steps(src) == [1, 2, 3, 4, 5]
+
+
+def test_feed_redraws_each_new_snapshot_even_at_the_same_step():
+    h = History()
+    feed = Feed(h)
+    src = feed.snapshot("analysis", lambda v: {"v": [v]}, initial=0)
+    twin = feed.snapshot("analysis", lambda v: {"w": [2 * v]}, initial=0)  # two sources may follow one snapshot
+    feed.tick()
+    assert src.data["v"] == [0] and feed.follows("analysis") and not feed.follows("other")
+    h.put_snapshot("analysis", 5, 1)
+    feed.tick()
+    assert src.data["v"] == [1] and twin.data["w"] == [2]
+    h.put_snapshot("analysis", 5, 2)  # a second analysis of the same step
+    feed.tick()
+    assert src.data["v"] == [2] and feed.snapshot_source("analysis") is src
+
+
+def test_listeners_run_on_every_tick():
+    h = History()
+    feed = Feed(h)
+    calls = []
+    feed.on_tick(lambda: calls.append(h.last_step))
+    fill(h, 1, 4)
+    feed.tick()
+    feed.tick()
+    assert calls == [3, 3]
