@@ -14,7 +14,7 @@ import param
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .registry import Registry
+from .registry import Registry, parse_spec
 
 datasets = Registry("data set")
 
@@ -260,13 +260,11 @@ def as_data(data: Any, val: Any = None) -> Data:
     an `(X, y)` pair of tensors or arrays, a map-style torch Dataset, or a DataLoader. `val` is
     optional validation data of the same kinds (registered sets bring their own split).
     """
+    spec = parse_spec(data) if isinstance(data, (str, tuple)) else None
     if isinstance(data, Data):
         out = data
-    elif isinstance(data, str):
-        out = datasets.build(data)
-        out.spec = (data, datasets[data].defaults())
-    elif isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], str) and isinstance(data[1], dict):
-        name, options = data
+    elif spec is not None:
+        name, options = spec
         out = datasets.build(name, **options)
         out.spec = (name, {**datasets[name].defaults(), **options})
     elif isinstance(data, (tuple, list)) and len(data) == 2:

@@ -302,6 +302,18 @@ def entry(name: Any):
     return optimizers[name]
 
 
+def unknown_setting(optimizer: str, key: str, valid: list[str]) -> ValueError:
+    """The refusal of a setting the optimizer does not offer, saying why when the reason is known."""
+    entry = optimizers[optimizer]
+    if key in _SKIP:
+        return ValueError(f"{key!r} is a switch of the optimizer's implementation, not a training setting: trainlab "
+                          f"builds {optimizer} with its default; valid settings: {', '.join(valid)}")
+    if key in inspect.signature(entry.meta.cls.__init__).parameters:
+        return ValueError(f"{key!r} of {optimizer} cannot be set from trainlab (it is not a number, flag or choice); "
+                          f"it keeps the optimizer's default; valid settings: {', '.join(valid)}")
+    return ValueError(f"unknown setting {key!r}; valid settings (for {optimizer}): {', '.join(valid)}")
+
+
 def check_hparams(name: str, lr: float, hp: dict) -> None:
     """Cross-field rules (Nesterov needs momentum, ...) checked by the optimizer's own constructor on a dummy."""
     try:

@@ -22,7 +22,7 @@ from .data import Data, as_data, batches, val_batches
 from .functional import eval_mode
 from .history import History
 from .models import check_fits, default_loss, models
-from .optimizers import carry_state, check_hparams, optimizers, write_groups
+from .optimizers import carry_state, check_hparams, optimizers, unknown_setting, write_groups
 from .optimizers import entry as optimizer_entry
 from .probes import Probe, default_probes
 from .registry import LogInteger, LogNumber, option_values, parse_spec, validate
@@ -42,6 +42,19 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _settings_of(entry, values: dict) -> dict:
+    """An optimizer's settings under its declared names (betas=(...) -> beta1, beta2); an unknown one refused."""
+    values = entry.meta.split(values, entry.name)
+    unknown = [k for k in values if k not in entry.params]
+    if unknown:
+        raise unknown_setting(entry.name, unknown[0], [*Run.SETTABLE, *entry.params])
+    return values
+
+
+def _options(entry, values: dict) -> param.Parameterized:
+    return entry.options(**_settings_of(entry, values))
 
 
 def _layers(model: nn.Module) -> dict[str, list[nn.Parameter]]:
@@ -118,8 +131,7 @@ class Run(param.Parameterized):
                         eval_every=eval_every)
         settings.update({k: optimizer_hparams.pop(k) for k in self.SETTABLE if k in optimizer_hparams})
         validate(self, settings, "Run")
-        optimizer_hparams = entry.meta.split(optimizer_hparams, optimizer)  # betas=(...) -> beta1, beta2
-        self.opt_params = entry.options(**optimizer_hparams)
+        self.opt_params = _options(entry, optimizer_hparams)
         check_hparams(optimizer, settings["lr"], option_values(self.opt_params))
         self._schedule = as_schedule(schedule)  # the lr of each step: lr x schedule(steps taken)
         self.param.update(**settings)
@@ -225,14 +237,10 @@ class Run(param.Parameterized):
             raise ValueError("state= only applies when switching optimizer (run.set(optimizer=..., state='keep'))")
         self._check_live_batch(own.get("adaptive_batch", "off"), own.get("batch_size"))
         entry = optimizers[name]
-        rest = entry.meta.split(rest, name)
         if switching:
-            opt_params = entry.options(**rest)
+            opt_params = _options(entry, rest)
         else:
-            unknown = [k for k in rest if k not in self.opt_params.param or k == "name"]
-            if unknown:
-                valid = ", ".join([*self.SETTABLE, *(n for n in self.opt_params.param if n != "name")])
-                raise ValueError(f"unknown setting {unknown[0]!r}; valid settings (for {name}): {valid}")
+            rest = _settings_of(entry, rest)
             validate(self.opt_params, rest, name)
             opt_params = None
         hp = option_values(opt_params) if switching else {**self.optimizer_settings(), **rest}

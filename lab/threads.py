@@ -22,22 +22,22 @@ def available_cpus() -> int:
         n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         n = os.cpu_count() or 1
-    quota = _cgroup_quota()
+    quota = cgroup_quota()
     return max(1, min(n, math.ceil(quota))) if quota else max(1, n)
 
 
-def _cgroup_quota() -> float | None:
-    """The cgroup's CPU limit in CPUs (cpu.max, or cpu.cfs_quota_us / cpu.cfs_period_us), None if unlimited."""
+def cgroup_quota(root: str = "/sys/fs/cgroup") -> float | None:
+    """The cgroup's CPU limit in CPUs (v2 cpu.max, or v1 cpu.cfs_quota_us / cpu.cfs_period_us), None if unlimited."""
     try:
-        with open("/sys/fs/cgroup/cpu.max") as f:
+        with open(os.path.join(root, "cpu.max")) as f:
             quota, period = f.read().split()[:2]
         return None if quota == "max" else int(quota) / int(period)
     except (OSError, ValueError):
         pass
     try:
-        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as f:
+        with open(os.path.join(root, "cpu", "cpu.cfs_quota_us")) as f:
             quota = int(f.read())
-        with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as f:
+        with open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as f:
             period = int(f.read())
         return None if quota <= 0 else quota / period
     except (OSError, ValueError):

@@ -630,3 +630,37 @@ def test_gradient_noise_variance_follows_the_annealing_schedule():
 def test_gradient_noise_works_with_a_closure_optimizer():
     run = tiny_run(optimizer="lbfgs", lr=0.1, max_iter=3, grad_noise=0.01)
     assert run.step(3) == 3
+
+
+# ---- torch's own argument names ------------------------------------------------------------------
+def test_tuples_are_accepted_under_the_constructors_own_name():
+    run = tiny_run(optimizer="adam", betas=(0.85, 0.99))
+    assert (run.opt_params.beta1, run.opt_params.beta2) == (0.85, 0.99)
+    run.step(2)
+    assert run.torch_optimizer.param_groups[0]["betas"] == (0.85, 0.99)
+    run.set(betas=(0.95, 0.98))
+    run.step(1)
+    assert run.torch_optimizer.param_groups[0]["betas"] == (0.95, 0.98)
+    assert run.settings()["beta1"] == 0.95  # the sliders' split names show the same values
+    run.set(optimizer="adan", betas=[0.9, 0.9, 0.95])  # a list too, and a 3-tuple for Adan
+    run.step(1)
+    assert run.torch_optimizer.param_groups[0]["betas"] == (0.9, 0.9, 0.95)
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(betas=(0.9,)), ["betas", "2 numbers", "beta1, beta2"]),
+    (dict(betas=0.9), ["betas", "tuple"]),
+    (dict(betas=(0.9, 1.5)), ["beta2", "[0, 1)"]),
+    (dict(betas=(0.9, 0.99), beta1=0.8), ["not both"]),
+    (dict(foreach=False), ["foreach", "implementation"]),
+    (dict(nonsense=1), ["unknown setting 'nonsense'", "beta1"]),
+])
+def test_bad_tuples_and_names_are_refused_at_the_door_and_in_set(kw, words):
+    with pytest.raises(ValueError) as err:
+        tiny_run(optimizer="adam", **kw)
+    assert all(w in str(err.value) for w in words), str(err.value)
+    run = tiny_run(optimizer="adam")
+    before = run.settings()
+    with pytest.raises(ValueError) as err:
+        run.set(**kw)
+    assert all(w in str(err.value) for w in words) and run.settings() == before
