@@ -230,35 +230,106 @@ def opposing(n: int = 400, noise: float = 0.3, outliers: float = 0.05, strength:
                 n_out=2, info={"groups": groups})
 
 
-def _tensor_pair(X, y) -> tuple[torch.Tensor, torch.Tensor, str, int]:
+def _labels(y: torch.Tensor, what: str) -> int:
+    """The class count of integer labels, refusing what cross-entropy would misread: negative labels
+    (-100 is its ignore_index: those examples would be skipped without a word) and a single class."""
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0:
+        raise ValueError(f"{what} has label {lo}: class labels are indices 0, 1, ..., C-1"
+                         + (" (-100 is cross-entropy's ignore_index: those examples would not count)" if lo == -100
+                            else ""))
+    if len(torch.unique(y)) < 2:
+        raise ValueError(f"{what} has a single class (every label is {lo}): there is nothing to learn; "
+                         f"give examples of at least two classes")
+    return hi + 1
+
+
+def _tensor_pair(X, y, what: str = "data") -> tuple[torch.Tensor, torch.Tensor, str, int]:
     X = torch.as_tensor(np.asarray(X) if not torch.is_tensor(X) else X)
     y = torch.as_tensor(np.asarray(y) if not torch.is_tensor(y) else y)
+    if X.ndim == 0 or y.ndim == 0:
+        raise ValueError(f"{what} must be an (X, y) pair with one row per example; got shapes "
+                         f"{tuple(X.shape)} and {tuple(y.shape)}")
     if X.shape[0] != y.shape[0]:
         raise ValueError(f"X has {X.shape[0]} examples but y has {y.shape[0]}: give one label per example")
+    if len(X) == 0:
+        raise ValueError(f"{what} is empty: give at least one example")
+    if not (X.dtype.is_floating_point or X.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
+        raise ValueError(f"the inputs of {what} must be numbers, got dtype {X.dtype}")
     if y.dtype.is_floating_point:
         y = y.float().reshape(len(y), -1) if y.ndim == 1 else y.float()
         return X.float(), y, "regression", int(y.shape[1])
     if y.dtype == torch.bool or y.ndim != 1:
         raise ValueError(f"integer labels must be one class index per example (shape (N,)), got {tuple(y.shape)}")
-    return X.float(), y.long(), "classification", int(y.max()) + 1
+    y = y.long()
+    return X.float(), y, "classification", _labels(y, what)
 
 
-def _label_info(ds: Dataset) -> tuple[str, int]:
-    first = ds[0][1]
+def _first_pair(source, what: str):
+    """The first (input, label) pair of a Dataset, or the first batch of a DataLoader, checked to be a pair."""
+    ds = source.dataset if isinstance(source, DataLoader) else source
+    if not hasattr(ds, "__len__") or not hasattr(ds, "__getitem__"):
+        raise ValueError(f"{what}: a Dataset needs __len__ and __getitem__ (map-style); iterable datasets are not supported")
+    if len(ds) == 0:
+        raise ValueError(f"{what} is empty: give at least one example")
+    item = next(iter(source)) if isinstance(source, DataLoader) else ds[0]
+    if isinstance(item, dict):
+        raise ValueError(f"{what} returns dicts (keys {sorted(item)}); it must return (input, label) pairs: "
+                         f"wrap it, e.g. a Dataset whose __getitem__ returns (d['image'], d['label'])")
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        n = len(item) if isinstance(item, (tuple, list)) else type(item).__name__
+        raise ValueError(f"{what} must give (input, label) pairs; its first {'batch' if isinstance(source, DataLoader) else 'item'} "
+                         f"has {n} {'parts' if isinstance(n, int) else ''}".rstrip() + ": return exactly (input, label)")
+    return item
+
+
+def _label_info(source, what: str = "data") -> tuple[str, int]:
+    ds = source.dataset if isinstance(source, DataLoader) else source
+    first = _first_pair(source, what)[1]
+    if isinstance(source, DataLoader):
+        first = first[0] if torch.is_tensor(first) and first.ndim else first
     if (torch.is_tensor(first) and first.is_floating_point()) or isinstance(first, float):
         return "regression", int(torch.as_tensor(first).numel())
     targets = getattr(ds, "targets", None)
     if targets is None:
         targets = [int(ds[i][1]) for i in range(len(ds))]
-    return "classification", int(torch.as_tensor(targets).max()) + 1
+    return "classification", _labels(torch.as_tensor(targets).long().reshape(-1), what)
+
+
+def _check_val(out: Data) -> None:
+    """Validation data the model can be scored on: the training inputs' shape, labels the model's output covers."""
+    if out.X_val is not None:
+        Xv, yv = out.X_val, out.y_val
+    elif out.val_source is not None:
+        Xv, yv = _first_pair(out.val_source, "val_data")
+        Xv, yv = torch.as_tensor(Xv), torch.as_tensor(yv)
+        if not isinstance(out.val_source, DataLoader):
+            Xv, yv = Xv.unsqueeze(0), yv.reshape(1, *yv.shape)
+    else:
+        return
+    shape = out.input_shape
+    if tuple(Xv.shape[1:]) != shape:
+        raise ValueError(f"val_data's inputs have shape {tuple(Xv.shape[1:])} per example; the training inputs "
+                         f"have {shape}")
+    if out.task == "classification":
+        if yv.dtype.is_floating_point:
+            raise ValueError("val_data has real-valued targets but the training labels are classes")
+        lo, hi = int(yv.min()), int(yv.max())
+        if lo < 0 or hi >= out.n_out:
+            raise ValueError(f"val_data has label {lo if lo < 0 else hi}; the training data has classes 0..{out.n_out - 1}")
+    elif yv.reshape(len(yv), -1).shape[1] != out.n_out:
+        raise ValueError(f"val_data has {yv.reshape(len(yv), -1).shape[1]} targets per example; "
+                         f"the training data has {out.n_out}")
 
 
 def as_data(data: Any, val: Any = None) -> Data:
-    """Whatever a user passes as data, as a Data.
+    """Whatever a user passes as data, as a Data, checked before any step.
 
     `data` may be a registered name ("digits", "moons", ...), a `(name, {options})` pair, a Data,
     an `(X, y)` pair of tensors or arrays, a map-style torch Dataset, or a DataLoader. `val` is
-    optional validation data of the same kinds (registered sets bring their own split).
+    optional validation data of the same kinds (registered sets bring their own split). Empty data,
+    items that are not (input, label) pairs, negative labels, a single class and validation data that
+    does not match the training data are refused with a ValueError saying which.
     """
     spec = parse_spec(data) if isinstance(data, (str, tuple)) else None
     if isinstance(data, Data):
@@ -271,10 +342,8 @@ def as_data(data: Any, val: Any = None) -> Data:
         X, y, task, n_out = _tensor_pair(*data)
         out = Data("custom", X, y, task=task, n_out=n_out)
     elif isinstance(data, (Dataset, DataLoader)):
+        task, n_out = _label_info(data)
         ds = data.dataset if isinstance(data, DataLoader) else data
-        if not hasattr(ds, "__len__") or not hasattr(ds, "__getitem__"):
-            raise ValueError("a Dataset needs __len__ and __getitem__ (map-style); iterable datasets are not supported")
-        task, n_out = _label_info(ds)
         out = Data(type(ds).__name__, source=data, task=task, n_out=n_out)
     else:
         raise ValueError(
@@ -283,10 +352,26 @@ def as_data(data: Any, val: Any = None) -> Data:
         )
     if val is not None:
         if isinstance(val, (Dataset, DataLoader)):
+            _first_pair(val, "val_data")
             out.val_source = val
+        elif isinstance(val, (tuple, list)) and len(val) == 2:
+            out.X_val, out.y_val, *_ = _tensor_pair(*val, what="val_data") if out.task == "regression" else \
+                _val_pair(*val)
         else:
-            out.X_val, out.y_val, *_ = _tensor_pair(*val)
+            raise ValueError(f"val_data must be an (X, y) pair, a Dataset or a DataLoader; got {type(val).__name__}")
+    _check_val(out)
     return out
+
+
+def _val_pair(X, y) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validation tensors: checked like training data, except that one class (a small split) is fine."""
+    X = torch.as_tensor(np.asarray(X) if not torch.is_tensor(X) else X)
+    y = torch.as_tensor(np.asarray(y) if not torch.is_tensor(y) else y)
+    if X.ndim == 0 or len(X) == 0:
+        raise ValueError("val_data is empty: give at least one example, or no val_data")
+    if X.shape[0] != y.shape[0]:
+        raise ValueError(f"val_data's X has {X.shape[0]} examples but its y has {y.shape[0]}")
+    return X.float(), (y.long() if not y.dtype.is_floating_point else y.float())
 
 
 class TensorBatches:

@@ -271,7 +271,7 @@ def _optimizers(optimizers, most: int = MAX_OPTIMIZERS) -> list[tuple[str, dict[
     for spec in optimizers:
         name, hp = parse_spec(spec, "an optimizer")
         entry = rules[name]
-        validate(_checker(name), hp, name)
+        hp = validate(_checker(name), hp, name)
         values = {**entry.defaults(), **hp}
         out.append((name, values, entry.meta.code, entry.build(**values)))
     return out

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import param
 
 
@@ -30,12 +32,39 @@ def describe_range(p: param.Parameter) -> str:
     return f"{left}, {right}"
 
 
-def validate(owner: param.Parameterized, values: dict[str, Any], what: str) -> None:
-    """Check every value against its declared parameter without setting any.
+class RejectedType(TypeError, ValueError):
+    """A setting of the wrong kind (a bool for a count, a tensor for a number): a TypeError that code
+    catching ValueError for refused settings catches too."""
 
-    Raises ValueError naming the parameter and its allowed range, so that a rejected setting
-    leaves the owner exactly as it was.
+
+def number(value: Any, name: str, integer: bool, what: str = "") -> int | float:
+    """A Python int or float from a number the user gave (NumPy scalars included), refusing bools,
+    tensors, strings and fractions where a whole number is asked for; the error names the setting."""
+    where = f" for {what}" if what else ""
+    kind = "a whole number" if integer else "a number"
+    if isinstance(value, bool) or isinstance(value, np.bool_):
+        raise RejectedType(f"{name}={value!r} rejected{where}: {kind} is allowed, not True/False")
+    if hasattr(value, "detach") or (isinstance(value, np.ndarray) and value.ndim):
+        raise RejectedType(f"{name}={value!r} rejected{where}: {kind} is allowed, not a {type(value).__name__} "
+                           f"(pass {'int' if integer else 'float'}({name}))")
+    if integer:
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        raise RejectedType(f"{name}={value!r} rejected{where}: {kind} is allowed"
+                           + (" (it would be truncated)" if isinstance(value, numbers.Real) else ""))
+    if isinstance(value, numbers.Real):
+        return float(value) if not isinstance(value, numbers.Integral) else int(value)
+    raise RejectedType(f"{name}={value!r} rejected{where}: {kind} is allowed, got {type(value).__name__}")
+
+
+def validate(owner: param.Parameterized, values: dict[str, Any], what: str) -> dict[str, Any]:
+    """Check every value against its declared parameter without setting any; return them as plain
+    Python values (NumPy scalars converted).
+
+    Raises ValueError naming the parameter and its allowed range (a RejectedType, also a TypeError,
+    for a value of the wrong kind), so that a rejected setting leaves the owner exactly as it was.
     """
+    out = {}
     for name, value in values.items():
         if name not in owner.param or name == "name":
             valid = ", ".join(n for n in owner.param if n != "name" and not owner.param[n].constant)
@@ -43,12 +72,18 @@ def validate(owner: param.Parameterized, values: dict[str, Any], what: str) -> N
         p = owner.param[name]
         if p.constant or p.readonly:
             raise ValueError(f"{name!r} of {what} is read-only")
-        if isinstance(p, param.Number) and isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{name}={value} is not finite; allowed range: {describe_range(p)}")
+        if isinstance(p, param.Number) and value is not None:
+            value = number(value, name, isinstance(p, param.Integer), what)
+            if not math.isfinite(value):
+                raise ValueError(f"{name}={value} is not finite; allowed range: {describe_range(p)}")
+        elif isinstance(p, param.Boolean) and isinstance(value, np.bool_):
+            value = bool(value)
         try:
             p._validate(value)  # param's own check: bounds, type, selector objects
         except (ValueError, TypeError) as e:
             raise ValueError(f"{name}={value!r} rejected for {what}: allowed range {describe_range(p)} ({e})") from None
+        out[name] = value
+    return out
 
 
 def parse_spec(obj: Any, what: str | None = None) -> tuple[str, dict[str, Any]] | None:
@@ -84,8 +119,7 @@ class Entry:
                 f"{self.name}", {k: v for k, v in self.params.items()}
             )
         opts = self._options_cls()
-        validate(opts, values, self.name)
-        opts.param.update(**values)
+        opts.param.update(**validate(opts, values, self.name))
         return opts
 
     def defaults(self) -> dict[str, Any]:

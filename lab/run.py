@@ -19,13 +19,14 @@ from torch import nn
 from . import checkpoint
 from .adaptive_batch import AdaptiveBatch
 from .data import Data, as_data, batches, val_batches
+from .divergence import Guard
 from .functional import eval_mode
 from .history import History
 from .models import check_fits, default_loss, models
 from .optimizers import carry_state, check_hparams, optimizers, unknown_setting, write_groups
 from .optimizers import entry as optimizer_entry
 from .probes import Probe, default_probes
-from .registry import LogInteger, LogNumber, option_values, parse_spec, validate
+from .registry import LogInteger, LogNumber, RejectedType, number, option_values, parse_spec, validate
 from .schedules import as_schedule
 from .stepping import KINDS, AnnealedNoise, FlatGrads
 from .threads import choose as choose_threads
@@ -34,14 +35,47 @@ FORMAT = checkpoint.FORMAT
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' takes CUDA when present, else Apple's MPS, else the CPU."""
-    if str(device) != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """'auto' takes CUDA when present, else Apple's MPS, else the CPU; a device that is not here is refused."""
+    allowed = "'auto', 'cpu', 'cuda', 'cuda:<n>' or 'mps'"
+    if not isinstance(device, (str, torch.device)):
+        raise RejectedType(f"device={device!r} rejected: {allowed} (or a torch.device)")
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device={device!r} rejected: {allowed}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} rejected: CUDA is not available on this machine; use 'auto' or 'cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r} rejected: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device={device!r} rejected: Apple's MPS is not available here; use 'auto' or 'cpu'")
+    return dev
+
+
+def _seed(seed: Any) -> int:
+    """A seed for torch's generators: a whole number in [0, 2**63 - 2] (the run also seeds seed + 1)."""
+    seed = number(seed, "seed", integer=True, what="Run")
+    if not 0 <= seed <= 2**63 - 2:
+        raise ValueError(f"seed={seed} rejected for Run: a whole number from 0 to 2**63 - 2")
+    return seed
+
+
+def _probes(probes: Any) -> list[Probe] | None:
+    if probes is None:
+        return None
+    if isinstance(probes, Probe) or not isinstance(probes, (list, tuple)):
+        raise RejectedType(f"probes={probes!r} rejected: a list of trainlab.Probe instances (or None for the defaults)")
+    for i, p in enumerate(probes):
+        if not isinstance(p, Probe):
+            raise RejectedType(f"probes[{i}]={p!r} rejected: a trainlab.Probe instance (subclass Probe and "
+                               f"implement measure)")
+    return list(probes)
 
 
 def _settings_of(entry, values: dict) -> dict:
@@ -88,7 +122,7 @@ class Run(param.Parameterized):
     batch_size = LogInteger(64, bounds=(1, None), softbounds=(1, 1024), doc="examples per step")
     optimizer = param.Selector(default="sgd", objects=optimizers.names(), doc="optimizer, by name")
     eval_every = param.Integer(50, bounds=(1, None), softbounds=(1, 1000), doc="steps between validation passes")
-    grad_noise = LogNumber(0.0, bounds=(0, None), softbounds=(1e-4, 1.0),
+    grad_noise = LogNumber(0.0, bounds=(0, 100), softbounds=(1e-4, 1.0),
                            doc="annealed gradient noise η (Neelakantan et al. 2015): g += N(0, η/(1+t)^γ); 0 = off")
     grad_noise_decay = param.Number(0.55, bounds=(0, None), softbounds=(0, 1), step=0.05,
                                     doc="γ of the gradient-noise variance η/(1+t)^γ (the paper's 0.55)")
@@ -100,12 +134,15 @@ class Run(param.Parameterized):
                                   step=0.05, doc="η of the norm test (θ = ν = η for the inner-product test): "
                                                  "smaller asks for larger batches")
     max_batch_size = LogInteger(1024, bounds=(1, None), softbounds=(1, 4096), doc="cap on the adaptive batch size")
+    diverge_factor = param.Number(100.0, bounds=(0, None), softbounds=(0, 1000), step=10,
+                                  doc="pause and roll back when the loss exceeds this many times its recent median "
+                                      "(and 10 times the first loss); 0: only when it is not finite")
     status = param.Selector(default="idle", objects=["idle", "running", "paused", "stopped"], constant=True,
                             doc="idle (not started), running, paused (by pause() or divergence), stopped")
     message = param.String("", constant=True, doc="why the run paused by itself (divergence), or a rejected change")
 
     SETTABLE = ("lr", "batch_size", "optimizer", "eval_every", "grad_noise", "grad_noise_decay", "adaptive_batch",
-                "batch_test_every", "batch_test_eta", "max_batch_size")
+                "batch_test_every", "batch_test_eta", "max_batch_size", "diverge_factor")
 
     def __init__(
         self,
@@ -130,13 +167,16 @@ class Run(param.Parameterized):
         settings = dict(lr=entry.meta.usual_lr if lr is None else lr, batch_size=batch_size, optimizer=optimizer,
                         eval_every=eval_every)
         settings.update({k: optimizer_hparams.pop(k) for k in self.SETTABLE if k in optimizer_hparams})
-        validate(self, settings, "Run")
+        settings = validate(self, settings, "Run")
         self.opt_params = _options(entry, optimizer_hparams)
         check_hparams(optimizer, settings["lr"], option_values(self.opt_params))
         self._schedule = as_schedule(schedule)  # the lr of each step: lr x schedule(steps taken)
         self.param.update(**settings)
 
-        self.seed, self.device = int(seed), resolve_device(device)
+        self.seed, self.device = _seed(seed), resolve_device(device)
+        probes = _probes(probes)
+        if history is not None and not isinstance(history, History):
+            raise RejectedType(f"history={history!r} rejected: a trainlab.History (or None for a new one)")
         self.data: Data = as_data(data, val_data).to(self.device)
         self.model_spec = parse_spec(model)
         with torch.random.fork_rng(devices=[]):
@@ -165,7 +205,7 @@ class Run(param.Parameterized):
         self._buffers = list(self.model.buffers())  # all of them: BatchNorm's num_batches_tracked too
         self._initial_state = copy.deepcopy(self.model.state_dict())
         self.history = History() if history is None else history  # an empty History is falsy
-        self.probes = default_probes(self) if probes is None else list(probes)
+        self.probes = default_probes(self) if probes is None else probes
 
         self._lock = threading.RLock()          # held for each step: steps never interleave
         self._settings_lock = threading.Lock()  # held while settings are written or read as a set
@@ -228,7 +268,7 @@ class Run(param.Parameterized):
         rest = {k: v for k, v in values.items() if k not in own}
         if "optimizer" in own:
             optimizer_entry(own["optimizer"])  # a refused name says why, an unknown one lists the valid ones
-        validate(self, own, "Run")
+        own = validate(self, own, "Run")
         name = own.get("optimizer", self.optimizer)
         switching = name != self.optimizer
         if state not in (None, "keep", "reset"):
@@ -241,7 +281,7 @@ class Run(param.Parameterized):
             opt_params = _options(entry, rest)
         else:
             rest = _settings_of(entry, rest)
-            validate(self.opt_params, rest, name)
+            rest = validate(self.opt_params, rest, name)
             opt_params = None
         hp = option_values(opt_params) if switching else {**self.optimizer_settings(), **rest}
         check_hparams(name, own.get("lr", self.lr), hp)
@@ -281,6 +321,7 @@ class Run(param.Parameterized):
                 AdaptiveBatch(self.adaptive_batch, self.batch_test_every, self.batch_test_eta, self.max_batch_size)]
             self.batches.batch_size = self.batch_size
             self._lr, self._eval_every = self.lr, self.eval_every
+            self._guard.set_factor(self.diverge_factor)
             self._lr_key = entry.meta.lr_key or "lr"  # for the schedule
             if self._schedule.varies:  # the groups' base lrs were just rewritten: the schedule scales those
                 self._schedule.rebase(self.torch_optimizer, self._lr_key)
@@ -306,6 +347,7 @@ class Run(param.Parameterized):
 
     # ---- training ---------------------------------------------------------------------------
     def _init_training_state(self) -> None:
+        self._guard, self._bad_at = Guard(self.diverge_factor), -1
         self.sampler_generator = torch.Generator().manual_seed(self.seed)
         self.noise = AnnealedNoise(self.seed + 1, self.device)  # gradient noise only
         self.batches = batches(self.data, self.batch_size, self.sampler_generator, self.device)
@@ -314,6 +356,7 @@ class Run(param.Parameterized):
         self._step, self.elapsed, self._since = 0, 0.0, time.perf_counter()
         self._classify = self.data.task == "classification"
         self._backup = [b.detach().clone() for b in self._buffers]
+        self._restore_point()  # step 0: where reset() goes, and the first place to roll back to
 
     def add_probe(self, probe: Probe) -> Probe:
         """Measure with `probe` from the next step on (a panel turning an instrument on while the run trains)."""
@@ -349,19 +392,64 @@ class Run(param.Parameterized):
             if message is not None:
                 self.message = message
 
-    def _diverged(self, loss: float, gnorm: float) -> None:
-        what = "loss" if not math.isfinite(loss) else "gradient norm"
-        value = loss if what == "loss" else gnorm
+    def _diverged(self, reason: str, finite: bool) -> None:
+        """Pause. A loss grown by orders of magnitude was measured at the current weights: they are rolled
+        back to the newest restore point. A non-finite value right after healthy steps, at weights that are
+        finite and not blown up, may be one bad batch: the weights are kept, unless it happens again there."""
         for b, saved in zip(self._buffers, self._backup):
             b.copy_(saved)  # BatchNorm statistics of the bad batch are dropped with it
         self._go.clear()
-        self._set_state("paused", f"diverged at step {self._step + 1}: the {what} is {value}. The weights are "
-                                  f"kept from step {self._step}; lower lr (now {self._lr:g}) and resume, or reset.")
+        if not finite and self._guard.healthy() and self._bad_at != self._step and not self._guard.ruined(self.model):
+            kept = f"The weights are kept from step {self._step}"
+        else:
+            kept = f"The weights and optimizer state are rolled back to step {self._rollback().step}"
+        self._bad_at = self._step
+        self._set_state("paused", f"diverged at step {self._step + 1}: {reason}. {kept}; lower lr (now {self._lr:g}) "
+                                  f"and resume, roll back further, or reset.")
+
+    def _restore_point(self) -> None:
+        if self._guard.healthy():
+            self._guard.save(self._step, self.model, self.torch_optimizer, self.optimizer)
+
+    @property
+    def restore_points(self) -> list[int]:
+        """The steps the run can roll back to (the newest few: taken when settings change and every 100 healthy steps)."""
+        return [p.step for p in self._guard.points]
+
+    def rollback(self, step: int | None = None) -> int:
+        """Weights, buffers and optimizer state back to the newest restore point at or before `step` (the
+        newest when None); returns that point's step. The step count and the history go on: the next
+        row's `event` records the rollback. Settings stay as they are now (lower the lr first)."""
+        if step is not None:
+            step = number(step, "step", integer=True, what="rollback")
+        with self._lock:
+            point = self._rollback(step)
+        return point.step
+
+    def _rollback(self, step: int | None = None):
+        point = self._guard.point(step)
+        self.model.load_state_dict(point.model)
+        kept = "and optimizer state"
+        if point.optimizer_name == self.optimizer:
+            try:
+                self.torch_optimizer.load_state_dict(copy.deepcopy(point.optimizer))
+            except (ValueError, KeyError, RuntimeError):
+                self.torch_optimizer.state.clear()
+                kept = "(optimizer state reset: it no longer fits)"
+        else:
+            self.torch_optimizer.state.clear()
+            kept = f"(optimizer state reset: the point was taken under {point.optimizer_name})"
+        if self.grads.flat is not None and not self.grads.intact:
+            self.grads.rebuild()
+        self._dirty = True  # the run's current settings go back into the optimizer's groups
+        self.note(f"weights {kept} rolled back to step {point.step}")
+        return point
 
     def _step_once(self) -> bool:
         """One optimizer step with its logging and probes; False (and paused) if it diverged."""
         if self._dirty:
             self._apply_settings()
+            self._restore_point()  # before the first step with new settings: the place to come back to
         if self._schedule.varies:  # written to the param groups before every step: about 1 us
             self._lr = self.lr * self._schedule.write(self.torch_optimizer, self._step, self._lr_key)
         nxt = self._stepping = self._step + 1
@@ -378,8 +466,9 @@ class Run(param.Parameterized):
             stats.append((out.argmax(1) == yb).sum(dtype=loss.dtype))  # not differentiable: no detach needed
         stats.append(gnorm)
         stats = torch.stack(stats).tolist()  # one device sync a step
-        if not (math.isfinite(stats[0]) and math.isfinite(stats[-1])):
-            self._diverged(stats[0], stats[-1])
+        reason = self._guard.check(stats[0], stats[-1])
+        if reason is not None:
+            self._diverged(reason, math.isfinite(stats[0]) and math.isfinite(stats[-1]))
             return False
         extra = [hook(self, xb, yb, nxt) for hook in self._hooks]  # before the update: this batch, these weights
         measured = kind.update(self, xb, yb)
@@ -388,6 +477,9 @@ class Run(param.Parameterized):
                "lr": self._lr, "train_loss": stats[0], "grad_norm": stats[-1] if measured is None else measured}
         for columns in extra:
             row.update(columns)
+        self._guard.record(stats[0])
+        if nxt % self._guard.every == 0:
+            self._restore_point()
         if self._classify:
             row["train_acc"] = stats[1] / len(yb)
         if self._event:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from trainlab import Run, as_data, optimizers
+from trainlab import Probe, Run, as_data, optimizers
 from trainlab.models import mse
 
 from conftest import small_run, wait_until
@@ -247,25 +247,25 @@ def test_bad_settings_in_constructor():
 
 
 # ---- divergence ------------------------------------------------------------------------------
-def test_huge_lr_pauses_with_last_finite_weights():
+def test_huge_lr_pauses_and_rolls_back_to_weights_from_before_the_blow_up():
     run = Run(model="mlp", data="digits", device="cpu", lr=1e4, momentum=0.9)
-    last = state(run.model)
+    start = state(run.model)
     for _ in range(50):
         if run.step(1) == 0:
             break
-        last = state(run.model)
     else:
         pytest.fail("SGD with lr=1e4 did not diverge in 50 steps")
     assert run.status == "paused"
-    assert "diverged" in run.message and "lr" in run.message
-    assert_same_state(state(run.model), last)
+    assert "diverged" in run.message and "lr" in run.message and "rolled back to step 0" in run.message
+    assert_same_state(state(run.model), start)  # finite weights, not the 1e19s of the blow-up
     df = run.history.frame()
     assert len(df) == run.steps and df["step"].tolist() == list(range(1, run.steps + 1))
     assert np.isfinite(df["train_loss"]).all() and np.isfinite(df["grad_norm"]).all()
-    # stepping again with the same lr does not go on with non-finite numbers
-    assert run.step(5) == 0
-    assert_same_state(state(run.model), last)
-    assert len(run.history) == len(df)
+    # the same lr blows up again and comes back to the same place; no non-finite weights are ever kept
+    run.step(5)
+    assert run.status == "paused" and all(torch.isfinite(p).all() for p in run.model.parameters())
+    run.set(lr=0.01)
+    assert run.step(5) == 5
 
 
 def test_divergence_pauses_and_lowering_lr_resumes_in_background():
@@ -686,16 +686,12 @@ def test_no_val_columns_without_validation_data():
     assert "val_loss" not in run.history.frame().columns
 
 
-class _FailingProbe:
+class _FailingProbe(Probe):
     """A probe whose measurement raises at its second measuring step."""
 
-    every = 5
-
     def __init__(self):
+        super().__init__(every=5)
         self.calls = 0
-
-    def before(self, run):
-        pass
 
     def measure(self, run):
         self.calls += 1

@@ -14,7 +14,7 @@ from bokeh.models import ColumnDataSource
 
 from trainlab import Run
 from trainlab.optimizers import optimizers
-from trainlab.widgets import Feed, TrainingDashboard
+from trainlab.widgets import TrainingDashboard
 from trainlab.widgets.app import create_app
 
 
