@@ -16,6 +16,7 @@ Optimizers that cannot train a generic model are not registered; `refused` says 
 """
 from __future__ import annotations
 
+import copy
 import enum
 import inspect
 import math
@@ -349,19 +350,122 @@ def write_groups(opt: torch.optim.Optimizer, name: str, lr: float, hp: dict) -> 
     return missing
 
 
-def _state_shapes(opt_cls_build: Callable, params: list[torch.Tensor]) -> list[dict[str, Any]]:
-    """The per-parameter state a fresh optimizer creates in one step: key -> shape (None if not a tensor)."""
+def _dry_step(build: Callable, params: list[torch.Tensor], zero: bool) -> list[dict[str, Any]]:
+    """The per-parameter state a fresh optimizer holds after one step on copies of `params`: with zero
+    gradients (the state as its first step creates it) or small random ones (to see every key)."""
     clones = [p.detach().clone().requires_grad_(True) for p in params]
-    opt = opt_cls_build(clones)
+    opt = build(clones)
     # the optimizer may hold its own Parameter objects over the clones' storage (a model-taking one): match by storage
     held = {q.data_ptr(): q for g in opt.param_groups for q in g["params"]}
     gen = torch.Generator(device="cpu").manual_seed(0)
     for c in clones:
         q = held.get(c.data_ptr(), c)
-        q.grad = torch.randn(c.shape, generator=gen, dtype=c.dtype).to(c.device) * 1e-3
-    opt.step()
-    return [{k: (tuple(v.shape), v.dtype) if torch.is_tensor(v) else None
-             for k, v in opt.state.get(held.get(c.data_ptr(), c), {}).items()} for c in clones]
+        g = torch.randn(c.shape, generator=gen, dtype=c.dtype).to(c.device) * 1e-3
+        q.grad = torch.zeros_like(g) if zero else g
+    zero_loss = torch.zeros((), dtype=clones[0].dtype, device=clones[0].device)
+    try:
+        opt.step()
+    except (TypeError, RuntimeError, ValueError):  # an optimizer that steps with a closure
+        opt.step(lambda: zero_loss)
+    return [opt.state.get(held.get(c.data_ptr(), c), {}) for c in clones]
+
+
+def _state_shapes(build: Callable, params: list[torch.Tensor]) -> list[dict[str, Any]]:
+    """The per-parameter state a fresh optimizer creates in one step: key -> (shape, dtype) (None if not a tensor)."""
+    return [{k: (tuple(v.shape), v.dtype) if torch.is_tensor(v) else None for k, v in st.items()}
+            for st in _dry_step(build, params, zero=False)]
+
+
+def _step_zero(opt: torch.optim.Optimizer) -> None:
+    """One step of `opt` with zero gradients (a closure returning 0 where the optimizer wants one)."""
+    for g in opt.param_groups:
+        for p in g["params"]:
+            p.grad = torch.zeros_like(p)
+    first = opt.param_groups[0]["params"][0]
+    try:
+        opt.step()
+    except (TypeError, RuntimeError, ValueError):
+        opt.step(lambda: torch.zeros((), dtype=first.dtype, device=first.device))
+
+
+def _fails(build: Callable, params: list[torch.Tensor], state: dict | None = None) -> str | None:
+    """Why one step fails of a new optimizer over copies of `params`, loaded with `state` (an optimizer's
+    state_dict) if given, or None. (A deepcopy of an optimizer would lose the attributes that
+    pytorch_optimizer's keep outside its state: torch pickles only defaults, state and groups.)"""
+    try:
+        opt = build([p.detach().clone().requires_grad_(True) for p in params])
+        if state is not None:
+            opt.load_state_dict(copy.deepcopy(state))
+        _step_zero(opt)
+    except Exception as e:  # noqa: BLE001 - any failure means the state does not fit
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def _fill(have: dict, fresh: dict, created: set, prefix: str = "") -> None:
+    """Add to `have` the entries of `fresh` it lacks, inside nested dicts too (AggMo keys buffers by beta)."""
+    for k, v in fresh.items():
+        if k not in have or (have[k] is None and v is not None):  # some keep None for "off"
+            have[k] = v.detach().clone() if torch.is_tensor(v) else copy.deepcopy(v)
+            created.add(f"{prefix}{k}")
+        elif isinstance(v, dict) and isinstance(have[k], dict):
+            _fill(have[k], v, created, f"{prefix}{k}[")
+
+
+def flipped(now: dict, before: dict) -> list[str]:
+    """Settings that changed in kind, not only in size: a flag, a choice, or a number leaving or reaching 0.
+    These are the changes that can alter which state an optimizer keeps or whether it can step at all."""
+    return [k for k, v in now.items() if k in before and v != before[k] and (
+        isinstance(v, (bool, str)) or v is None or before[k] is None or (v == 0) != (before[k] == 0))]
+
+
+def check_step(name: str, lr: float, hp: dict, before: dict, params: list[torch.Tensor]) -> None:
+    """Refuse (ValueError) flipped settings with which a new optimizer cannot take one step on these
+    parameters, while it can with the settings before (Rose's wd_schedule=True needs a torch scheduler's
+    initial_lr; SOAP's merge_dims fails on 1-D parameters)."""
+    changed = flipped(hp, before)
+    if not changed:
+        return
+    entry = optimizers[name]
+    if entry.meta.takes_model:
+        return  # a model-taking optimizer would step the live model itself: not tried on copies
+
+    def build(settings):
+        return lambda ps: entry.build(ps, lr=lr, **settings)
+
+    problem = _fails(build(hp), params)
+    if problem is not None and _fails(build(before), params) is None:
+        raise ValueError(f"{name} cannot take a step on this model with {', '.join(f'{k}={hp[k]!r}' for k in changed)}: "
+                         f"{problem.splitlines()[0][:200]}")
+
+
+def reconcile_state(opt: torch.optim.Optimizer, build: Callable, params: list[torch.Tensor]) -> str | None:
+    """After a live change of settings, give the optimizer's state what it now needs.
+
+    Turning on a flag that keeps more state (Adam's amsgrad: max_exp_avg_sq; RMSprop's momentum or
+    centered) makes torch's optimizers read state their first steps did not create: the next step would
+    raise KeyError and the run would be stuck. Missing entries are created as a fresh optimizer's first
+    step creates them (one step with zero gradients on copies: zeros for running maxima, buffers and
+    averages). Then a copy of the optimizer takes one step; if that fails (a preconditioner whose shapes
+    the flag changes, as SOAP's merge_dims), the state is reset, as a new optimizer's would be. Returns
+    what was done, for the run's `event` column, or None when nothing needed doing.
+    """
+    if not opt.state:
+        return None  # not stepped yet: its first step creates what it needs
+    try:
+        fresh = _dry_step(build, params, zero=True)
+    except Exception:  # noqa: BLE001 - an optimizer that cannot step on copies: leave it as it is
+        return None
+    created: set[str] = set()
+    for p, new in zip(params, fresh):
+        if opt.state.get(p):
+            _fill(opt.state[p], new, created)
+    # a step that fails fresh (Hessian-vector optimizers need a graph) says nothing about the state
+    problem = _fails(build, params, opt.state_dict()) if _fails(build, params) is None else None
+    if problem is not None:
+        opt.state.clear()
+        return f"state reset (the state kept so far does not fit: {problem.splitlines()[0][:120]})"
+    return f"created {', '.join(sorted(created))} as its first step does" if created else None
 
 
 def carry_state(old: torch.optim.Optimizer, new: torch.optim.Optimizer, build: Callable,

@@ -23,7 +23,8 @@ from .divergence import Guard
 from .functional import eval_mode
 from .history import History
 from .models import check_fits, default_loss, models
-from .optimizers import carry_state, check_hparams, optimizers, unknown_setting, write_groups
+from .optimizers import (carry_state, check_hparams, check_step, flipped, optimizers, reconcile_state, unknown_setting,
+                         write_groups)
 from .optimizers import entry as optimizer_entry
 from .probes import Probe, default_probes
 from .registry import LogInteger, LogNumber, RejectedType, number, option_values, parse_spec, validate
@@ -285,6 +286,8 @@ class Run(param.Parameterized):
             opt_params = None
         hp = option_values(opt_params) if switching else {**self.optimizer_settings(), **rest}
         check_hparams(name, own.get("lr", self.lr), hp)
+        if not switching:
+            check_step(name, own.get("lr", self.lr), hp, self.optimizer_settings(), self.params)
         with self._settings_lock:
             if switching:
                 # the event is written when it applies; a switch not yet applied names the optimizer that last stepped
@@ -315,6 +318,9 @@ class Run(param.Parameterized):
                 changed = sorted(k for k in missing if now.get(k) != built.get(k))
                 if changed:  # read only by the constructor: rebuilt, its state carried over
                     self._rebuild(entry, hp, True, f"{self.optimizer} rebuilt for {', '.join(changed)}")
+                else:
+                    self._reconcile(entry, hp)
+            self._applied_hp = dict(hp)
             self._kind = KINDS[entry.meta.step]
             self.noise.eta, self.noise.gamma = self.grad_noise, self.grad_noise_decay
             self._hooks = [] if self.adaptive_batch == "off" else [
@@ -340,6 +346,21 @@ class Run(param.Parameterized):
         if self.grads.flat is not None and not self.grads.intact:
             self.grads.rebuild()  # a create_graph backward replaced them
         self.torch_optimizer, self._built_hp = new, dict(hp)
+
+    @property
+    def pending_event(self) -> str | None:
+        """What the next logged row's `event` column will say (a change applied, not yet stepped)."""
+        return self._event
+
+    def _reconcile(self, entry, hp: dict) -> None:
+        """A flag or a setting leaving 0 can make the optimizer need state its steps so far never made."""
+        changed = flipped(hp, getattr(self, "_applied_hp", hp))
+        if not changed:
+            return
+        done = reconcile_state(self.torch_optimizer, lambda ps: entry.build(
+            self.model if entry.meta.takes_model and ps is self.params else ps, lr=self.lr, **hp), self.params)
+        if done:
+            self.note(f"{', '.join(f'{k}={hp[k]}' for k in changed)}: {done}")
 
     def note(self, text: str) -> None:
         """Add to the `event` column of the next logged step (switches, batch-size changes)."""
@@ -609,11 +630,15 @@ class Run(param.Parameterized):
         Settings changed since the last step are applied first, so the file holds the optimizer state
         that goes with the settings it records.
         """
-        with self._lock:
-            if self._dirty:
-                self._apply_settings()
-            ckpt = checkpoint.state(self)
-        checkpoint.write(ckpt, path)
+        with self._lock:  # no step in progress; the settings lock keeps a concurrent set() out while copying
+            while True:
+                if self._dirty:
+                    self._apply_settings()
+                with self._settings_lock:
+                    if not self._dirty:
+                        ckpt = checkpoint.state(self)
+                        break
+        checkpoint.write(ckpt, path)  # hashed and written outside the locks: training goes on meanwhile
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: nn.Module | None = None, data: Any = None,
@@ -638,6 +663,9 @@ class Run(param.Parameterized):
                 self.noise.generator.set_state(ckpt["noise_generator"])
             if ckpt["batches"] is not None:
                 self.batches.load_state(ckpt["batches"])
+            self._event = ckpt.get("event")
+            self._guard.points.clear()
+            self._restore_point()  # the loaded state is the first place to come back to
 
     def close(self) -> None:
         """Stop training; for sessions and notebooks that are done with the run."""

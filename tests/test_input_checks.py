@@ -8,7 +8,7 @@ import torch
 from conftest import small_run
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from trainlab import History, Run
+from trainlab import History
 
 g = torch.Generator().manual_seed(0)
 X = torch.randn(60, 2, generator=g)

@@ -664,3 +664,72 @@ def test_bad_tuples_and_names_are_refused_at_the_door_and_in_set(kw, words):
     with pytest.raises(ValueError) as err:
         run.set(**kw)
     assert all(w in str(err.value) for w in words) and run.settings() == before
+
+
+# ---- live flags that change the state an optimizer keeps -------------------------------------------
+def _flips(name: str) -> list[tuple[str, object]]:
+    """Each boolean setting flipped, and each setting whose default is 0 moved off it (into its range)."""
+    out = []
+    for key, p in optimizers[name].params.items():
+        if isinstance(p, param.Boolean):
+            out.append((key, not p.default))
+        elif isinstance(p, param.Number) and not isinstance(p, param.Integer) and p.default == 0:
+            lo, hi = p.get_soft_bounds()
+            out.append((key, 0.5 if hi is None or hi > 0.5 else hi / 2))
+    return out
+
+
+FLIPS = [(name, key, value) for name in optimizers.names() for key, value in _flips(name)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, key, value", FLIPS, ids=[f"{n}-{k}" for n, k, _ in FLIPS])
+def test_every_flag_flipped_mid_run_keeps_training(name, key, value):
+    """amsgrad on Adam after a few steps used to raise KeyError at the next step (the run stuck)."""
+    hp, n = SLOW_START.get(name, ({}, 3))
+    run = tiny_run(optimizer=name, **hp)
+    assert run.step(n) == n, run.message
+    try:
+        run.set(**{key: value})
+    except ValueError:  # refused with the reason (Nesterov without momentum): the run is as it was
+        assert run.step(2) == 2, run.message
+        return
+    assert run.step(3) == 3, run.message
+    df = run.history.frame()
+    assert np.isfinite(df["train_loss"]).all() and run.status != "paused"
+
+
+@pytest.mark.parametrize("name, flag, created", [("adam", {"amsgrad": True}, "max_exp_avg_sq"),
+                                                 ("adamw", {"amsgrad": True}, "max_exp_avg_sq"),
+                                                 ("rmsprop", {"momentum": 0.5}, "momentum_buffer"),
+                                                 ("rmsprop", {"centered": True}, "grad_avg")])
+def test_a_flag_that_needs_new_state_creates_it_and_says_so(name, flag, created):
+    run = tiny_run(optimizer=name)
+    run.step(3)
+    run.set(**flag)
+    assert run.step(1) == 1, run.message
+    p = run.params[0]
+    assert torch.is_tensor(run.torch_optimizer.state[p][created])
+    event = run.history.frame()["event"].dropna().iloc[-1]
+    assert created in event and "first step" in event
+    assert run.step(5) == 5
+
+
+def test_torchs_amsgrad_from_zeros_matches_amsgrad_turned_on_from_the_start():
+    """max_exp_avg_sq created as zeros is what Adam would hold had amsgrad been on from its first step
+    while the second moments never decreased: the next update is the same."""
+    a = tiny_run(optimizer="adam")
+    b = tiny_run(optimizer="adam", amsgrad=True)
+    a.step(1), b.step(1)  # after one step, max_exp_avg_sq == exp_avg_sq
+    a.set(amsgrad=True)
+    a.step(1), b.step(1)
+    assert all(torch.allclose(p, q, atol=1e-7) for p, q in zip(a.params, b.params))
+
+
+def test_a_setting_the_optimizer_cannot_step_with_is_refused():
+    run = tiny_run(optimizer="soap")
+    run.step(2)
+    before = run.settings()
+    with pytest.raises(ValueError, match="cannot take a step on this model with merge_dims=True"):
+        run.set(merge_dims=True)
+    assert run.settings() == before and run.step(2) == 2

@@ -289,3 +289,39 @@ def test_a_custom_model_has_no_option_controls():
         assert "data" in dash.spec_controls
     finally:
         dash.close()
+
+
+def test_the_amsgrad_checkbox_mid_run_keeps_the_run_training():
+    dash = TrainingDashboard(Run(data="moons", device="cpu", optimizer="adam"))
+    try:
+        dash.run.step(20)
+        dash.controls["amsgrad"].widget.value = True  # used to pause the run: KeyError 'max_exp_avg_sq'
+        assert dash.run.step(10) == 10, dash.run.message
+        dash.tick()
+        assert "paused" not in dash.status.object and dash.controls["amsgrad"].widget.value is True
+    finally:
+        dash.close()
+
+
+def test_a_rejected_value_is_shown_as_text_never_as_markup(dash):
+    dash._apply("optimizer", "<img src=x onerror=alert(1)>")
+    dash.tick()
+    assert "<img" not in dash.status.object and "&lt;img src=x onerror=alert(1)&gt;" in dash.status.object
+
+
+def test_roll_back_after_a_blow_up_from_the_dashboard():
+    dash = TrainingDashboard(Run(data="digits", device="cpu", probes=[]))
+    try:
+        run = dash.run
+        run.step(20)
+        run.set(lr=10.0)  # far too large
+        run.step(200)
+        dash.tick()
+        assert run.status == "paused" and "rolled back to step 20" in dash.status.object
+        run.step(30)  # still at lr 10 after the rollback: it blows up again and rolls back again
+        dash.rollback_button.clicks += 1
+        assert "rolled back to step 20" in dash.status.object and run.restore_points[-1] == 20
+        dash.controls["lr"].widget.value = 0.01
+        assert run.step(10) == 10
+    finally:
+        dash.close()

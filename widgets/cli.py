@@ -17,7 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--show", action=argparse.BooleanOptionalAction, default=False,
                        help="open a browser tab (default: no)")
     serve.add_argument("--allow-websocket-origin", action="append", default=None, metavar="HOST[:PORT]",
-                       help="extra origin allowed to connect (repeatable), e.g. when served behind a proxy")
+                       help="a host name (with its port) the server answers to and whose pages may connect, "
+                            "beside localhost and --address (repeatable; '*' for any): the name a class "
+                            "types in its browsers, or a proxy's")
     serve.add_argument("--torch-threads", type=int, default=1, metavar="N",
                        help="torch intra-op threads (default 1: each session trains on its own thread, and "
                             "small models run fastest on one; raise it for large models)")
@@ -31,12 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.torch_threads)
     from .app import serve as run_server
 
-    extra = {}
-    if args.allow_websocket_origin:
-        extra["websocket_origin"] = [f"{args.address}:{args.port}", f"localhost:{args.port}",
-                                     f"127.0.0.1:{args.port}", *args.allow_websocket_origin]
     print(f"trainlab {__version__}: serving the dashboard at http://{args.address}:{args.port}/", flush=True)
-    run_server(port=args.port, address=args.address, show=args.show, **extra)
+    run_server(port=args.port, address=args.address, show=args.show, origins=args.allow_websocket_origin)
     return 0
 
 

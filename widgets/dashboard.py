@@ -38,6 +38,7 @@ class TrainingDashboard(Viewer):
     run = param.ClassSelector(class_=Run, doc="the run shown and controlled")
     period = param.Integer(100, bounds=(20, 5000), doc="milliseconds between plot updates (10 a second)")
     error = param.String("", doc="the last rejected change, shown until the next accepted one")
+    notice = param.String("", doc="what the last button did (a rollback), shown until the next change")
 
     def __init__(self, run: Run | None = None, **params):
         super().__init__(run=run if run is not None else Run(), **params)
@@ -50,9 +51,13 @@ class TrainingDashboard(Viewer):
         self.start_button = pn.widgets.Button(label="Start", color="success", width=90)
         self.pause_button = pn.widgets.Button(label="Pause", color="warning", width=90)
         self.reset_button = pn.widgets.Button(label="Reset", width=90)
+        self.rollback_button = pn.widgets.Button(label="Roll back", width=90,
+                                                 description="weights and optimizer state back to the newest restore "
+                                                             "point (before the last settings change, or 100 steps back)")
         self.start_button.on_click(lambda e: self.run.start())
         self.pause_button.on_click(lambda e: self.run.pause())
         self.reset_button.on_click(lambda e: self.reset())
+        self.rollback_button.on_click(lambda e: self.rollback())
         self.status = pn.pane.Alert("", alert_type="secondary", sizing_mode="stretch_width")
         self._controls = pn.Column(sizing_mode="stretch_width")
         self._more_controls = pn.Column(sizing_mode="stretch_width")
@@ -65,7 +70,7 @@ class TrainingDashboard(Viewer):
             self._controls,
             pn.Card(self._more_controls, title="More: gradient noise, adaptive batch size", collapsed=True,
                     sizing_mode="stretch_width"),
-            pn.Row(self.start_button, self.pause_button, self.reset_button), width=330,
+            pn.Row(self.start_button, self.pause_button, self.reset_button), pn.Row(self.rollback_button), width=330,
         )
         self.tabs = pn.Tabs(("Training", self._plots), *((lab.title, pn.Column()) for lab in LABS),
                             sizing_mode="stretch_width")
@@ -167,7 +172,7 @@ class TrainingDashboard(Viewer):
         extra = {"state": "keep" if self.keep_state.value else "reset"} if name == "optimizer" else {}
         try:
             self.run.set(**{name: value}, **extra)
-            self.error = ""
+            self.error = self.notice = ""
         except ValueError as e:
             self.error = str(e)
         self._refresh()
@@ -213,6 +218,11 @@ class TrainingDashboard(Viewer):
         self.run.reset()
         self._refresh()
 
+    def rollback(self) -> None:
+        """The run's weights and optimizer state back to its newest restore point (say, before a blow-up)."""
+        self.notice = f"Weights and optimizer state rolled back to step {self.run.rollback()}."
+        self._refresh()
+
     def _refresh(self) -> None:
         """On the UI's tick: show the run's status and move controls to its current settings."""
         run = self.run
@@ -226,6 +236,8 @@ class TrainingDashboard(Viewer):
         if run.message:
             text += f" · {plain(run.message)}"
             kind = "danger" if "diverged" in run.message else kind
+        if self.notice:
+            text += f"\n\n{plain(self.notice)}"
         if self.error:  # a rejected value is the user's own text: escaped, never markup
             text += f"\n\nRejected: {plain(self.error)}"
             kind = "danger"
