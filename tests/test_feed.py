@@ -47,15 +47,33 @@ def test_feed_thins_a_burst_to_a_steady_rate():
     assert len(got) - 300 <= 50 and got[-1] == 900 and got == sorted(got)
 
 
-def test_feed_rebases_a_full_buffer_on_the_thinned_history():
+def test_a_full_source_halves_itself_and_keeps_the_whole_run_evenly():
     h = History()
     feed = Feed(h, length=100)
     src = feed.source(["train_loss"])
-    for k in range(5):
-        fill(h, 40 * k + 1, 40 * k + 41)
+    for k in range(25):
+        fill(h, 40 * k + 1, 40 * k + 41)  # 1,000 steps, 40 a tick
         feed.tick()
-    got = steps(src)
-    assert len(got) <= 100 and got[0] == 1 and got[-1] == 200  # the whole run, thinned
+    got = np.array(steps(src))
+    stride = np.diff(got)
+    assert 50 <= len(got) <= 100 and got[0] == 1 and got[-1] > 1000 - 16  # the whole run at bounded size
+    assert (stride == stride[0]).all()  # evenly spaced: no gap joined by a line, no dense tail
+    np.testing.assert_allclose(src.data["train_loss"], 1.0 / got)  # each point is its own step's value
+
+
+def test_a_long_history_thinned_by_itself_draws_every_column_over_the_whole_run():
+    """The History thins its old rows; the sparse columns (validation every 10th step here) stay from the
+    start of the run to its end (they used to vanish from the old part, and plots joined the gap)."""
+    h = History(max_rows=2_000, keep_recent=500)
+    fill(h, 1, 20_001)
+    feed = Feed(h, length=400)
+    val = feed.source({"val_loss": "v"}, sparse=True)
+    train = feed.source(["train_loss"])
+    feed.tick()
+    v, t = steps(val), steps(train)
+    assert v[0] <= 100 and v[-1] == 20_000 and len(v) <= 400
+    assert t[0] <= 10 and t[-1] >= 19_990 and len(t) <= 400
+    assert max(np.diff(v)) <= 8 * (20_000 / len(v))  # no stretch of the run left without points
 
 
 @pytest.fixture

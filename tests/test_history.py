@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import small_run
@@ -97,3 +98,25 @@ def test_appending_from_a_thread_while_reading_loses_no_row():
             cursor = seen[-1]
     t.join()
     assert seen == list(range(1, 20_001))
+
+
+def test_the_thinned_part_stays_evenly_spaced_for_every_kind_of_row():
+    h = History(max_rows=1_000, keep_recent=200)
+    for s in range(1, 100_001):
+        row = {"step": s, "loss": 1.0}
+        if s % 10 == 0:
+            row["grad_norm"] = 1.0
+        if s % 50 == 0:
+            row["val_loss"] = 1.0
+        if s == 31_337:
+            row["event"] = "lr 0.1 -> 0.01"
+        h.append(row)
+    df = h.frame()
+    assert len(df) <= 1_000 and df["step"].iloc[-1] == 100_000
+    assert df["step"].tail(200).tolist() == list(range(99_801, 100_001))  # the recent rows whole
+    assert 31_337 in df.dropna(subset=["event"])["step"].tolist()  # events are never thinned away
+    old = df[df["step"] <= 99_800]
+    for col in ("loss", "grad_norm", "val_loss"):
+        steps = old.dropna(subset=[col])["step"].to_numpy()
+        gaps = np.diff(steps)
+        assert steps[0] <= 1_000 and gaps.max() <= 2.5 * np.median(gaps), col  # one density, start to end

@@ -100,7 +100,8 @@ class TrainingDashboard(Viewer):
         self.feed = Feed(run.history, period=self.period)
         self.feed.on_tick(self._refresh)
         self._build_controls()
-        self._plots.objects = self._build_plots(run)
+        with self.feed.group("Training"):
+            self._plots.objects = self._build_plots(run)
         self.feed.tick()  # the run's past goes in before the first render: a notebook view would miss it
         self.feed.start()
         self._open_tab()
@@ -114,8 +115,10 @@ class TrainingDashboard(Viewer):
         return self.labs[title]
 
     def _open_tab(self, *events) -> None:
+        title = "Training" if self.tabs.active == 0 else LABS[self.tabs.active - 1].title
         if self.tabs.active > 0:
-            self.open_lab(LABS[self.tabs.active - 1].title)
+            self.open_lab(title)
+        self.feed.show(title)  # only the tab in view gets plot data: hidden plots cost the browser nothing
 
     def _specs(self) -> dict[str, tuple[str, dict] | None]:
         return {"data": self.run.data.spec, "model": self.run.model_spec}

@@ -1,10 +1,19 @@
 """The one way data gets from the training thread to the browser.
 
-The training thread only appends to a History (lock-protected). Each session's UI owns a Feed:
-its periodic callback (about 10 a second, whatever the step rate) pulls the rows logged since
-its cursor and streams them into Bokeh ColumnDataSources, so plots gain points instead of
-redrawing; snapshots (a decision boundary, later a landscape or a spectrum) replace their source's
-data when a newer one arrives.
+The training thread only appends to a History (lock-protected). Each session's UI owns a Feed: its
+periodic callback pulls the rows logged since its cursor and streams them into Bokeh
+ColumnDataSources, so plots gain points instead of redrawing; snapshots (a decision boundary, a
+landscape, a spectrum) replace their source's data when a newer one arrives.
+
+What the browser can keep up with sets the pace (measured in headless Chromium on a busy 2-core
+machine: every update of a page's plots costs it ~150 ms whatever their size, so plots updated 10
+times a second left a click waiting 1.6 s; twice a second, 0.2 s):
+- plots get new data every `plot_every` ticks (2 a second), the listeners (status line, controls)
+  every tick (10 a second); each tick's changes go out as one message (Panel's hold);
+- plots of a hidden tab get nothing until it is shown, then catch up from the history at once;
+- each source holds at most `length` points: when full, it keeps every other point and from then on
+  takes every other new row (a stride that doubles), so a long run's plot keeps its whole shape at
+  bounded size, never re-reads the history while it streams, and never joins a gap with a line.
 
 Why ColumnDataSource.stream and not HoloViews' Buffer -> DynamicMap: measured here, each Buffer
 send cost 15-30 ms of HoloViews bookkeeping (element construction, range computation) per plot,
@@ -13,6 +22,7 @@ behind; a ColumnDataSource.stream of the same rows costs about 0.03 ms.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 import numpy as np
@@ -24,11 +34,12 @@ from trainlab.history import History
 
 
 class _Channel:
-    def __init__(self, columns: dict[str, str], sparse: bool):
+    def __init__(self, columns: dict[str, str], sparse: bool, group: str | None):
         self.columns = columns  # history column -> source column
         self.sparse = sparse  # rows lacking every value column are dropped (validation every k steps)
+        self.group = group  # the tab it is drawn in (None: always shown)
         self.source = ColumnDataSource({c: np.array([], dtype=float) for c in ["step", *columns.values()]})
-        self.sent = 0
+        self.stride, self.seen, self.points, self.stale = 1, 0, 0, False
 
     def select(self, rows: pd.DataFrame) -> pd.DataFrame:
         out = pd.DataFrame({"step": rows["step"].astype(float)})
@@ -38,6 +49,12 @@ class _Channel:
             out = out.dropna(how="all", subset=list(self.columns.values()))
         return out
 
+    def keep(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """The rows this channel keeps at its stride: every stride-th row it has been offered."""
+        idx = np.flatnonzero((self.seen + np.arange(len(rows))) % self.stride == 0)
+        self.seen += len(rows)
+        return rows.iloc[idx]
+
 
 def _columns(df: pd.DataFrame) -> dict[str, np.ndarray]:
     return {c: df[c].to_numpy() for c in df.columns}
@@ -46,18 +63,31 @@ def _columns(df: pd.DataFrame) -> dict[str, np.ndarray]:
 class Feed:
     """Streams a History into ColumnDataSources on the owning session's periodic callback."""
 
-    def __init__(self, history: History, period: int = 100, length: int = 10_000, max_rows_per_tick: int = 200):
+    def __init__(self, history: History, period: int = 100, length: int = 4_000, max_rows_per_tick: int = 200,
+                 plot_every: int = 5):
         self.history, self.period, self.length, self.max_rows = history, period, length, max_rows_per_tick
+        self.plot_every = plot_every
         self._channels: list[_Channel] = []
-        self._snapshots: list[list] = []  # [name, source, to_data, the (step, value) pair last drawn]
+        self._snapshots: list[list] = []  # [name, source, to_data, the (step, value) pair last drawn, group]
         self._listeners: list[Callable[[], None]] = []
         self.cursor, self.generation = -1, history.generation
-        self._callback = None
+        self._callback, self._ticks, self._group = None, 0, None
+        self.visible: set[str | None] | None = None  # the groups shown (None: all)
+
+    # ---- what follows the history --------------------------------------------------------------
+    @contextlib.contextmanager
+    def group(self, name: str):
+        """Sources made inside the block belong to `name` (a dashboard tab): see `show`."""
+        before, self._group = self._group, name
+        try:
+            yield
+        finally:
+            self._group = before
 
     def source(self, columns: list[str] | dict[str, str], sparse: bool = False) -> ColumnDataSource:
         """A source of `step` and these history columns (a dict renames them for the plot)."""
         columns = columns if isinstance(columns, dict) else {c: c for c in columns}
-        channel = _Channel(columns, sparse)
+        channel = _Channel(columns, sparse, self._group)
         self._channels.append(channel)
         if self.cursor >= 0:  # a plot added while the run trains (a lab tab opened) starts with the past
             self._rebase(channel)
@@ -67,7 +97,7 @@ class Feed:
         """A source holding `to_data(newest snapshot under name)`, starting from `to_data(initial)`.
         Several sources may follow one snapshot (a curve and its marks)."""
         source = ColumnDataSource(to_data(initial))
-        self._snapshots.append([name, source, to_data, None])
+        self._snapshots.append([name, source, to_data, None, self._group])
         return source
 
     def follows(self, name: str) -> bool:
@@ -82,51 +112,95 @@ class Feed:
         """Also call fn on every tick (status text, control values): UI work on the UI's thread."""
         self._listeners.append(fn)
 
+    def show(self, *groups: str | None) -> None:
+        """Only these groups' plots (and those of no group) get data; a group shown again catches up."""
+        shown = {None, *groups}
+        for ch in self._channels:
+            if ch.group in shown and ch.stale:
+                self._rebase(ch)
+        self.visible = shown
+
+    def _shown(self, group) -> bool:
+        return self.visible is None or group in self.visible
+
+    # ---- ticks ---------------------------------------------------------------------------------
     def tick(self) -> None:
+        """One whole update: new rows and snapshots for the shown plots, then the listeners, sent to the
+        browser as one message (Panel's hold), so the page renders once however many plots changed."""
+        with pn.io.hold():
+            self._plots()
+            self._listen()
+
+    def _periodic(self) -> None:
+        """The periodic callback: listeners every tick, plots every plot_every-th."""
+        self._ticks += 1
+        with pn.io.hold():
+            if self._ticks % self.plot_every == 0:
+                self._plots()
+            self._listen()
+
+    def _listen(self) -> None:
+        for fn in self._listeners:
+            fn()
+
+    def _plots(self) -> None:
         if self.history.generation != self.generation:  # reset or load: start the plots over
             self.generation, self.cursor = self.history.generation, -1
             for ch in self._channels:
                 ch.source.data = {k: np.array([], dtype=float) for k in ch.source.data}
-                ch.sent = 0
+                ch.stride, ch.seen, ch.points, ch.stale = 1, 0, 0, False
             for entry in self._snapshots:
                 entry[3] = None
         first = self.cursor < 0
         rows = self.history.since(self.cursor)
         if len(rows):
             self.cursor = int(rows["step"].iloc[-1])
-            # catching up on a run's past (a first tick, after a reset) may send up to half a
-            # source's length; after that, at most max_rows a tick, whatever the step rate
-            most = self.length // 2 if first else self.max_rows
             for ch in self._channels:
-                part = _thin(ch.select(rows), most)
-                if ch.sent + len(part) > self.length:
-                    self._rebase(ch)
+                if not self._shown(ch.group):
+                    ch.stale = True  # caught up from the history when shown
+                    continue
+                # catching up on a run's past may send up to half a source's length; after that, at most
+                # max_rows a tick, whatever the step rate
+                part = _thin(ch.keep(ch.select(rows)), self.length // 2 if first else self.max_rows)
+                if ch.points + len(part) > self.length:
+                    self._halve(ch, part)
                 elif len(part):
                     ch.source.stream(_columns(part))
-                    ch.sent += len(part)
+                    ch.points += len(part)
         for entry in self._snapshots:
-            name, source, to_data, seen = entry
+            name, source, to_data, seen, group = entry
+            if not self._shown(group):
+                continue
             snap = self.history.snapshot(name)
             # each put_snapshot stores a new (step, value) pair: two analyses at one step both redraw
             if snap is not None and snap is not seen:
                 source.data = to_data(snap[1])
                 entry[3] = snap
-        for fn in self._listeners:
-            fn()
+
+    def _halve(self, ch: _Channel, part: pd.DataFrame) -> None:
+        """A full source keeps every other point, and the channel every other row from now on."""
+        data = {k: np.concatenate([np.asarray(v, dtype=float), part[k].to_numpy()])[::2] for k, v in ch.source.data.items()}
+        ch.stride *= 2
+        ch.source.data = data
+        ch.points = len(data["step"])
 
     def _rebase(self, ch: _Channel) -> None:
-        """Fill the source from the whole (thinned) history up to the cursor, at half its length (it was
-        full, or it is new)."""
+        """Fill the source from the whole (thinned) history up to the cursor, at half its length at most."""
         rows = self.history.frame()
         if len(rows):  # only what was sent so far: later rows come with the next tick
             rows = rows[rows["step"] <= self.cursor]
-        whole = _thin(ch.select(rows), self.length // 2)
+        rows = ch.select(rows) if len(rows) else rows
+        ch.stride = 1
+        while len(rows) / ch.stride > self.length // 2:
+            ch.stride *= 2
+        ch.seen = 0
+        whole = ch.keep(rows) if len(rows) else pd.DataFrame({k: np.array([], dtype=float) for k in ch.source.data})
         ch.source.data = _columns(whole)
-        ch.sent = len(whole)
+        ch.points, ch.stale = len(whole), False
 
     def start(self) -> None:
         if self._callback is None:
-            self._callback = pn.state.add_periodic_callback(self.tick, period=self.period)
+            self._callback = pn.state.add_periodic_callback(self._periodic, period=self.period)
 
     def stop(self) -> None:
         if self._callback is not None:

@@ -25,7 +25,10 @@ class Lab:
     def build(self, run, feed):
         """The lab's panel over the dashboard's run and feed (a run-free lab gets neither)."""
         cls = self.panel_class()
-        return cls(run, feed=feed) if self.needs_run else cls()
+        if not self.needs_run:
+            return cls()
+        with feed.group(self.title):  # its plots get data while its tab is shown
+            return cls(run, feed=feed)
 
 
 LABS = (
