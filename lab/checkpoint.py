@@ -50,6 +50,7 @@ def state(run: Run) -> dict[str, Any]:
         "noise_generator": run.noise.generator.get_state(),
         "batches": run.batches.state() if hasattr(run.batches, "state") else None,
         "schedule": list(run.schedule),
+        "schedule_start": run.schedule_start,
         "event": run.pending_event,
     })
 

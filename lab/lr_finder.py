@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from .run import Run
 
 
+FLAT = 0.1  # the smoothed loss must dip this fraction below its start for its minimum to mean something
+
+
 def ema(values: np.ndarray, beta: float) -> np.ndarray:
     """Exponential moving average with bias correction (Adam's): unbiased from the first value on."""
     out, avg = np.empty(len(values)), 0.0
@@ -152,4 +155,9 @@ def lr_range_test(run: Run, start: float = 1e-7, end: float = 10.0, steps: int =
                 f"lr={lrs[-1]:.3g}: raise end")
     elif i <= 2:
         note = "the loss rose from the first step: lower start"
+    first = float(np.nanmean(trend[: max(3, n // 20)]))
+    if not trend[i] < (1 - FLAT) * first:  # no dip worth the name: any lr below the blow-up looks the same
+        note = (f"the loss hardly moved over the sweep ({first:.3g} at the start, {trend[i]:.3g} at its lowest): "
+                f"no lr stands out, so there is no suggestion (a trained run sits at a minimum; try it on a fresh run)")
+        suggestion, minimum = None, None
     return RangeTest(lrs, np.array(losses), np.array(smoothed), trend, suggestion, minimum, stopped, note)

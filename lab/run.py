@@ -236,6 +236,16 @@ class Run(param.Parameterized):
         """(name, options) of the lr schedule; change it with run.set(schedule=(name, {options}))."""
         return self._schedule.spec
 
+    @property
+    def schedule_start(self) -> int:
+        """The step the schedule counts from: where it was chosen (0 for the run's own)."""
+        return self._schedule.start
+
+    @property
+    def current_lr(self) -> float:
+        """The lr the last step used (the base lr times the schedule)."""
+        return self._lr
+
     def settings(self) -> dict[str, Any]:
         """Every live setting: the run's own and the current optimizer's."""
         return {**{k: getattr(self, k) for k in self.SETTABLE}, **self.optimizer_settings()}
@@ -264,7 +274,14 @@ class Run(param.Parameterized):
         history's `event` column says which. The optimizer's tuple settings take either form:
         `betas=(0.9, 0.99)` or `beta1=0.9, beta2=0.99`.
         """
+        start = values.pop("schedule_start", None)
         schedule = as_schedule(values.pop("schedule")) if "schedule" in values else None
+        if start is not None:
+            if schedule is None:
+                raise ValueError("schedule_start goes with schedule: run.set(schedule=..., schedule_start=0)")
+            start = number(start, "schedule_start", integer=True, what="Run")
+            if start < 0:
+                raise ValueError(f"schedule_start={start} rejected: a step >= 0")
         own = {k: v for k, v in values.items() if k in self.SETTABLE}
         rest = {k: v for k, v in values.items() if k not in own}
         if "optimizer" in own:
@@ -299,7 +316,11 @@ class Run(param.Parameterized):
                 self.opt_params.param.update(**rest)
             self.param.update(**own)
             if schedule is not None:
+                # a schedule chosen mid-run counts from now (a warm-up warms up, a cosine spans its steps
+                # from here), unless schedule_start says from which step
+                schedule.start = self._step if start is None else start
                 self._schedule = schedule
+                self.note(f"schedule {schedule.name} from step {schedule.start}")
             self._dirty = True
 
     def _apply_settings(self) -> None:
@@ -664,6 +685,7 @@ class Run(param.Parameterized):
             if ckpt["batches"] is not None:
                 self.batches.load_state(ckpt["batches"])
             self._event = ckpt.get("event")
+            self._schedule.start = ckpt.get("schedule_start", 0)
             self._guard.points.clear()
             self._restore_point()  # the loaded state is the first place to come back to
 

@@ -1,10 +1,10 @@
 """Learning-rate schedules by name: pure functions of the step, as nanoGPT's get_lr.
 
 A schedule is a multiplier f(t) of the run's base (peak) lr, where t is the number of optimizer
-steps taken before the one it sets (t = 0 for the first step), the same count as torch's
-`scheduler.last_epoch`: the lr of step t+1 is `lr * f(t)`. Being a pure function of the run's
-step count, a schedule set mid-run continues from where it would be at that step, and its whole
-curve can be drawn ahead of time (`preview`).
+steps taken since the schedule started (t = 0 for its first step), the same count as torch's
+`scheduler.last_epoch`: the lr of step t+1 is `lr * f(t)`. A schedule chosen mid-run starts from
+that step (a warm-up then warms up, a cosine of 2,000 steps runs over the next 2,000); being a
+pure function of the steps, its whole curve can be drawn ahead of time (`preview`).
 """
 from __future__ import annotations
 
@@ -160,6 +160,7 @@ class Schedule:
         self.options = entry.options(**options)  # bounds checked here: ValueError naming the option
         self.fn = entry.build(**option_values(self.options))  # cross-field checks (warmup < total)
         self.varies = name != "constant"  # a constant schedule costs the training loop nothing
+        self.start = 0  # the run's step the schedule counts from (set mid-run: that step)
 
     def __call__(self, t: int) -> float:
         return self.fn(t)
@@ -187,7 +188,7 @@ class Schedule:
         taken from its lr when it has none yet (a new optimizer). Saved with the optimizer's state,
         so a loaded run continues its schedule.
         """
-        m = self.fn(t)
+        m = self.fn(max(t - self.start, 0))
         for group in optimizer.param_groups:
             key = lr_key if lr_key in group else "lr"
             if "base_lr" not in group:
@@ -216,11 +217,13 @@ def as_schedule(spec: Any) -> Schedule:
     return Schedule(parsed[0], **parsed[1])
 
 
-def preview(spec: Any, base_lr: float, steps: int | None = None, points: int = 400) -> dict[str, np.ndarray]:
+def preview(spec: Any, base_lr: float, steps: int | None = None, points: int = 400,
+            start: int = 0) -> dict[str, np.ndarray]:
     """The lr a schedule sets at each step, ahead of time: {"step": step numbers, "lr": lrs}.
 
     `steps` defaults to the schedule's horizon plus 10% (at least 1,000). At most `points` steps
-    are sampled, always including every step where a step schedule jumps.
+    are sampled, always including every step where a step schedule jumps. `start` is the run's step
+    the schedule counts from (it was set then): the preview covers steps start+1 .. start+steps.
     """
     schedule = as_schedule(spec)
     if steps is None:
@@ -231,4 +234,4 @@ def preview(spec: Any, base_lr: float, steps: int | None = None, points: int = 4
         jumps = np.arange(size, steps, size)
         t = np.unique(np.concatenate([t, jumps - 1, jumps]))
     lr = np.array([base_lr * schedule(int(k)) for k in t])
-    return {"step": t + 1, "lr": lr}  # the lr of t steps taken is that of step number t + 1
+    return {"step": t + 1 + start, "lr": lr}  # the lr of t steps taken is that of step number t + 1

@@ -108,7 +108,7 @@ def test_the_run_is_untouched_and_the_lrs_are_exponential():
 
 def test_apply_sets_the_suggestion_as_the_base_lr():
     run = digits_run(optimizer="sgd", schedule=("cosine", {"total": 100}))
-    result = lr_range_test(run, steps=60, progress=False)
+    result = lr_range_test(run, steps=200, progress=False)  # 60 steps leave no dip: no suggestion then
     result.apply(run)
     assert run.lr == result.suggestion
     assert run.schedule[0] == "cosine"
@@ -142,3 +142,14 @@ def test_optimizers_that_step_differently_are_refused_clearly():
     run = digits_run(optimizer="lbfgs")
     with pytest.raises(ValueError, match="lbfgs steps differently"):
         lr_range_test(run, progress=False)
+
+
+def test_a_trained_run_gives_no_suggestion_and_says_why():
+    """On a run trained to a flat minimum the loss hardly moves until it blows up: no lr stands out."""
+    run = Run(model=("mlp", {"width": 32, "depth": 1}), data="moons", device="cpu", lr=0.5, momentum=0.9, probes=[])
+    run.step(1500)
+    result = lr_range_test(run, start=1e-7, end=10, steps=100, progress=False)
+    assert result.suggestion is None and result.minimum is None
+    assert "hardly moved" in result.note and "no suggestion" in result.note
+    with pytest.raises(ValueError, match="no suggestion"):
+        result.apply(run)

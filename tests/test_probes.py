@@ -136,11 +136,31 @@ def test_decision_boundary_only_for_2d_data():
 
 
 def test_default_probes():
+    from trainlab.probes import DeadUnits
+
     kinds = {type(p) for p in moons_run().probes}
-    assert kinds == {GradNorm, UpdateRatio, DecisionBoundary}
+    assert kinds == {GradNorm, UpdateRatio, DecisionBoundary, DeadUnits}
     kinds = {type(p) for p in Run(data="digits", device="cpu").probes}
-    assert kinds == {GradNorm, UpdateRatio}
+    assert kinds == {GradNorm, UpdateRatio, DeadUnits}
+    kinds = {type(p) for p in Run(model=("mlp", {"activation": "tanh"}), data="digits", device="cpu").probes}
+    assert kinds == {GradNorm, UpdateRatio}  # no ReLU, nothing to die
     assert moons_run(probes=[]).probes == []
+
+
+def test_dead_units_are_the_relus_silent_on_the_whole_batch():
+    from trainlab.probes import DeadUnits
+
+    run = moons_run(probes=[DeadUnits(every=1)], batch_size=100_000)  # full batch: the reference sees the same
+    with torch.no_grad():
+        run.model.fc1.bias[:4] = -1e3  # four units that no input can switch on
+        h1 = run.model.act1(run.model.fc1(run.data.X))
+        h2 = run.model.act2(run.model.fc2(h1))
+    run.step(1)  # the forward of step 1 is at these weights
+    row = run.history.frame().iloc[-1]
+    assert row["dead_units/act1"] == pytest.approx(1 - (h1 > 0).any(0).float().mean().item())
+    assert row["dead_units/act1"] >= 4 / 16
+    assert row["dead_units/act2"] == pytest.approx(1 - (h2 > 0).any(0).float().mean().item())
+    assert not run.model.act1._forward_hooks  # the hooks are gone after the measuring step
 
 
 # ---- user probes -----------------------------------------------------------------------------
@@ -200,7 +220,7 @@ def test_base_probe_must_be_overridden():
         Probe(every=1).measure(None)
 
 
-@pytest.mark.parametrize("name", ["GradNorm", "UpdateRatio", "EffectiveStep", "DecisionBoundary", "ScaleInvariantNorm",
+@pytest.mark.parametrize("name", ["GradNorm", "UpdateRatio", "EffectiveStep", "DeadUnits", "DecisionBoundary", "ScaleInvariantNorm",
                                   "SecondMoment", "Sharpness", "GroupLoss", "GradientNoise", "SpectrumProbe",
                                   "TrajectoryProbe"])
 def test_every_probe_writes_exactly_what_it_declares(name):

@@ -158,21 +158,45 @@ def test_run_writes_the_scheduled_lr_and_logs_it():
     assert run.lr == 0.2  # the base lr is the setting; the schedule multiplies it
 
 
-def test_schedule_changes_live_and_a_rejected_one_changes_nothing():
+def test_schedule_changes_live_from_now_and_a_rejected_one_changes_nothing():
     run = tiny_run(lr=0.1)
     run.step(4)
-    run.set(schedule=("cosine", {"total": 8}), lr=0.2)
+    run.set(schedule=("cosine", {"total": 8}), lr=0.2)  # chosen at step 4: it counts from there
     run.step(2)
-    lrs = run.history.frame()["lr"].tolist()
+    assert run.schedule_start == 4
+    df = run.history.frame()
+    lrs = df["lr"].tolist()
     assert lrs[:4] == [0.1] * 4
-    assert lrs[4:] == pytest.approx([0.2 * 0.5 * (1 + math.cos(math.pi * t / 8)) for t in (4, 5)])
+    assert lrs[4:] == pytest.approx([0.2 * 0.5 * (1 + math.cos(math.pi * t / 8)) for t in (0, 1)])
+    assert "schedule cosine from step 4" in df["event"].dropna().iloc[-1]
     with pytest.raises(ValueError, match="warmup"):
         run.set(schedule=("warmup_cosine", {"warmup": 50, "total": 20}), lr=0.5)
     assert run.schedule == ("cosine", {"total": 8, "min_fraction": 0.0}) and run.lr == 0.2
     with pytest.raises(ValueError, match="unknown schedule"):
         run.set(schedule="nope")
     run.step(1)
-    assert run.history.frame()["lr"].iloc[-1] == pytest.approx(0.2 * 0.5 * (1 + math.cos(math.pi * 6 / 8)))
+    assert run.history.frame()["lr"].iloc[-1] == pytest.approx(0.2 * 0.5 * (1 + math.cos(math.pi * 2 / 8)))
+
+
+def test_a_schedule_can_count_from_the_runs_start_instead():
+    """The old way: a warm-up-cosine of 2,000 steps chosen at step 2,500 with schedule_start=0 is over
+    already, and holds the lr at its minimum (0) for good; from now (the default) it warms up."""
+    late = tiny_run(lr=0.1)
+    late.step(30)
+    late.set(schedule=("warmup_cosine", {"warmup": 5, "total": 20}), schedule_start=0)
+    late.step(2)
+    assert late.history.frame()["lr"].tail(2).tolist() == [0.0, 0.0] and late.current_lr == 0.0
+    now = tiny_run(lr=0.1)
+    now.step(30)
+    now.set(schedule=("warmup_cosine", {"warmup": 5, "total": 20}))
+    now.step(2)
+    assert now.history.frame()["lr"].tail(2).tolist() == pytest.approx([0.1 / 6, 0.2 / 6])
+    p = preview(now.schedule, now.lr, 20, start=now.schedule_start)
+    assert p["step"][0] == 31 and p["lr"][0] == pytest.approx(0.1 / 6)  # drawn from where it starts
+    with pytest.raises(ValueError, match="schedule_start"):
+        now.set(schedule_start=3)
+    with pytest.raises(ValueError, match="schedule_start=-1"):
+        now.set(schedule="constant", schedule_start=-1)
 
 
 def test_schedule_while_training_in_the_background():
@@ -184,10 +208,11 @@ def test_schedule_while_training_in_the_background():
     finally:
         run.stop()
     df = run.history.frame()
-    changed = df[df["lr"] != 0.1]
-    assert len(changed) > 0
-    for step, lr in zip(changed["step"], changed["lr"]):
-        assert lr == pytest.approx(0.1 * 0.9 ** (step - 1))
+    set_at = int(run.schedule_start)
+    after = df[df["step"] > set_at]
+    assert len(after) > 0 and (df[df["step"] <= set_at]["lr"] == 0.1).all()
+    for step, lr in zip(after["step"], after["lr"]):
+        assert lr == pytest.approx(0.1 * 0.9 ** (step - 1 - set_at))
 
 
 def test_save_and_load_keep_the_schedule(tmp_path):

@@ -325,3 +325,48 @@ def test_roll_back_after_a_blow_up_from_the_dashboard():
         assert run.step(10) == 10
     finally:
         dash.close()
+
+
+def test_switching_optimizer_offers_its_usual_lr_and_marks_the_switch():
+    dash = TrainingDashboard(Run(data="moons", device="cpu", lr=0.05))
+    try:
+        dash.run.step(5)
+        assert not dash.usual_lr_button.visible  # sgd at 0.05: its usual lr
+        dash.controls["optimizer"].widget.value = "lion"
+        dash.run.step(3)
+        dash.tick()
+        assert dash.usual_lr_button.visible and "0.0001" in dash.usual_lr_button.label
+        assert "lion" in dash.status.object and "usually trains with lr 0.0001" in dash.status.object
+        dash.usual_lr_button.clicks += 1
+        assert dash.run.lr == optimizers["lion"].meta.usual_lr
+        dash.run.step(1)
+        dash.tick()
+        assert not dash.usual_lr_button.visible
+        marks = dash.feed._channels[[ch.text for ch in dash.feed._channels].index(True)].source
+        assert list(marks.data["step"]) == [6.0] and "sgd -> lion" in marks.data["text"][0]
+    finally:
+        dash.close()
+
+
+def test_the_status_warns_of_lr_zero_and_dead_units():
+    dash = TrainingDashboard(Run(data="moons", device="cpu", lr=0.05))
+    try:
+        dash.run.set(schedule=("cosine", {"total": 5}))
+        dash.run.step(8)
+        dash.tick()
+        assert "lr is 0" in dash.status.object and "cosine" in dash.status.object
+        dash.run.set(schedule="constant")
+        with torch.no_grad():
+            dash.run.model.fc1.bias.fill_(-1e3)  # every first-layer ReLU silenced
+        dash.run.step(50)
+        dash.tick()
+        assert "of act1's ReLUs are dead" in dash.status.object
+    finally:
+        dash.close()
+
+
+def test_an_lr_set_off_the_sliders_grid_is_shown_as_it_is(dash):
+    dash.run.set(lr=0.108)
+    dash.tick()
+    w = dash.controls["lr"].widget
+    assert w.value == 0.108 and "0.108" in w.options  # not snapped to its neighbour 0.1

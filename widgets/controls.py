@@ -45,9 +45,9 @@ class Control:
             lo, inclusive = (p.bounds or (None, None))[0], (p.inclusive_bounds or (True, True))[0]
             if lo == 0 and inclusive:  # 0 means "off" (gradient noise): the slider's first stop
                 options = {"0": 0.0, **options}
-            grid = [o for o in options.values() if o > 0]
-            self._from = lambda v: 0.0 if v == 0 else min(grid, key=lambda o: abs(math.log10(o) - math.log10(v)))
-            self.widget = pn.widgets.DiscreteSlider(label=label, options=options, value=self._from(value))
+            self._grid = options
+            self._from = self._on_grid
+            self.widget = pn.widgets.DiscreteSlider(label=label, options=options, value=self._on_grid(value))
         elif isinstance(p, LogInteger):
             lo, hi = _range(p)
             options = [2**k for k in range(int(math.log2(max(lo, 1))), int(math.log2(hi)) + 1)]
@@ -76,6 +76,25 @@ class Control:
         self.widget.description = p.doc
         self._showing = False
         self.widget.param.watch(self._changed, "value")
+
+    def _on_grid(self, v: float) -> float:
+        """A log slider's stop for v: v itself, added as a stop of its own when the grid lacks it (an lr of
+        0.108 set elsewhere shows as 0.108, not as its neighbour 0.1)."""
+        grid = self._grid
+        if v in grid.values() or not math.isfinite(v):
+            return v
+        if v > 0 and (stop := min((o for o in grid.values() if o > 0), key=lambda o: abs(math.log10(o / v)))) \
+                and abs(stop - v) <= 1e-9 * v:
+            return stop
+        options = dict(sorted({**grid, f"{v:.4g}": v}.items(), key=lambda kv: kv[1]))
+        self._grid = options
+        if hasattr(self, "widget"):
+            self._showing = True
+            try:
+                self.widget.options = options
+            finally:
+                self._showing = False
+        return v
 
     def _changed(self, event) -> None:
         if not self._showing:

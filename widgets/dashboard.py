@@ -11,7 +11,8 @@ from bokeh.models import ColumnDataSource
 from panel.viewable import Viewer
 
 from trainlab import Run, datasets, models
-from trainlab.probes import DecisionBoundary, GradNorm
+from trainlab.optimizers import optimizers
+from trainlab.probes import DeadUnits, DecisionBoundary, GradNorm
 
 from . import plots
 from .base import plain
@@ -22,6 +23,13 @@ from .labs import LABS
 _CUSTOM = "(your own)"
 _REGISTRIES = {"data": datasets, "model": models}
 _CLASS_COLORS = ["#b2182b", "#2166ac"]  # red for class 0, blue for class 1, as the boundary's palette
+def _last(values) -> float:
+    """The newest finite value of a column (NaN if none): sparse columns share rows with others."""
+    v = np.asarray(values, dtype=float)
+    finite = v[np.isfinite(v)]
+    return float(finite[-1]) if finite.size else np.nan
+
+
 def _image(snapshot: dict) -> dict:
     """A boundary snapshot as the columns of a Bokeh image glyph."""
     x, y = snapshot["x"], snapshot["y"]
@@ -64,6 +72,9 @@ class TrainingDashboard(Viewer):
         # switching optimizer carries over the per-weight state both use (adam -> adamw keeps its
         # moments) only when this is checked; the history's event says which happened
         self.keep_state = pn.widgets.Checkbox(label="keep optimizer state on switch", value=False)
+        self.usual_lr_button = pn.widgets.Button(label="use the optimizer's usual lr", visible=False,
+                                                 sizing_mode="stretch_width")
+        self.usual_lr_button.on_click(lambda e: self.use_usual_lr())
         self._plots = pn.FlexBox(sizing_mode="stretch_width")
         sidebar = pn.Column(
             pn.pane.Markdown("### trainlab"), self._data, self._data_options, self._model, self._model_options,
@@ -102,6 +113,9 @@ class TrainingDashboard(Viewer):
         self._build_controls()
         with self.feed.group("Training"):
             self._plots.objects = self._build_plots(run)
+        # what the status line warns about, followed whatever tab is shown
+        dead = DeadUnits().columns(run).scalars if any(isinstance(p, DeadUnits) for p in run.probes) else {}
+        self._health_source = self.feed.source({"grad_norm": "grad_norm", **dead}, sparse=True)
         self.feed.tick()  # the run's past goes in before the first render: a notebook view would miss it
         self.feed.start()
         self._open_tab()
@@ -144,7 +158,7 @@ class TrainingDashboard(Viewer):
             for n in names:
                 self.controls[n] = Control(owner, n, self._apply)
         self._opt_shown = run.optimizer
-        self._controls.objects = [self.controls["optimizer"].widget, self.keep_state,
+        self._controls.objects = [self.controls["optimizer"].widget, self.keep_state, self.usual_lr_button,
                                   *(c.widget for n, c in self.controls.items() if n != "optimizer")]
         more = [n for n in run.SETTABLE if n not in self.controls]
         for n in more:
@@ -154,10 +168,13 @@ class TrainingDashboard(Viewer):
     def _build_plots(self, run: Run) -> list:
         feed, figs = self.feed, []
         train, val = feed.source(["train_loss", "train_acc", "lr"]), feed.source(["val_loss", "val_acc"], sparse=True)
+        events = feed.marks("event")  # switches, rollbacks, schedule changes: a dashed line where they happened
         figs.append(plots.train_val("Loss", "loss", train, val, "train_loss", log=True))
         if run.data.task == "classification":
             figs.append(plots.train_val("Accuracy", "accuracy", train, val, "train_acc", legend_at="bottom_right"))
         figs.append(plots.single("Learning rate", "learning rate", train, "lr", log=True))
+        for fig in figs:
+            fig.vspan(x="step", source=events, line_color="#888888", line_dash="dashed", line_width=1)
         columns = GradNorm().columns(run).scalars
         grads = feed.source(columns, sparse=True)
         figs.append(plots.per_layer("Gradient norm per layer", "gradient norm", grads, list(columns.values())))
@@ -221,6 +238,35 @@ class TrainingDashboard(Viewer):
         self.run.reset()
         self._refresh()
 
+    def _offer_usual_lr(self, old: str) -> None:
+        """After a switch, say which lr the new optimizer usually takes when the run's is far from it."""
+        run, usual = self.run, optimizers[self.run.optimizer].meta.usual_lr
+        if not 1 / 3 <= run.lr / usual <= 3:
+            self.notice = (f"Switched {old} -> {run.optimizer}: it usually trains with lr {usual:g}; the run kept "
+                           f"lr {run.lr:g}, which may suit it badly (press 'use ... usual lr').")
+
+    def use_usual_lr(self) -> None:
+        self._apply("lr", optimizers[self.run.optimizer].meta.usual_lr)
+
+    def _health(self, run: Run) -> str:
+        """What the newest measurements say is wrong that the status would not: lr 0, dead units, no gradient."""
+        if run.steps and run.current_lr == 0:
+            name = run.schedule[0]
+            return (f"lr is 0: the schedule {name} has reached its end (it started at step {run.schedule_start}); "
+                    f"choose another schedule or raise min_fraction")
+        data = self._health_source.data
+        if not len(data["step"]):
+            return ""
+        dead = {k: last for k, v in data.items() if k not in ("step", "grad_norm") and np.isfinite(last := _last(v))}
+        worst = max(dead, key=dead.get) if dead else None
+        if worst is not None and dead[worst] >= 0.9:
+            return (f"{dead[worst]:.0%} of {worst}'s ReLUs are dead (silent for a whole batch): they get no gradient "
+                    f"and stop learning; lower the lr, roll back, or reset")
+        g = _last(data["grad_norm"])
+        if np.isfinite(g) and g < 1e-10:
+            return f"the gradient has vanished (norm {g:.1e}): training has stopped; roll back or reset"
+        return ""
+
     def rollback(self) -> None:
         """The run's weights and optimizer state back to its newest restore point (say, before a blow-up)."""
         self.notice = f"Weights and optimizer state rolled back to step {self.run.rollback()}."
@@ -230,15 +276,23 @@ class TrainingDashboard(Viewer):
         """On the UI's tick: show the run's status and move controls to its current settings."""
         run = self.run
         if run.optimizer != self._opt_shown:  # switched: this optimizer has other knobs
+            self._offer_usual_lr(self._opt_shown)
             self._build_controls()
         settings = run.settings()
         for name, control in self.controls.items():
             control.show(settings[name])
+        usual = optimizers[run.optimizer].meta.usual_lr
+        self.usual_lr_button.visible = not 1 / 3 <= run.lr / usual <= 3
+        self.usual_lr_button.label = f"use {run.optimizer}'s usual lr {usual:g}"
         text = f"**{run.status}** · step {run.steps}"
         kind = {"running": "success", "paused": "warning", "stopped": "secondary", "idle": "secondary"}[run.status]
         if run.message:
             text += f" · {plain(run.message)}"
             kind = "danger" if "diverged" in run.message else kind
+        warning = self._health(run)
+        if warning:
+            text += f"\n\n⚠ {plain(warning)}"
+            kind = "danger" if kind != "danger" and run.status == "running" else kind
         if self.notice:
             text += f"\n\n{plain(self.notice)}"
         if self.error:  # a rejected value is the user's own text: escaped, never markup

@@ -34,9 +34,10 @@ from trainlab.history import History
 
 
 class _Channel:
-    def __init__(self, columns: dict[str, str], sparse: bool, group: str | None):
+    def __init__(self, columns: dict[str, str], sparse: bool, group: str | None, text: bool = False):
         self.columns = columns  # history column -> source column
-        self.sparse = sparse  # rows lacking every value column are dropped (validation every k steps)
+        self.sparse = sparse or text  # rows lacking every value column are dropped (validation every k steps)
+        self.text = text  # the columns hold strings (events), not numbers
         self.group = group  # the tab it is drawn in (None: always shown)
         self.source = ColumnDataSource({c: np.array([], dtype=float) for c in ["step", *columns.values()]})
         self.stride, self.seen, self.points, self.stale = 1, 0, 0, False
@@ -44,7 +45,10 @@ class _Channel:
     def select(self, rows: pd.DataFrame) -> pd.DataFrame:
         out = pd.DataFrame({"step": rows["step"].astype(float)})
         for src, dst in self.columns.items():
-            out[dst] = rows[src].astype(float) if src in rows else np.nan
+            if src not in rows:
+                out[dst] = np.nan
+            else:
+                out[dst] = rows[src] if self.text else rows[src].astype(float)
         if self.sparse:
             out = out.dropna(how="all", subset=list(self.columns.values()))
         return out
@@ -90,6 +94,16 @@ class Feed:
         channel = _Channel(columns, sparse, self._group)
         self._channels.append(channel)
         if self.cursor >= 0:  # a plot added while the run trains (a lab tab opened) starts with the past
+            self._rebase(channel)
+        return channel.source
+
+    def marks(self, column: str = "event") -> ColumnDataSource:
+        """A source of `step` and `text` for the rows that have `column` (the run's events: switches,
+        rollbacks, schedule changes), to mark them on plots. Never thinned: events are rare."""
+        channel = _Channel({column: "text"}, True, self._group, text=True)
+        channel.stride = 1
+        self._channels.append(channel)
+        if self.cursor >= 0:
             self._rebase(channel)
         return channel.source
 
@@ -179,7 +193,7 @@ class Feed:
 
     def _halve(self, ch: _Channel, part: pd.DataFrame) -> None:
         """A full source keeps every other point, and the channel every other row from now on."""
-        data = {k: np.concatenate([np.asarray(v, dtype=float), part[k].to_numpy()])[::2] for k, v in ch.source.data.items()}
+        data = {k: np.concatenate([np.asarray(v), part[k].to_numpy()])[::2] for k, v in ch.source.data.items()}
         ch.stride *= 2
         ch.source.data = data
         ch.points = len(data["step"])

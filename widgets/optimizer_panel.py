@@ -233,12 +233,12 @@ class OptimizerPanel(LabPanel):
         if run.schedule != self._shown:
             self._build_options()
         steps = self._horizon
-        while steps < 1.1 * run.steps:  # the run went past the curve: double it (a redraw per doubling)
+        while steps < 1.1 * (run.steps - run.schedule_start):  # past the curve: double it (a redraw per doubling)
             steps *= 2
-        key = (run.schedule, run.lr, steps)
+        key = (run.schedule, run.schedule_start, run.lr, steps)
         if key != self._preview_key:  # lab's preview does the math; the panel only hands it to the plot
             self._preview_key = key
-            self._preview.data = preview(run.schedule, run.lr, steps)
+            self._preview.data = preview(run.schedule, run.lr, steps, start=run.schedule_start)
         if self._now.location != run.steps:
             self._now.location = run.steps
         r = self.result

@@ -8,7 +8,7 @@ landscape's PCA plane). Probes call the analyses in `trainlab.analysis`; a new l
 from .base import Columns, Probe, default_probes
 from .boundary import DecisionBoundary
 from .internals import ScaleInvariantNorm, SecondMoment, scale_invariant_layers, second_moments
-from .steps import EffectiveStep, GradNorm, UpdateRatio
+from .steps import DeadUnits, EffectiveStep, GradNorm, UpdateRatio
 
 
 def __getattr__(name: str):
@@ -22,6 +22,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Columns", "DecisionBoundary", "EffectiveStep", "GradNorm", "GradientNoise", "GroupLoss", "Probe",
+__all__ = ["Columns", "DeadUnits", "DecisionBoundary", "EffectiveStep", "GradNorm", "GradientNoise", "GroupLoss", "Probe",
            "ScaleInvariantNorm", "SecondMoment", "Sharpness", "SpectrumProbe", "TrajectoryProbe", "UpdateRatio",
            "default_probes", "scale_invariant_layers", "second_moments"]

@@ -70,12 +70,14 @@ def grad_norms(run: Run) -> list[torch.Tensor]:
 
 
 def default_probes(run: Run) -> list[Probe]:
-    """Per-layer gradient norms every 10 steps, update ratios every 25, and for 2-D classification the
-    decision boundary every 10."""
+    """Per-layer gradient norms every 10 steps, update ratios every 25, for 2-D classification the
+    decision boundary every 10, and for ReLU networks the dead units every 50."""
     from .boundary import DecisionBoundary
-    from .steps import GradNorm, UpdateRatio
+    from .steps import DeadUnits, GradNorm, UpdateRatio
 
     probes: list[Probe] = [GradNorm(10), UpdateRatio(25)]  # Δw/w drifts slowly: every 25 steps is plenty
     if run.data.is_2d and run.data.task == "classification":
         probes.append(DecisionBoundary(10))
+    if DeadUnits.units(run):
+        probes.append(DeadUnits(50))  # hooks on one step in 50 only: the dashboard warns when ReLUs die
     return probes

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from .base import Columns, Probe, by_layer, grad_norms, layer_columns
 
@@ -81,3 +82,42 @@ class EffectiveStep(_StepSize):
     @staticmethod
     def divide(num, den):
         return {k: num[k] / den[k] for k in num if den[k] > 0}  # a layer with no gradient has no step size
+
+
+class DeadUnits(Probe):
+    """The fraction of each ReLU layer's units that are zero for every example of the step's batch, in
+    columns `dead_units/<layer>`: units that have died (a large lr pushed their inputs below zero for
+    good) get no gradient and never come back. Measured on the step's own forward pass (hooks on the
+    measuring steps only), so it costs no extra forward."""
+
+    name = "dead_units"
+
+    def __init__(self, every: int = 50):
+        super().__init__(every)
+        self._seen: dict[str, torch.Tensor] = {}
+        self._hooks: list = []
+
+    @staticmethod
+    def units(run: Run) -> dict[str, nn.Module]:
+        return {n: m for n, m in run.model.named_modules() if isinstance(m, (nn.ReLU, nn.ReLU6))}
+
+    def columns(self, run: Run) -> Columns:
+        return Columns(layer_columns(run, self.name, self.units(run)))
+
+    def before(self, run: Run) -> None:
+        self._seen = {}
+
+        def hook(name):
+            def record(module, args, out):
+                if torch.is_tensor(out) and out.ndim >= 2:
+                    alive = (out.detach() > 0).flatten(2).any(-1) if out.ndim > 2 else out.detach() > 0
+                    self._seen[name] = alive.any(0)  # a unit (or channel) active for some example
+            return record
+
+        self._hooks = [m.register_forward_hook(hook(n)) for n, m in self.units(run).items()]
+
+    def measure(self, run: Run) -> dict[str, float]:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        return {f"{self.name}/{n}": 1.0 - float(a.float().mean()) for n, a in self._seen.items()}
