@@ -1,0 +1,270 @@
+"""The first-layer shortcut of loss landscapes: equal to a plain point-by-point loop, and refused where unsound."""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from trainlab.analysis import landscape as L
+
+
+def _loop(model, loss_fn, X, y, base, dirs, coords, train=False):
+    """A plain loop: a copy of the model, weights written per point, one forward each.
+
+    The loss at base + sum_j c_j * dirs[j] for each row c of coords; train mode restarts BatchNorm's
+    statistics at every point.
+    """
+    m = copy.deepcopy(model).train(train)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    out = []
+    with torch.no_grad():
+        for c in coords:
+            m.load_state_dict(state)
+            for n, p in m.named_parameters():
+                p.copy_(base[n] + sum(float(cj) * d[n] for cj, d in zip(c, dirs)))
+            out.append(float(loss_fn(m(X), y)))
+    return np.array(out)
+
+
+def _plane_ref(model, X, y, res, train=False):
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    coords = [(a, b) for a in res.x for b in res.y]
+    return _loop(model, F.cross_entropy, X, y, base, res.directions, coords, train).reshape(res.loss.shape)
+
+
+def _mlp(n_in=20, bn=False):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(n_in, 16), *([nn.BatchNorm1d(16)] if bn else []), nn.Tanh(),
+                         nn.Linear(16, 3))
+
+
+def _cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Unflatten(1, (2, 6, 6)), nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 9, 3))
+
+
+@pytest.fixture
+def data():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(48, 20, generator=g), torch.randint(0, 3, (48,), generator=g)
+
+
+@pytest.fixture
+def images():
+    g = torch.Generator().manual_seed(2)
+    return torch.randn(40, 72, generator=g), torch.randint(0, 3, (40,), generator=g)
+
+
+def _warm_bn(model, X):
+    """Running statistics unlike any batch's own, so a wrong mode would show."""
+    model.train()
+    with torch.no_grad():
+        model(X * 2 + 1)
+    model.eval()
+
+
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_mlp_plane_equals_a_plain_loop(data, vectorize):
+    X, y = data
+    model = _mlp()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = L.plane(model, F.cross_entropy, (X, y), steps=5, span=0.9, seed=3, vectorize=vectorize, progress=False)
+    assert res.path == ("first-layer+vectorized" if vectorize else "first-layer") and res.fallback is None
+    np.testing.assert_allclose(res.loss, _plane_ref(model, X, y, res), rtol=1e-5)
+    for k, v in model.state_dict().items():  # bitwise, and the layer computes for itself again
+        assert torch.equal(v, before[k]), k
+    assert "forward" not in model[1].__dict__
+    assert res.to_dict()["path"] == res.path
+
+
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_cnn_with_conv_bias_and_batchnorm_equals_a_plain_loop(images, vectorize):
+    X, y = images
+    model = _cnn()
+    _warm_bn(model, X.view(-1, 2, 6, 6).reshape(len(X), -1))
+    with torch.no_grad():
+        model[1].bias.add_(0.5)
+    # bias="filter": the first convolution's bias moves too, so its direction bias enters the products
+    res = L.plane(model, F.cross_entropy, (X, y), steps=4, seed=5, bias="filter", vectorize=vectorize, progress=False)
+    assert res.path.startswith("first-layer"), res.fallback
+    assert torch.count_nonzero(res.directions[0]["1.bias"]) == 4
+    np.testing.assert_allclose(res.loss, _plane_ref(model, X, y, res), rtol=1e-5)
+
+
+def test_the_conv_products_reach_the_next_layer_channels_last(images):
+    X, y = images
+    model = _cnn().eval()
+    layouts = []
+    model[3].register_forward_pre_hook(lambda m, a: layouts.append(a[0].is_contiguous(memory_format=torch.channels_last)))
+    L.plane(model, F.cross_entropy, (X, y), steps=2, vectorize=False, progress=False)
+    assert layouts[-1] and not layouts[0]  # the trace saw torch's own layout, the grid points channels last
+
+
+def test_batchnorm_after_the_first_layer_in_both_modes(data):
+    X, y = data
+    model = _mlp(bn=True)
+    _warm_bn(model, X)
+    ev = L.plane(model, F.cross_entropy, (X, y), steps=3, seed=1, progress=False)
+    tr = L.plane(model, F.cross_entropy, (X, y), steps=3, seed=1, mode="train", progress=False)
+    assert ev.path == "first-layer+vectorized" and tr.path == "first-layer"  # vmap needs eval mode with BatchNorm
+    np.testing.assert_allclose(ev.loss, _plane_ref(model, X, y, ev), rtol=1e-5)
+    np.testing.assert_allclose(tr.loss, _plane_ref(model, X, y, tr, train=True), rtol=1e-5)
+    assert np.abs(tr.loss - ev.loss).max() > 1e-3
+
+
+@pytest.mark.parametrize("which", ["mlp", "cnn"])
+def test_line_equals_a_plain_loop(data, images, which):
+    X, y = data if which == "mlp" else images
+    make = _mlp if which == "mlp" else _cnn
+    a, b = make().eval(), make()
+    with torch.no_grad():
+        for p in b.parameters():
+            p.add_(0.3 * torch.randn(p.shape))
+    res = L.line(a, F.cross_entropy, (X, y), end=b, steps=6, span=(-0.5, 1.5), progress=False)
+    assert res.path.startswith("first-layer") and res.to_dict()["path"] == res.path
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    ref = _loop(a, F.cross_entropy, X, y, pa, [{n: pb[n] - pa[n] for n in pa}], [(t,) for t in res.alpha])
+    np.testing.assert_allclose(res.loss, ref, rtol=1e-5)
+
+
+def test_samples_and_their_standard_error(data):
+    X, y = data
+    model = _mlp()
+    n = 20
+    res = L.plane(model, F.cross_entropy, (X, y), steps=3, samples=n, seed=4, progress=False)
+    assert res.path.startswith("first-layer"), res.fallback
+    idx = torch.randperm(len(X), generator=torch.Generator().manual_seed(4))[:n]
+    base = {k: p.detach() for k, p in model.named_parameters()}
+    d1, d2 = res.directions
+    m = copy.deepcopy(model).eval()
+    for i, a in enumerate(res.x):
+        for j, b in enumerate(res.y):
+            with torch.no_grad():
+                for k, p in m.named_parameters():
+                    p.copy_(base[k] + a * d1[k] + b * d2[k])
+                losses = F.cross_entropy(m(X[idx]), y[idx], reduction="none").double().numpy()
+            se = losses.std(ddof=1) / math.sqrt(n) * math.sqrt((len(X) - n) / (len(X) - 1))
+            np.testing.assert_allclose(res.loss[i, j], losses.mean(), rtol=1e-5)
+            np.testing.assert_allclose(res.stderr[i, j], se, rtol=1e-4)
+
+
+def test_several_batches(data):
+    X, y = data
+    model = _mlp()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=20)
+    res = L.plane(model, F.cross_entropy, loader, steps=3, progress=False)
+    assert res.path.startswith("first-layer"), res.fallback
+    np.testing.assert_allclose(res.loss, _plane_ref(model, X, y, res), rtol=1e-5)
+
+
+class _Twice(nn.Module):
+    """Reuses its first Linear: the shortcut would feed the second call the first call's output."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc, self.out = nn.Linear(20, 20), nn.Linear(20, 3)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.fc(torch.tanh(self.fc(x)))))
+
+
+class _Shifted(nn.Module):
+    """The first Linear's input depends on a trainable parameter that no module call owns."""
+
+    def __init__(self, detach=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.pre = nn.Module()
+        self.pre.scale = nn.Parameter(torch.rand(1, 20) + 0.5)
+        self.fc, self.out, self.detach = nn.Linear(20, 8), nn.Linear(8, 3), detach
+
+    def forward(self, x):
+        s = self.pre.scale.detach() if self.detach else self.pre.scale
+        return self.out(torch.tanh(self.fc(x * s)))
+
+
+def _norm_first():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.LayerNorm(20), nn.Linear(20, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def _stochastic_first():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.BatchNorm1d(20, affine=False), nn.Linear(20, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+@pytest.mark.parametrize("make, mode, reason", [
+    (_Twice, "eval", "runs 2 times"),
+    (_Shifted, "eval", "depends on trainable parameters"),
+    (lambda: _Shifted(detach=True), "eval", "where the plain forward gives"),  # caught by the one-point check
+    (_norm_first, "eval", "is a LayerNorm, not an nn.Linear"),
+    (_stochastic_first, "train", "in train mode a BatchNorm1d runs before"),
+])
+def test_fallback_where_the_shortcut_is_unsound(data, make, mode, reason):
+    X, y = data
+    model = make()
+    res = L.plane(model, F.cross_entropy, (X, y), steps=3, mode=mode, progress=False)
+    assert res.path in ("pointwise", "vectorized") and reason in res.fallback
+    np.testing.assert_allclose(res.loss, _plane_ref(model, X, y, res, train=mode == "train"), rtol=1e-5)
+    with pytest.raises(ValueError, match="first_layer=True, but"):
+        L.plane(model, F.cross_entropy, (X, y), steps=3, mode=mode, first_layer=True, progress=False)
+    assert all("forward" not in m.__dict__ for m in model.modules())
+
+
+def test_batchnorm_before_the_first_layer_is_fine_in_eval_mode(data):
+    X, y = data
+    model = _stochastic_first()
+    _warm_bn(model, X)
+    res = L.plane(model, F.cross_entropy, (X, y), steps=3, progress=False)
+    assert res.path.startswith("first-layer"), res.fallback
+    np.testing.assert_allclose(res.loss, _plane_ref(model, X, y, res), rtol=1e-5)
+
+
+class _Viewed(nn.Module):
+    """Flattens its convolution's output with .view, which a channels-last tensor cannot take."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.out = nn.Conv2d(2, 4, 3, padding=1), nn.Linear(4 * 36, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x.view(-1, 2, 6, 6)))
+        return self.out(h.view(len(h), -1))
+
+
+def test_a_model_that_cannot_take_channels_last_gets_the_usual_layout(images):
+    X, y = images
+    model = _Viewed()
+    res = L.plane(model, F.cross_entropy, (X, y), steps=3, progress=False)
+    assert res.path.startswith("first-layer"), res.fallback
+    np.testing.assert_allclose(res.loss, _plane_ref(model, X, y, res), rtol=1e-5)
+
+
+def test_other_fallbacks_and_the_switch(data):
+    X, y = data
+    model = _mlp()
+    tiny = L.plane(model, F.cross_entropy, (X, y), steps=3, memory=1000, progress=False)
+    assert "first-layer" not in tiny.path and "memory=1,000" in tiny.fallback
+    off = L.plane(model, F.cross_entropy, (X, y), steps=3, first_layer=False, progress=False)
+    assert off.path == "vectorized" and off.fallback == "first_layer=False"  # a tiny model: vmap pays
+    np.testing.assert_allclose(off.loss, tiny.loss, rtol=1e-6)
+    cheap = L.plane(_mlp(n_in=4), F.cross_entropy, (X[:, :4], y), steps=3, progress=False)
+    assert "too cheap" in cheap.fallback
+    forced = L.plane(_mlp(n_in=4), F.cross_entropy, (X[:, :4], y), steps=3, first_layer=True, progress=False)
+    assert forced.path.startswith("first-layer")
+    np.testing.assert_allclose(forced.loss, cheap.loss, rtol=1e-5)
+    hooked = _mlp()
+    calls = []
+    hooked[1].register_forward_hook(lambda m, a, o: calls.append(1))
+    res = L.plane(hooked, F.cross_entropy, (X, y), steps=3, progress=False)
+    assert "has hooks" in res.fallback and calls
+    with pytest.raises(ValueError, match="first_layer must be"):
+        L.plane(model, F.cross_entropy, (X, y), steps=3, first_layer=1, progress=False)
