@@ -268,3 +268,55 @@ def test_other_fallbacks_and_the_switch(data):
     assert "has hooks" in res.fallback and calls
     with pytest.raises(ValueError, match="first_layer must be"):
         L.plane(model, F.cross_entropy, (X, y), steps=3, first_layer=1, progress=False)
+
+
+class _BatchCentred(nn.Module):
+    """Subtracts the batch mean after its first layer: examples are not independent, even in eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc, self.out = nn.Linear(20, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.fc(x)
+        return self.out(torch.tanh(h - h.mean(0)))
+
+
+def _sizes(module):
+    """The batch sizes a module sees, recorded by a pre-hook on it."""
+    seen = []
+    module.register_forward_pre_hook(lambda m, a: seen.append(len(a[0])))
+    return seen
+
+
+@pytest.mark.parametrize("which", ["mlp", "cnn"])
+def test_chunks_of_examples_give_the_same_values(data, images, which, monkeypatch):
+    monkeypatch.setattr(L, "ROWS", 16)  # the test sets have 40-48 examples: three chunks each
+    X, y = data if which == "mlp" else images
+    model = (_mlp() if which == "mlp" else _cnn()).eval()
+    sizes = _sizes(model[-1])
+    res = L.plane(model, F.cross_entropy, (X, y), steps=3, vectorize=False, progress=False)
+    assert res.path == "first-layer" and sizes[-3:] == [16, 16, len(X) - 32]
+    np.testing.assert_allclose(res.loss, _plane_ref(model, X, y, res), rtol=1e-5)
+    n = 30
+    sub = L.plane(model, F.cross_entropy, (X, y), steps=3, samples=n, seed=2, vectorize=False, progress=False)
+    assert sizes[-2:] == [16, 14]
+    ref = L.plane(model, F.cross_entropy, (X, y), steps=3, samples=n, seed=2, vectorize=False, first_layer=False,
+                  progress=False)
+    np.testing.assert_allclose(sub.loss, ref.loss, rtol=1e-5)
+    np.testing.assert_allclose(sub.stderr, ref.stderr, rtol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["mixing model", "summed loss"])
+def test_no_chunks_where_they_would_change_the_values(data, case, monkeypatch):
+    monkeypatch.setattr(L, "ROWS", 16)
+    X, y = data
+    model = _BatchCentred() if case == "mixing model" else _mlp()
+    loss_fn = F.cross_entropy if case == "mixing model" else lambda o, t: F.cross_entropy(o, t, reduction="sum")
+    sizes = _sizes(model.out if case == "mixing model" else model[-1])
+    res = L.plane(model, loss_fn, (X, y), steps=3, vectorize=False, progress=False)
+    assert res.path == "first-layer" and sizes[-1] == len(X)  # the one-point check refused the chunks
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ref = _loop(model, loss_fn, X, y, base, res.directions, [(a, b) for a in res.x for b in res.y]).reshape(3, 3)
+    np.testing.assert_allclose(res.loss, ref, rtol=1e-5)
