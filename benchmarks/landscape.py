@@ -12,10 +12,9 @@ ratio is the median of the rounds' ratios (these 2-core machines are shared and 
 
 Equal work, equal values. loss-landscapes' `random_plane` draws its own directions and spans half
 trainlab's distance, and its cost depends on where it evaluates (below), so it is given trainlab's
-directions through its `planar_interpolation` instead: its steps x steps points are points of
-trainlab's (steps + 1) x (steps + 1) grid (its walk alternates between the grid's first and last
-columns, row by row), so trainlab does 4 % more points, and the values are compared point by
-point. The floor is steps x steps bare `loss_fn(model(X), y)` calls under `torch.inference_mode()`
+directions and grid spacing through its `planar_interpolation` instead. Both evaluate steps x steps
+points; loss-landscapes' walk runs one column beyond trainlab's grid on every other row, and the
+values are compared at every point both evaluate. The floor is steps x steps bare `loss_fn(model(X), y)` calls under `torch.inference_mode()`
 at the trained weights. Targets: trainlab never slower than loss-landscapes; at least 3x faster on
 the 784-input MLP.
 
@@ -112,10 +111,15 @@ def _faults_per_point(model, loss_fn, X, y, n=5) -> float:
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / n
 
 
-def _corners(model, d1, d2):
-    """Models at theta - d1 - d2, theta + d1 - d2, theta - d1 + d2: loss-landscapes' start and ends."""
+def _corners(model, d1, d2, steps):
+    """loss-landscapes' start and two ends for a walk on trainlab's steps x steps grid over [-1, 1]^2.
+
+    Its points are start + i * (end_one - start) / steps + j * (end_two - start) / steps, so the
+    ends are one grid spacing beyond the grid's far edge (its even rows run one column further).
+    """
+    far = -1 + 2 * steps / (steps - 1)
     out = []
-    for a, b in ((-1, -1), (1, -1), (-1, 1)):
+    for a, b in ((-1, -1), (far, -1), (-1, far)):
         m = copy.deepcopy(model)
         with torch.no_grad():
             for n, p in m.named_parameters():
@@ -135,47 +139,50 @@ def _ours(model, loss_fn, X, y, steps, **kw):
     return landscape.plane(model, loss_fn, (X, y), steps=steps, directions="filter", seed=0, progress=False, **kw)
 
 
-def _on_peer_points(grid: np.ndarray) -> np.ndarray:
-    """trainlab's (s + 1)^2 grid at loss-landscapes' s^2 points: even rows skip column 0, odd rows the last."""
-    s = grid.shape[0] - 1
-    return np.stack([grid[i, 1:] if i % 2 == 0 else grid[i, :-1] for i in range(s)])
+def _shared(ours: np.ndarray, peer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The points both evaluated: loss-landscapes' even rows hold columns 1..s (the last off trainlab's
+    grid), its odd rows columns 0..s-1."""
+    a = [ours[i, 1:] if i % 2 == 0 else ours[i] for i in range(len(ours))]
+    b = [peer[i, :-1] if i % 2 == 0 else peer[i] for i in range(len(peer))]
+    return np.concatenate(a), np.concatenate(b)
 
 
 def bench(title, model, loss_fn, X, y, repeats: int, steps: int) -> dict[str, float]:
     n_params = sum(p.numel() for p in model.parameters())
     d1, d2 = landscape.random_directions(model, "filter", seed=0)
-    corners = _corners(model, d1, d2)
+    corners = _corners(model, d1, d2, steps)
     results = {}
     tasks = {"loss-landscapes": lambda: results.__setitem__("peer", _peer(corners, loss_fn, X, y, steps)),
-             "trainlab": lambda: results.__setitem__("ours", _ours(model, loss_fn, X, y, steps + 1)),
+             "trainlab": lambda: results.__setitem__("ours", _ours(model, loss_fn, X, y, steps)),
              "floor": lambda: _floor(model, loss_fn, X, y, steps * steps)}
     _ours(model, loss_fn, X, y, 3)  # warm-up: first-call costs out of the timings
-    _peer(corners, loss_fn, X, y, 2)
+    _peer(_corners(model, d1, d2, 2), loss_fn, X, y, 2)
     _floor(model, loss_fn, X, y, 3)
-    times = {k: [] for k in tasks}
+    times, faults = {k: [] for k in tasks}, {k: [] for k in tasks}
     order = list(tasks)
     for r in range(repeats):
         for k in order[r % 3:] + order[: r % 3]:  # rotate who goes first
-            t = time.perf_counter()
+            f, t = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
             tasks[k]()
             times[k].append(time.perf_counter() - t)
+            faults[k].append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f) / steps**2)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = lambda a, b: statistics.median(x / z for x, z in zip(times[a], times[b]))  # noqa: E731
     ours, peer = results["ours"], results["peer"]
-    on_peer = _on_peer_points(ours.loss)
-    vs_peer_values = float(np.max(np.abs(on_peer - peer) / np.abs(peer)))
+    a, b = _shared(ours.loss, peer)
+    vs_peer_values = float(np.max(np.abs(a - b) / np.abs(b)))
     small = _ours(model, loss_fn, X, y, 7)
     plain = _ours(model, loss_fn, X, y, 7, first_layer=False, vectorize=False)
     vs_plain = float(np.max(np.abs(small.loss - plain.loss) / np.abs(plain.loss)))
     out = {"trainlab / loss-landscapes": ratio("trainlab", "loss-landscapes"), "trainlab / floor": ratio("trainlab", "floor"),
            "loss-landscapes / floor": ratio("loss-landscapes", "floor")}
-    print(f"{title} ({n_params:,} parameters, {len(X):,} examples; loss-landscapes {steps}x{steps} points, "
-          f"trainlab {steps + 1}x{steps + 1}; path {ours.path}; median of {repeats} rounds):")
-    print(f"  loss-landscapes {med['loss-landscapes']:7.2f} s   trainlab {med['trainlab']:7.2f} s   "
-          f"bare loop under inference_mode (floor) {med['floor']:7.2f} s")
+    print(f"{title} ({n_params:,} parameters, {len(X):,} examples; {steps}x{steps} points each; trainlab's path "
+          f"{ours.path}; median of {repeats} rounds):")
+    print("  " + "   ".join(f"{k} {med[k]:7.2f} s ({statistics.median(faults[k]):,.0f} page faults a point)"
+                            for k in ("loss-landscapes", "trainlab", "floor")) + "   (floor: bare loop under inference_mode)")
     print("  " + "   ".join(f"{k} {v:.2f}" for k, v in out.items()))
-    print(f"  values: trainlab at loss-landscapes' {peer.size:,} points, max relative difference {vs_peer_values:.1e}; "
-          f"against trainlab's own pointwise path (7x7) {vs_plain:.1e}")
+    print(f"  values: trainlab = loss-landscapes at the {a.size:,} points both evaluate, max relative difference "
+          f"{vs_peer_values:.1e}; trainlab = its own pointwise path (7x7), {vs_plain:.1e}")
     return out
 
 
