@@ -40,6 +40,7 @@ buffers and train/eval flags are restored exactly when the call ends, cancelled 
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import math
@@ -294,8 +295,9 @@ def _per_example(loss_fn: Callable) -> Callable:
 FIRST_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # linear in (weight, bias): exact types only
 PASSIVE = (nn.Flatten, nn.Unflatten, nn.Identity)  # what may run before the first layer in train mode
 MMAP_MAX, TRIM = 32 * 2**20, 64 * 2**20  # glibc's own adaptive maxima of its mmap and trim thresholds
-ROWS = 512  # examples per forward behind a precomputed first layer: its activations stay in cache (measured:
-            # 10 % faster for a 784-256-256-10 MLP on 10,000 images, 22 % for the digits CNN, than all at once)
+ROWS = 512  # examples per forward behind a precomputed first layer, when a batch's activations exceed CHUNK_ABOVE
+CHUNK_ABOVE = 16 * 2**20  # bytes; measured, in chunks against all at once: 10 % faster for a 784-256-256-10 MLP on
+                          # 10,000 images (72 MB), 22 % for the digits CNN (57 MB), slower for the digits MLP (3 MB)
 _malloc_tuned = False
 
 
@@ -336,7 +338,7 @@ class _FirstLayer:
     direction's weight and bias, all flattened in one layout: channels last, (N, H, W, C), for a 2-D
     or 3-D convolution (torch's CPU convolutions and pooling are several times faster on it), else
     the output's own. With `rows`, the rest of the network runs on that many examples at a time
-    (eval mode only), so its activations stay in cache. While `installed`, the module's forward
+    (eval mode, large batches), so its activations stay in cache. While `installed`, the module's forward
     returns `current`, so the model runs unchanged around it: its hooks, tied weights and the rest
     of its forward see what they always do.
     """
@@ -351,6 +353,8 @@ class _FirstLayer:
         self.current: torch.Tensor | None = None
         self.buf: torch.Tensor | None = None
         self.bpp = 0  # bytes of one point's weights and activations, for vmap's chunks
+        self.acts = 0  # bytes of the largest batch's activations
+        self.writes: list[tuple[int, int]] | None = None  # buffer ranges a point writes: all but the layer's own
 
     def add(self, x: torch.Tensor, n: int, dirs: list[dict[str, torch.Tensor]]) -> None:
         """The products for one batch of n examples, whose input to the layer is x (under inference mode)."""
@@ -396,7 +400,9 @@ class _FirstLayer:
 
     def layouts(self, chunk: bool):
         """Set each way of running in turn, fastest first: channels last and in chunks of ROWS
-        examples (where `chunk`), then without chunks, then in the layer's own layout."""
+        examples (where `chunk` and the activations exceed CHUNK_ABOVE), then without chunks, then
+        in the layer's own layout."""
+        chunk = chunk and self.acts > CHUNK_ABOVE
         tried = set()
         for cl, rows in ((True, chunk), (True, False), (False, chunk), (False, False)):
             if not cl and self.perm is not None:
@@ -533,15 +539,35 @@ def _first_layer(model, batches, flat: _Flat, D: torch.Tensor, mode: str, memory
             return None, f"the first layer's products need more than memory={memory:,} bytes"
         with torch.inference_mode():
             fl.add(seen["args"][0], len(xb), dirs)
-    fl.bpp = flat.n_pad * elem + 2 * acts + 1
+    fl.bpp, fl.acts = flat.n_pad * elem + 2 * acts + 1, acts
+    # the layer's own weights need not move (its forward is the products'), when they are one range of the buffer
+    index = {id(q): i for i, (_, q) in enumerate(flat.named)}
+    owners = collections.Counter(id(q) for _, q in model.named_parameters(remove_duplicate=False))
+    own = sorted(index[id(q)] for q in fl.module.parameters(recurse=False) if id(q) in index)
+    tied = any(owners[id(q)] > 1 for q in fl.module.parameters(recurse=False))  # another module uses them too
+    if own and not tied and own == list(range(own[0], own[-1] + 1)):
+        lo, hi = flat.offsets[own[0]], flat.offsets[own[-1] + 1] if own[-1] + 1 < len(flat.named) else flat.n_pad
+        fl.writes = [(a, z) for a, z in ((0, lo), (hi, flat.n_pad)) if z > a]
     return fl, None
+
+
+def _write(flat: _Flat, base: torch.Tensor, Dt: torch.Tensor, c: torch.Tensor, fl: _FirstLayer | None = None) -> None:
+    """A point's weights base + Dt.T @ c into the buffer: one addmv (behind a precomputed first
+    layer, only the ranges after and before that layer's own weights)."""
+    if fl is None or fl.writes is None:
+        torch.addmv(base, Dt.T, c, out=flat.buf)
+        return
+    for a, z in fl.writes:
+        torch.addmv(base[a:z], Dt[:, a:z].T, c, out=flat.buf[a:z])
 
 
 def _check_first_layer(model, loss_fn, batches, flat, base, Dt, coords, fl: _FirstLayer) -> str | None:
     """One point, the farthest from the centre, both ways: None if they agree, else why not."""
     i = int(coords.abs().sum(1).argmax())
-    torch.addmv(base, Dt.T, coords[i], out=flat.buf)
+    _write(flat, base, Dt, coords[i])
     ref = float(_point(model, loss_fn, batches, None)[0])
+    flat.buf.copy_(base)  # as the grid will run: the layer's own weights stay at the centre
+    _write(flat, base, Dt, coords[i], fl)
     try:
         with fl.installed():
             got = float(_point(model, loss_fn, batches, None, fl, coords[i])[0])
@@ -602,7 +628,7 @@ def _evaluate(model, loss_fn, batches, total, flat: _Flat, D: torch.Tensor, coor
                     for i in range(P):
                         if p.cancelled:
                             break
-                        torch.addmv(base, Dt.T, coords[i], out=flat.buf)
+                        _write(flat, base, Dt, coords[i], fl)
                         loss[i], s = _point(model, loss_fn, batches, per_ex, fl, coords[i])
                         if se is not None:
                             se[i] = s
