@@ -1,6 +1,6 @@
 """A filter-normalized loss plane by loss-landscapes, by trainlab, and the bare-loop floor.
 
-    python benchmarks/landscape.py [--repeats 3] [--steps N] [--models mlp,fashion,cnn]
+    python benchmarks/landscape.py [--repeats 5] [--steps N] [--models mlp,fashion,cnn]
 
 Models, each trained 100 steps, one torch thread: the digits MLP (64-128-128-10, 1,437 training
 examples), the digits CNN (`Run(model="cnn", data="digits")`, about 10 minutes, which `--models mlp`
@@ -206,7 +206,7 @@ def first_picture(repeats: int = 7) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5, help="rounds (the median of 5 ratios is steadier than of 3 here)")
     ap.add_argument("--steps", type=int, default=None, help="points per axis of loss-landscapes' plane (default 51; 21 for fashion)")
     ap.add_argument("--models", default="mlp,fashion,cnn", help="comma-separated: mlp, fashion, cnn")
     ap.add_argument("--faults", help=argparse.SUPPRESS)  # one model's page faults in a fresh process
