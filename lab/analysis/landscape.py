@@ -22,18 +22,21 @@ state-dict copies, under `torch.inference_mode()`. Three ways below the plain fo
 - First layer (`first_layer=None`, the default, where it is proven sound and pays): the layer that
   first consumes the data is linear in its weights, so with w = w0 + a*d1 + b*d2 its output is
   f(X; W0, b0) + a*f(X; D1) + b*f(X; D2) (a Linear, or a Conv1d/2d/3d with its bias). The three
-  products are computed once per call and each point's first layer is one `addmv`; the rest of the
-  network runs as usual. A convolution's products are kept channels-last, which torch's CPU
-  convolutions and pooling run several times faster. Checked on every call: the layer is an
-  nn.Linear/nn.Conv*d without hooks, called once per forward, on an input that depends on no
-  trainable parameter (autograd says), with nothing stochastic before it in train mode, within
-  `memory`; and one point is evaluated both ways. Anything else falls back to the plain forward.
+  products are computed once per call and each point's first layer is one `addmv` (its own weights
+  are not even written); the rest of the network runs as usual, on ROWS examples at a time when a
+  batch's activations are too large for the cache (eval mode). A convolution's products are kept
+  channels-last, which torch's CPU convolutions and pooling run several times faster. Checked on
+  every call: the layer is an nn.Linear/nn.Conv*d without hooks, called once per forward, on an
+  input that depends on no trainable parameter (autograd says), with nothing stochastic before it
+  in train mode, within `memory`; then one point is evaluated both ways, and each speed-up
+  (chunks, channels-last) is dropped if it changes the value there. Anything else falls back to
+  the plain forward.
 - Batching grid points: with `vectorize=True` several grid points go through one forward pass
   (`torch.func.functional_call` under `vmap`), chunked to `memory` bytes; that pays where a point's
   own work is small (tiny models, a GPU), which is what `vectorize=None` (the default) picks.
 - Memory: on glibc the call raises malloc's mmap and trim thresholds to glibc's own adaptive maxima
   (32 and 64 MB), so the forward's temporaries are reused, not handed back to the kernel and
-  faulted in again at every point (6,500 page faults per point, 40 % of the time, for the digits CNN).
+  faulted in again at every point (6,500 page faults per point, about 40 % of the time, for the digits CNN).
 The result's `path` says which evaluation ran ("first-layer", "first-layer+vectorized",
 "vectorized", "pointwise") and `fallback` why the first layer was not used. The model's weights,
 buffers and train/eval flags are restored exactly when the call ends, cancelled or not.
@@ -338,7 +341,7 @@ class _FirstLayer:
     direction's weight and bias, all flattened in one layout: channels last, (N, H, W, C), for a 2-D
     or 3-D convolution (torch's CPU convolutions and pooling are several times faster on it), else
     the output's own. With `rows`, the rest of the network runs on that many examples at a time
-    (eval mode, large batches), so its activations stay in cache. While `installed`, the module's forward
+    (eval mode, large batches), so its activations stay in cache; the loss sees the whole batch. While `installed`, the module's forward
     returns `current`, so the model runs unchanged around it: its hooks, tied weights and the rest
     of its forward see what they always do.
     """
@@ -640,33 +643,40 @@ def _evaluate(model, loss_fn, batches, total, flat: _Flat, D: torch.Tensor, coor
     return loss.numpy(), None if se is None else se.numpy(), done == P, path, why
 
 
+def _forward(model, b: int, xb: torch.Tensor, fl: _FirstLayer | None, c: torch.Tensor | None) -> torch.Tensor:
+    """The model's output on batch b; behind a precomputed first layer fed at coordinates c, in
+    chunks of `fl.rows` examples if set (their outputs concatenated, so the loss sees the whole batch)."""
+    if fl is None:
+        return model(xb)
+    if fl.rows is None or len(xb) <= fl.rows:
+        fl.feed(b, c)
+        return model(xb)
+    outs = []
+    for lo in range(0, len(xb), fl.rows):
+        hi = min(lo + fl.rows, len(xb))
+        fl.feed(b, c, lo, hi)
+        outs.append(model(xb[lo:hi]))
+    return torch.cat(outs)
+
+
 def _point(model, loss_fn, batches, per_ex, fl: _FirstLayer | None = None, c: torch.Tensor | None = None):
     """The loss at the weights now in the model: the example-weighted mean over the batches.
 
-    With `fl`, each batch's first-layer output is fed from its products at coordinates c, in
-    chunks of `fl.rows` examples if set.
+    With `fl`, each batch's first-layer output is fed from its products at coordinates c.
     """
-    rows = fl.rows if fl is not None else None
-    parts = [(b, lo, min(lo + rows, len(yb)) if rows else len(yb), xb, yb)
-             for b, (xb, yb) in enumerate(batches) for lo in range(0, len(yb), rows or len(yb))]
-    total, n, losses = 0.0, 0, []
-    for b, lo, hi, xb, yb in parts:
-        if fl is not None:
-            fl.feed(b, c, lo, hi)
-        if hi - lo < len(yb):
-            xb, yb = xb[lo:hi], yb[lo:hi]
-        out = model(xb)
+    if len(batches) == 1:
+        xb, yb = batches[0]
+        out = _forward(model, 0, xb, fl, c)
         value = loss_fn(out, yb)
-        if len(parts) == 1:
-            total, n = value, 1
-        else:
-            total, n = total + value.double() * len(yb), n + len(yb)
-        if per_ex is not None:
-            losses.append(per_ex(out, yb))
-    if per_ex is None:
-        return total / n, None
-    losses = torch.cat(losses).double()
-    return total / n, losses.std() / math.sqrt(len(losses)) if len(losses) > 1 else 0.0
+        if per_ex is None:
+            return value, None
+        losses = per_ex(out, yb)
+        return value, losses.double().std() / math.sqrt(len(losses)) if len(losses) > 1 else 0.0
+    total, n = 0.0, 0
+    for b, (xb, yb) in enumerate(batches):
+        total = total + loss_fn(_forward(model, b, xb, fl, c), yb).double() * len(yb)
+        n += len(yb)
+    return total / n, None
 
 
 def _vectorized(model, loss_fn, batches, flat, base, Dt, coords, per_ex, chunk, loss, se, p,
