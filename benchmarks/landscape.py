@@ -104,8 +104,9 @@ def _floor(model, loss_fn, X, y, n):
             loss_fn(model(X), y).item()
 
 
-def _faults_per_point(model, loss_fn, X, y, n=5) -> float:
-    _floor(model, loss_fn, X, y, 1)
+def _faults_per_point(model, loss_fn, X, y, n=10) -> float:
+    """Minor page faults per bare forward, after 3 forwards of warm-up (malloc's steady state)."""
+    _floor(model, loss_fn, X, y, 3)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     _floor(model, loss_fn, X, y, n)
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / n
