@@ -18,29 +18,40 @@ values are compared at every point both evaluate. The floor is steps x steps bar
 at the trained weights. Targets: trainlab never slower than loss-landscapes; at least 3x faster on
 the 784-input MLP.
 
-Why loss-landscapes once ran below "the floor" (issue 12), measured here:
+Why loss-landscapes once ran below "the floor" (issue 12), measured here (one process, one torch
+thread, interleaved, on this busy 2-core machine):
 - It does nothing cheaper per point. It adds one direction into every parameter tensor in place
   and calls `loss_fn(model(X), y).item()` on a deep copy with `requires_grad` off. Against the
   bare loop under `no_grad`: `inference_mode` and `requires_grad=False` are within 1 % (digits MLP,
-  0.9 ms a point; a width-8 MLP on 320 points, 37 us a point: inference_mode 1 % faster);
-  parameters as views into one flat buffer (trainlab's) against their own storage, no difference;
-  trainlab's one `addmv` writing a point's weights is ~10 us of the MLP's 900.
+  0.9 ms a point; a width-8 MLP on 320 points, 37 us a point: inference_mode 1 % faster; the
+  digits CNN over 600-forward runs, 0.4 %; the 784-input MLP, 0.6 %); parameters as views into
+  one flat buffer (trainlab's) against their own storage, no difference; trainlab's one `addmv`
+  writing a point's weights is ~10 us of the digits MLP's 900.
 - Page faults. glibc's malloc hands a freed block back to the kernel when it is larger than its
   mmap threshold or leaves more than its trim threshold free at the top of the heap; both start at
-  128 KB and rise only as large blocks are freed. Then every point's activations are faulted in
-  and zeroed again: the digits CNN's bare loop took 6,500 minor faults per point, 23 ms a point
-  against 14.6 ms once the thresholds were raised. Whether a loop pays depends on what the process
-  allocated before, so the same loop measured 0.80x or 1.05x "the floor" depending on its turn.
-  trainlab now sets the thresholds to glibc's own adaptive maxima (32 MB mmap, 64 MB trim) on its
-  first call, which applies to the whole process: here all three tasks run after it, so the
-  comparison is fair, and the faults per point before and after are printed.
-- Value-dependent kernels. torch's NCHW max-pooling branches on each comparison: the digits CNN
-  cost 10-25 % more per point at a far grid point than at the centre, so two planes of different
-  extent are different work (hence the shared directions above).
+  128 KB and rise only as large blocks are freed. Below them every point's activations are
+  faulted in and zeroed again: the digits CNN's bare loop took 4,000-7,000 minor faults per
+  forward in most fresh runs of this script, none in one (23 ms a point, against 14.6 ms once the
+  thresholds were raised), and how many depends on what the process allocated before, so the
+  same loop costs more or less depending on its turn. trainlab now raises the thresholds to glibc's own adaptive maxima (32 MB
+  mmap, 64 MB trim) on its first call, for the whole process: all three tasks here run after it,
+  so the comparison is fair; the faults per forward in a fresh process, before and after, and
+  each task's faults per point are printed.
+- Value-dependent kernels. torch's NCHW max-pooling branches on its comparisons: a forward of
+  the digits CNN at a far grid point costs 4-25 % more than at the centre, and `random_plane`
+  spans half trainlab's distance (+-||theta||/2 against +-1 filter-normalized), so the two did
+  different work. Hence the shared directions and grid above; the floor, at the centre, is a
+  little optimistic for the CNN.
+- Noise. Rounds here vary by +-15 % (loss-landscapes' 15x15 CNN plane: 17.7 to 25.5 ms a
+  point over six rounds), so a median of 3 ratios of multi-second runs moves by that much; the
+  issue's 0.80 on the digits MLP (no faults in steady state, no value dependence) was not
+  reproduced: 1.01-1.26 here. Hence 5 rounds by default.
 - Below the floor for real: the first layer is linear in its weights, so trainlab computes its
   three products once per plane and each point's first layer is one `addmv` (digits MLP, and most
-  of the 784-input MLP's work); a convolution's products are kept channels-last, where torch's
-  CPU convolution and pooling are 3.5x and 12x faster than NCHW for 8x8 images (digits CNN).
+  of the 784-input MLP's work); the rest of the network runs 512 examples at a time when a batch's
+  activations exceed 16 MB (784-input MLP, digits CNN: 10 % and 19 % faster); a convolution's
+  products are kept channels-last, where torch's CPU convolution and max-pooling are 3.5x and 12x
+  faster than NCHW on 8x8 images (digits CNN).
 """
 from __future__ import annotations
 
