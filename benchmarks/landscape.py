@@ -3,8 +3,8 @@
     python benchmarks/landscape.py [--repeats 5] [--steps N] [--models mlp,fashion,cnn]
 
 Models, each trained 100 steps, one torch thread: the digits MLP (64-128-128-10, 1,437 training
-examples), the digits CNN (`Run(model="cnn", data="digits")`, about 10 minutes, which `--models mlp`
-skips) and a 784-256-256-10 MLP on 10,000 Fashion-MNIST images (Debian's `dataset-fashion-mnist`,
+examples), the digits CNN (`Run(model="cnn", data="digits")`, 10-13 minutes for 5 rounds, which
+`--models mlp` skips) and a 784-256-256-10 MLP on 10,000 Fashion-MNIST images (Debian's `dataset-fashion-mnist`,
 installed here with apt-get when missing and running as root; else 10,000 random 784-pixel images
 from a fixed seed, and the output says so). The planes are 51x51 for digits and 21x21 for the
 784-input MLP (`--steps` sets all). The three tasks run in one process, in rotating order; every
@@ -14,9 +14,9 @@ Equal work, equal values. loss-landscapes' `random_plane` draws its own directio
 trainlab's distance, and its cost depends on where it evaluates (below), so it is given trainlab's
 directions and grid spacing through its `planar_interpolation` instead. Both evaluate steps x steps
 points; loss-landscapes' walk runs one column beyond trainlab's grid on every other row, and the
-values are compared at every point both evaluate. The floor is steps x steps bare `loss_fn(model(X), y)` calls under `torch.inference_mode()`
-at the trained weights. Targets: trainlab never slower than loss-landscapes; at least 3x faster on
-the 784-input MLP.
+values are compared at every point both evaluate. The floor is steps x steps bare
+`loss_fn(model(X), y)` calls under `torch.inference_mode()` at the trained weights. Targets:
+trainlab never slower than loss-landscapes; at least 3x faster on the 784-input MLP.
 
 Why loss-landscapes once ran below "the floor" (issue 12), measured here (one process, one torch
 thread, interleaved, on this busy 2-core machine):
@@ -27,16 +27,16 @@ thread, interleaved, on this busy 2-core machine):
   digits CNN over 600-forward runs, 0.4 %; the 784-input MLP, 0.6 %); parameters as views into
   one flat buffer (trainlab's) against their own storage, no difference; trainlab's one `addmv`
   writing a point's weights is ~10 us of the digits MLP's 900.
-- Page faults. glibc's malloc hands a freed block back to the kernel when it is larger than its
-  mmap threshold or leaves more than its trim threshold free at the top of the heap; both start at
-  128 KB and rise only as large blocks are freed. Below them every point's activations are
-  faulted in and zeroed again: the digits CNN's bare loop took 4,000-7,000 minor faults per
-  forward in most fresh runs of this script, none in one (23 ms a point, against 14.6 ms once the
-  thresholds were raised), and how many depends on what the process allocated before, so the
-  same loop costs more or less depending on its turn. trainlab now raises the thresholds to glibc's own adaptive maxima (32 MB
-  mmap, 64 MB trim) on its first call, for the whole process: all three tasks here run after it,
-  so the comparison is fair; the faults per forward in a fresh process, before and after, and
-  each task's faults per point are printed.
+- Page faults. glibc's malloc hands a freed block back to the kernel when it is larger than its mmap
+  threshold or leaves more than its trim threshold free at the top of the heap; both start at 128 KB
+  and rise only as large blocks are freed. Below them every point's activations are faulted in and
+  zeroed again: the digits CNN's bare loop took 4,000-7,000 minor faults per forward in most fresh
+  runs of this script, none in one (23 ms a point, against 14.6 ms once the thresholds were raised),
+  and how many depends on what the process allocated before, so the same loop costs more or less
+  depending on its turn. trainlab now raises the thresholds to glibc's own adaptive maxima (32 MB
+  mmap, 64 MB trim) on its first call, for the whole process: all three tasks here run after it, so
+  the comparison is fair; the faults per forward in a fresh process, before and after, and each
+  task's faults per point are printed.
 - Value-dependent kernels. torch's NCHW max-pooling branches on its comparisons: a forward of
   the digits CNN at a far grid point costs 4-25 % more than at the centre, and `random_plane`
   spans half trainlab's distance (+-||theta||/2 against +-1 filter-normalized), so the two did

@@ -36,7 +36,7 @@ state-dict copies, under `torch.inference_mode()`. Three ways below the plain fo
   own work is small (tiny models, a GPU), which is what `vectorize=None` (the default) picks.
 - Memory: on glibc the call raises malloc's mmap and trim thresholds to glibc's own adaptive maxima
   (32 and 64 MB), so the forward's temporaries are reused, not handed back to the kernel and
-  faulted in again at every point (6,500 page faults per point, about 40 % of the time, for the digits CNN).
+  faulted in again at every point (4,000-7,000 page faults per point, about 40 % of the time, for the digits CNN).
 The result's `path` says which evaluation ran ("first-layer", "first-layer+vectorized",
 "vectorized", "pointwise") and `fallback` why the first layer was not used. The model's weights,
 buffers and train/eval flags are restored exactly when the call ends, cancelled or not.
@@ -315,8 +315,8 @@ def _keep_freed_memory() -> None:
     glibc starts both thresholds at 128 KB and raises them toward these values as it sees large
     blocks freed. Until it has, and whenever one forward's temporaries add up to more than twice its
     largest one, each point's activations go back to the kernel when freed and are faulted in
-    again, page by page, at the next point: 6,500 faults per point, 40 % of the time, for the
-    digits CNN (see benchmarks/landscape.py). Left alone when malloc is tuned by the environment.
+    again, page by page, at the next point: 4,000-7,000 faults per point, about 40 % of the time,
+    for the digits CNN (see benchmarks/landscape.py). Left alone when malloc is tuned by the environment.
     """
     global _malloc_tuned
     if _malloc_tuned:
@@ -341,9 +341,9 @@ class _FirstLayer:
     direction's weight and bias, all flattened in one layout: channels last, (N, H, W, C), for a 2-D
     or 3-D convolution (torch's CPU convolutions and pooling are several times faster on it), else
     the output's own. With `rows`, the rest of the network runs on that many examples at a time
-    (eval mode, large batches), so its activations stay in cache; the loss sees the whole batch. While `installed`, the module's forward
-    returns `current`, so the model runs unchanged around it: its hooks, tied weights and the rest
-    of its forward see what they always do.
+    (eval mode, large batches), so its activations stay in cache; the loss sees the whole batch.
+    While `installed`, the module's forward returns `current`, so the model runs unchanged around
+    it: its hooks, tied weights and the rest of its forward see what they always do.
     """
 
     def __init__(self, module: nn.Module):
@@ -365,7 +365,7 @@ class _FirstLayer:
 
         y0 = self.module(x)
         ys = [functional_call(self.module, d, (x,)) for d in dirs]
-        if isinstance(self.module, (nn.Conv2d, nn.Conv3d)) and y0.ndim in (4, 5):  # batched (N, C, H, W) or (N, C, D, H, W)
+        if isinstance(self.module, (nn.Conv2d, nn.Conv3d)) and y0.ndim in (4, 5):  # batched: (N, C, H, W), (N, C, D, H, W)
             self.perm = (0, *range(2, y0.ndim), 1)
         lay = (lambda t: t.permute(self.perm)) if self.perm else (lambda t: t)
         self.shapes.append(tuple(lay(y0).shape))
