@@ -93,7 +93,7 @@ def fashion_mnist() -> tuple[torch.Tensor, torch.Tensor, str]:
         return torch.tensor(X, dtype=torch.float32) / 255, torch.tensor(y, dtype=torch.int64), "Fashion-MNIST test set"
     g = torch.Generator().manual_seed(0)
     X = torch.rand(10_000, 784, generator=g)
-    y = (X @ torch.randn(784, 10, generator=g)).argmax(1)
+    y = ((X - 0.5) @ torch.randn(784, 10, generator=g)).argmax(1)  # ten classes, learnable
     return X, y, "10,000 random 784-pixel images (seed 0; dataset-fashion-mnist not installed)"
 
 
