@@ -33,11 +33,13 @@ def data():
     return torch.randn(40, 5, generator=g), torch.randint(0, 3, (40,), generator=g)
 
 
-def _warm_bn(model, X):
-    """Running statistics that differ from any batch's own, so eval and train modes differ."""
+def warm_bn(model, X):
+    """Running statistics that differ from any batch's own, so eval and train modes differ (and a wrong
+    mode would show)."""
     model.train()
     with torch.no_grad():
         model(X * 2 + 1)
+    model.eval()
 
 
 def _reference(model, loss_fn, X, y, base, d1, d2, xs, ys, train=False):
@@ -92,7 +94,7 @@ def test_bias_and_norm_parameters_options():
 def test_plane_equals_a_plain_loop_and_leaves_the_model_bitwise_unchanged(data):
     X, y = data
     model = _mlp(bn=True)
-    _warm_bn(model, X)
+    warm_bn(model, X)
     model.train()  # the caller's mode comes back afterwards
     before = {k: v.clone() for k, v in model.state_dict().items()}
     res = L.plane(model, F.cross_entropy, (X, y), steps=5, span=0.8, seed=2, progress=False)
@@ -124,12 +126,9 @@ def test_dataloader_data_and_user_directions(data):
     assert res.kind == "given"
 
 
-def test_samples_standard_error_matches_a_direct_computation(data):
-    X, y = data
-    model = _mlp()
-    n = 15
-    res = L.plane(model, F.cross_entropy, (X, y), steps=3, samples=n, seed=4, progress=False)
-    idx = torch.randperm(len(X), generator=torch.Generator().manual_seed(4))[:n]
+def assert_samples_match(model, X, y, res, n, seed, rtol=1e-5):
+    """Each point's loss and standard error against the same fixed subset, computed point by point."""
+    idx = torch.randperm(len(X), generator=torch.Generator().manual_seed(seed))[:n]
     base = {k: p.detach() for k, p in model.named_parameters()}
     d1, d2 = res.directions
     m = copy.deepcopy(model).eval()
@@ -141,7 +140,14 @@ def test_samples_standard_error_matches_a_direct_computation(data):
                 losses = F.cross_entropy(m(X[idx]), y[idx], reduction="none").double().numpy()
             se = losses.std(ddof=1) / math.sqrt(n) * math.sqrt((len(X) - n) / (len(X) - 1))
             np.testing.assert_allclose(res.loss[i, j], losses.mean(), rtol=1e-5)
-            np.testing.assert_allclose(res.stderr[i, j], se, rtol=1e-5)
+            np.testing.assert_allclose(res.stderr[i, j], se, rtol=rtol)
+
+
+def test_samples_standard_error_matches_a_direct_computation(data):
+    X, y = data
+    model = _mlp()
+    res = L.plane(model, F.cross_entropy, (X, y), steps=3, samples=15, seed=4, progress=False)
+    assert_samples_match(model, X, y, res, 15, 4)
     with pytest.raises(ValueError, match="samples must be"):
         L.plane(model, F.cross_entropy, (X, y), steps=3, samples=1000, progress=False)
 
@@ -149,7 +155,7 @@ def test_samples_standard_error_matches_a_direct_computation(data):
 def test_batchnorm_eval_mode_is_default_and_differs_from_train(data):
     X, y = data
     model = _mlp(bn=True)
-    _warm_bn(model, X)
+    warm_bn(model, X)
     stats = model[1].running_mean.clone()
     kw = dict(steps=3, seed=1, progress=False)
     default = L.plane(model, F.cross_entropy, (X, y), **kw)
@@ -195,7 +201,7 @@ def test_cancel_keeps_the_computed_points(data, vectorize):
 def test_chunking_under_a_tiny_memory_budget_gives_the_same_values(data):
     X, y = data
     model = _mlp(bn=True)
-    _warm_bn(model, X)
+    warm_bn(model, X)
     kw = dict(steps=5, seed=7, progress=False)
     loop = L.plane(model, F.cross_entropy, (X, y), vectorize=False, **kw)
     tiny = L.plane(model, F.cross_entropy, (X, y), vectorize=True, memory=1, **kw)  # one point per chunk
