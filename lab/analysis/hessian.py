@@ -143,14 +143,17 @@ def _generator(seed: int | None) -> torch.Generator:
 def _orthonormalize(W: torch.Tensor, basis: torch.Tensor | None, drop: float = 1e-10, passes: int = 2) -> torch.Tensor:
     """W's columns orthogonal to `basis` and to each other: `passes` of classical Gram-Schmidt
     against the basis (two are enough; 0 when W is orthogonal to it already), then QR, dropping
-    dependent columns, and one more pass when the QR mixed several columns."""
+    dependent columns. Q = W R⁻¹ keeps W's orthogonality to the basis up to a factor cond(R), so
+    one more pass follows only when R is ill-conditioned or columns were dropped (in the Lanczos
+    blocks of the digits MLP cond(R) stays below 2: the pass would read the whole basis for nothing)."""
     for _ in range(passes):
         if basis is not None and basis.shape[1]:
             W = W - basis @ (basis.T @ W)
     Q, R = torch.linalg.qr(W)
     keep = R.diagonal().abs() > drop * max(1.0, float(R.diagonal().abs().max()) if R.numel() else 1.0)
     Q = Q[:, keep]
-    if basis is not None and basis.shape[1] and Q.shape[1] > 1:
+    if (basis is not None and basis.shape[1] and Q.shape[1] > 1
+            and (not bool(keep.all()) or float(torch.linalg.cond(R)) > 1e3)):
         Q = Q - basis @ (basis.T @ Q)
         Q, _ = torch.linalg.qr(Q)
     return Q
