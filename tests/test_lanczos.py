@@ -68,6 +68,18 @@ def test_every_top_eigenvalue_within_tol_for_every_seed(layernorm_problem, k, bl
         assert np.all(np.min(np.abs(values[:, None] - dense[None, :]), 1) <= TOL * np.abs(values))
 
 
+@pytest.mark.parametrize("block", [1, 2, 3])
+def test_the_stopping_residuals_are_the_true_residuals(layernorm_problem, block):
+    """The solver reads each Ritz pair's residual off the Krylov relation instead of forming H·x:
+    recomputed with the dense H, every returned pair has ||Hx - θx|| <= tol·|θ|, and the vectors
+    are orthonormal."""
+    model, X, y, H, _ = layernorm_problem
+    values, vectors = hessian.top_eigenvalues(model, F.cross_entropy, (X, y), k=5, block=block, return_vectors=True)
+    residual = torch.linalg.vector_norm(H @ vectors - vectors * torch.as_tensor(values.copy()), dim=0).numpy()
+    assert np.all(residual <= TOL * np.abs(values))
+    torch.testing.assert_close(vectors.T @ vectors, torch.eye(5, dtype=torch.float64), rtol=0, atol=1e-10)
+
+
 def quadratic(top: list[float], n: int = 300, seed: int = 0):
     """Least squares whose Hessian (2/N)·XᵀX has exactly the eigenvalues `top` plus a bulk in
     [0, 0.8·min(top)), with random eigenvectors: a model whose top eigenvalues we choose."""
