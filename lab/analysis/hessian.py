@@ -10,7 +10,7 @@ the forward and backward pass each call). So the graph is kept when the data is 
 
 - `top_eigenvalues`: (block) Lanczos with full reorthogonalization (block Krylov + Rayleigh-Ritz),
   stopped when every wanted Ritz pair's residual ||Hx - θx|| is at most tol·|θ|, which puts an
-  eigenvalue within tol·|θ| of each θ: 28-32 products for the top 5 (block 2, the default for
+  eigenvalue within tol·|θ| of each θ: 26-32 products for the top 5 (block 2, the default for
   k >= 2) where PyHessian's deflated power iterations take 68-111.
 - `trace`: Hutchinson with an independent Rademacher vector per data slice (variance about 10x
   lower per product on the digits MLP) or Hutch++ (Meyer et al. 2021), with a standard error.
@@ -247,7 +247,7 @@ def top_eigenvalues(model: nn.Module, loss_fn, data, k: int = 1, tol: float = 1e
     of a repeated eigenvalue (and cannot split a pair closer than about tol), so `block` defaults to
     1 for k = 1 (a pair at the top still gives λ_1 within tol) and to 2 for k >= 2, which finds pairs
     such as λ_1 and λ_2 crossing at the edge of stability; pass block=b for clusters of b. Top 5 of
-    the digits MLP: 28-32 products with block 2 (19-23 with block 1), against 68-111 for PyHessian's
+    the digits MLP: 26-32 products with block 2 (18-23 with block 1), against 68-111 for PyHessian's
     power iterations with deflation.
     `v0` (n,) or (n, j) warm-starts it (the previous eigenvectors of a run that moved a little; a
     warm start converges in a few products but follows only the directions it is given).
