@@ -16,36 +16,44 @@ if TYPE_CHECKING:
 
 
 class Sharpness(Probe):
-    """λ_max of the loss's Hessian every k steps, warm-started from the previous top eigenvector.
+    """λ_max of the loss's Hessian every k steps, warm-started from the previous top `block` Ritz vectors.
 
     Measured after the step, on a fixed probe batch (`run.data.fixed_sample(max_examples)`: the whole
     training set up to `max_examples`, else a fixed subset), so under full-batch GD it is the sharpness of the very
     objective being trained. Columns:
-    - `sharpness`: λ_max(H);
+    - `sharpness`: λ_max(H), within `tol` relative (the solve stops once ||Hx - θx|| <= tol·θ);
     - `sharpness_threshold`: the optimizer's stability threshold (2/lr for plain GD; (2+2β)/lr with
       momentum β; 38/lr for Adam with β1 = 0.9, which bounds the preconditioned sharpness);
     - `preconditioned_sharpness` (adaptive optimizers): λ_max(P⁻¹H) = λ_max(P^-1/2 H P^-1/2);
     - `sharpness_hvps`: Hessian-vector products this measurement cost.
-    Each Lanczos solve starts from the previous top eigenvector (with `block - 1` random vectors
-    beside it when block > 1), so once the run settles a measurement costs a few HVPs.
+    Each solve is block Lanczos from the previous solve's top `block` (>= 2) Ritz vectors, stopped
+    once ||Hx - θx|| <= tol·θ for the top pair. At the edge of stability the top eigenvalues come
+    close and swap: a start from the top eigenvector alone then follows the one that became second
+    (and stops on it, since it is an eigenvector), while a block holding both finds whichever is now
+    larger, and its block iterations keep refining both. An eigenvalue that climbs past the top
+    `block` between two measurements is found only if the iterations pick it up (in a model made of
+    independent parts they may never): raise `block`, or measure more often, when several crowd there.
     """
 
     name = "sharpness"
 
-    def __init__(self, every: int = 10, tol: float = 1e-3, block: int = 1, max_examples: int = 2048,
+    def __init__(self, every: int = 10, tol: float = 1e-3, block: int = 2, max_examples: int = 2048,
                  max_hvps: int = 400):
         super().__init__(every)
         if not tol > 0:
             raise ValueError(f"tol must be > 0, got {tol!r}")
-        self.tol, self.block, self.max_examples, self.max_hvps = tol, int(block), int(max_examples), int(max_hvps)
+        if isinstance(block, bool) or not isinstance(block, int) or block < 2:
+            raise ValueError(f"block must be a whole number >= 2 (a one-vector warm start follows the second "
+                             f"eigenvector when the top two cross), got {block!r}")
+        self.tol, self.block, self.max_examples, self.max_hvps = tol, block, int(max_examples), int(max_hvps)
         self._batch = None
         self._vectors: dict[str, torch.Tensor | None] = {"hessian": None, "preconditioned": None}
         self._gen = torch.Generator().manual_seed(0)
 
     def _top(self, op: HessianOperator, key: str) -> float:
         values, vectors, _ = lanczos(op, 1, self.tol, self.block, self.max_hvps, self._vectors[key], self._gen,
-                                     Progress())
-        self._vectors[key] = vectors[:, 0].clone()
+                                     Progress(), keep=self.block)
+        self._vectors[key] = vectors.clone()
         return float(values[0])
 
     def columns(self, run: Run) -> Columns:
