@@ -2,9 +2,10 @@
 
 A loss that turns non-finite is too late: by then the weights are 1e12 or more and no lr brings them
 back. `Guard` also catches the loss growing by orders of magnitude (above `factor` times its recent
-median, and above 10 times the first loss it saw), and keeps a ring of restore points (weights,
+median, and above 10 times the median of the first ten), and keeps a ring of restore points (weights,
 buffers and optimizer state) taken when the settings change and every `every` healthy steps, so the
-run can go back to weights from before the blow-up: lower the lr and resume.
+run can go back to weights from before the blow-up: lower the lr and resume. A loss over the limit must stay over it
+for two steps in a row: with a batch of one, a single hard example can be 100 times the median.
 """
 from __future__ import annotations
 
@@ -36,19 +37,27 @@ class Guard:
         self.factor, self.every = factor, every
         self._recent: deque[float] = deque(maxlen=window)
         self._first: float | None = None
-        self._limit = math.inf
+        self._opening: list[float] = []
+        self._limit, self._over = math.inf, 0
         self.points: deque[RestorePoint] = deque(maxlen=keep)
 
     # ---- the loss ---------------------------------------------------------------------------------
     def check(self, loss: float, grad_norm: float) -> str | None:
-        """Why this step's loss or gradient norm means divergence, or None if it does not."""
+        """Why this step's loss or gradient norm means divergence, or None if it does not.
+
+        A loss over the limit counts on its second step in a row: one hard example in a batch of one or a
+        few can be 100 times the median and gone at the next step, while a blow-up keeps growing."""
         if not math.isfinite(loss):
             return f"the loss is {loss}"
         if not math.isfinite(grad_norm):
             return f"the gradient norm is {grad_norm}"
         if loss > self._limit:
-            scale = statistics.median(self._recent) if len(self._recent) >= 10 else self._first
-            return f"the loss is {loss:.4g}, over {self.factor:g}× its recent median ({scale:.4g})"
+            self._over += 1
+            if self._over >= 2:
+                scale = statistics.median(self._recent) if len(self._recent) >= 10 else self._first
+                return f"the loss is {loss:.4g}, over {self.factor:g}× its recent median ({scale:.4g})"
+        else:
+            self._over = 0
         return None
 
     def ruined(self, model: nn.Module) -> bool:
@@ -64,9 +73,10 @@ class Guard:
 
     def record(self, loss: float) -> None:
         """A step that went through: its loss joins the window the limit is drawn from."""
-        if self._first is None:
-            self._first = loss
         self._recent.append(loss)
+        if len(self._opening) < 10:  # the scale the run starts at: the median of its first ten losses
+            self._opening.append(loss)
+            self._first = statistics.median(self._opening)
         n = len(self._recent)
         if n <= 10 or n % 10 == 0 or n == self._recent.maxlen:  # a median every 10 steps: cheap enough per step
             self._update_limit()

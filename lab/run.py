@@ -201,7 +201,9 @@ class Run(param.Parameterized):
 
         self.layers = _layers(self.model)
         self.params = [p for ps in self.layers.values() for p in ps]  # trainable, in layer order
-        self.threads = choose_threads(threads, sum(p.numel() for p in self.params), self.batch_size)
+        # the examples a step sees, not the nominal batch size (full-batch runs ask for 100,000 of 320)
+        self.threads = choose_threads(threads, sum(p.numel() for p in self.params),
+                                      min(self.batch_size, self.data.n_examples))
         self.grads = FlatGrads(self.params)
         self._buffers = list(self.model.buffers())  # all of them: BatchNorm's num_batches_tracked too
         self._initial_state = copy.deepcopy(self.model.state_dict())

@@ -99,7 +99,8 @@ def test_the_guard_reads_the_scale_of_the_loss():
     g = Guard(factor=100)
     for _ in range(20):
         g.record(2.0)
-    assert g.check(150.0, 1.0) is None and "100×" in g.check(250.0, 1.0)
+    assert g.check(150.0, 1.0) is None and g.check(250.0, 1.0) is None  # over the limit: once is not yet
+    assert "100×" in g.check(300.0, 1.0)  # twice in a row is
     assert "not" in str(g.check(math.nan, 1.0)) or "nan" in g.check(math.nan, 1.0)
     assert "gradient norm" in g.check(1.0, math.inf)
     tiny = Guard(factor=100)
@@ -110,3 +111,23 @@ def test_the_guard_reads_the_scale_of_the_loss():
     for _ in range(20):
         zero.record(-1.0)  # a loss that can be negative has no scale to grow from
     assert zero.check(1e6, 1.0) is None
+
+
+def test_one_hard_example_in_a_batch_of_one_is_not_a_blow_up():
+    g = Guard(factor=100)
+    for _ in range(50):
+        g.record(1e-4)  # a fitted model: most single examples cost almost nothing
+    assert g.check(6.7, 1.0) is None  # one hard example: over the limit once
+    g.record(6.7)
+    assert g.check(1e-4, 1.0) is None  # and gone at the next step
+    assert g.check(9.0, 1.0) is None and "100×" in g.check(50.0, 1.0)  # a blow-up stays over it
+
+
+def test_a_run_on_single_examples_trains_on():
+    run = small_run(batch_size=1, probes=[], lr=0.05)
+    assert run.step(1500) == 1500, run.message
+
+
+def test_auto_threads_count_the_examples_a_step_sees():
+    run = small_run(batch_size=100_000)  # full batch: 320 examples a step, a small model
+    assert run.threads == 1

@@ -8,6 +8,7 @@ their websocket), or "*" for any.
 from __future__ import annotations
 
 import re
+import threading
 
 import panel as pn
 import tornado.web
@@ -15,6 +16,7 @@ import tornado.web
 from trainlab import Run
 
 from .dashboard import TrainingDashboard
+from .labs import LABS
 
 LOCAL = ("localhost", "127.0.0.1", "[::1]")
 
@@ -53,9 +55,22 @@ def refuse_other_hosts(server, hosts: list[str] | None) -> None:
     server._tornado.add_handlers(pattern, [(r".*", _Refused)])  # the Bokeh server's tornado Application
 
 
+def warm_up() -> None:
+    """Import every lab's module and compile the playground's Numba kernels, so the first person to open a
+    tab does not wait seconds for it (the server's event loop would stall meanwhile, for everyone)."""
+    from trainlab import playground
+
+    for lab in LABS:
+        lab.panel_class()
+    playground.trajectories("quadratic", ["sgd"], steps=2)
+    playground.fair_race("quadratic", ["sgd"], steps=2)
+    playground.contour_grid("quadratic")
+
+
 def serve(port: int = 5006, address: str = "localhost", show: bool = False, origins: list[str] | None = None,
           **kwargs):
     """Serve the lab with Panel's server; blocks until interrupted."""
+    threading.Thread(target=warm_up, name="trainlab-warm-up", daemon=True).start()
     origins = [f"{address}:{port}", f"localhost:{port}", f"127.0.0.1:{port}", *(origins or [])]
     server = pn.serve(create_app, port=port, address=address, show=show, title="trainlab", start=False,
                       websocket_origin=["*"] if "*" in origins else origins, **kwargs)

@@ -14,14 +14,18 @@ from typing import Any, Callable
 
 import panel as pn
 import param
+from bokeh.models import LayoutDOM
 from panel.viewable import Viewer
 
 from trainlab import Run, live
 from trainlab.jobs import Cancelled, Job
 from trainlab.probes import Probe
 
+from . import plots
 from .controls import Control
 from .feed import Feed
+
+SIDEBAR = 300  # pixels: a lab's controls; two plots fit beside it and the dashboard's own in 1,500
 
 
 def plain(text: str) -> str:
@@ -75,7 +79,8 @@ class JobSlot:
         self.status.object = plain(text)
 
     def panel(self) -> pn.Column:
-        return pn.Column(pn.Row(*self.buttons, self.cancel_button), self.bar, self.status, sizing_mode="stretch_width")
+        return pn.Column(pn.Row(*self.buttons), pn.Row(self.cancel_button, self.bar), self.status,
+                         sizing_mode="stretch_width")
 
 
 # per run: the probes panels added, and how many open panels use each (two views of one run share them)
@@ -98,6 +103,7 @@ class LabPanel(Viewer):
         self.slots: dict[str, JobSlot] = {}
         self._added: list[Probe] = []
         self.alert = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width")
+        self._hints: list[tuple] = []
         self.feed.on_tick(self._tick_slots)
 
     def _ready(self) -> None:
@@ -156,6 +162,23 @@ class LabPanel(Viewer):
     def _tick_slots(self) -> None:
         for s in self.slots.values():
             s.tick()
+        for note, source in self._hints:
+            empty = not any(len(v) for k, v in source.data.items() if k != "step")  # all-NaN counts as data here
+            if note.visible != empty:
+                note.visible = empty
+
+    def hint(self, fig, source, text: str):
+        """Say on `fig` what fills it ("press LR range test") while `source` is empty."""
+        self._hints.append((plots.placeholder(fig, text), source))
+        return fig
+
+    def layout(self, sidebar: list, figures: list, below: list = ()) -> pn.Row:
+        """Every lab's layout: its controls in a column on the left, its plots wrapping in the width left."""
+        panes = [pn.pane.Bokeh(f) if isinstance(f, LayoutDOM) else f for f in figures]
+        return pn.Row(pn.Column(*sidebar, width=SIDEBAR),
+                      pn.Column(self.alert, pn.FlexBox(*panes, sizing_mode="stretch_width"), *below,
+                                sizing_mode="stretch_width"),
+                      sizing_mode="stretch_width")
 
     # ---- own settings --------------------------------------------------------------------------
     def control(self, name: str) -> Control:

@@ -74,6 +74,7 @@ class Control:
         else:
             raise TypeError(f"no control for {type(p).__name__} parameter {name!r}")
         self.widget.description = p.doc
+        self.widget.sizing_mode = "stretch_width"  # as wide as its sidebar, never past it
         self._showing = False
         self.widget.param.watch(self._changed, "value")
 

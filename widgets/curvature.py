@@ -51,12 +51,12 @@ class CurvaturePanel(LabPanel):
         self.instruments = {"sharpness": Sharpness(every=self.every), "noise": GradientNoise(every=self.every),
                             "groups": GroupLoss(every=1)}
         self.toggles = {kind: pn.widgets.Toggle(label=label, value=False, width=w) for kind, label, w in
-                        (("sharpness", "Sharpness", 115), ("noise", "Gradient noise", 125), ("groups", "Group losses", 115))}
+                        (("sharpness", "Sharpness", 90), ("noise", "Gradient noise", 110), ("groups", "Group losses", 95))}
         for kind, toggle in self.toggles.items():
             toggle.param.watch(partial(self._toggle, kind), "value")
         self.sharpness_toggle, self.noise_toggle, self.groups_toggle = self.toggles.values()
-        self.buttons = {what: pn.widgets.Button(label=label, width=120)
-                        for what, label in (("top", "Top-k eigenvalues"), ("trace", "Trace"), ("density", "Density"))}
+        self.buttons = {what: pn.widgets.Button(label=label, width=w) for what, label, w in
+                        (("top", "Top-k eigenvalues", 130), ("trace", "Trace", 70), ("density", "Density", 80))}
         for what, button in self.buttons.items():
             button.on_click(partial(lambda what, event: self.compute(what), what))
         slot = self.job_slot("hessian", "Hessian", list(self.buttons.values()), describe=self._describe)
@@ -67,7 +67,8 @@ class CurvaturePanel(LabPanel):
         feed, figs = self.feed, []
         columns = self.instruments["sharpness"].columns(run).scalars
         self.sharpness_source = feed.source(columns, sparse=True)
-        figs.append(self._sharpness_figure(self.sharpness_source))
+        figs.append(self.hint(self._sharpness_figure(self.sharpness_source), self.sharpness_source,
+                              "turn on Sharpness (λ_max every k steps)"))
         self.has_groups = bool(run.data.info.get("groups"))
         self.groups_source = None
         if self.has_groups:
@@ -79,21 +80,25 @@ class CurvaturePanel(LabPanel):
                          line_width=1.5)
             plots.legend(fig, "top_right")
             figs.append(fig)
-        self.noise_source = feed.source(self.instruments["noise"].columns(run).scalars, sparse=True)
-        figs.append(plots.single("Gradient noise scale B_simple", "examples", self.noise_source, "noise_scale", log=True))
-        figs.append(plots.single("Gradient SNR (mean over parameters)", "SNR", self.noise_source, "grad_snr", log=True))
+        # B_simple is NaN where the |G|² estimate is not positive: its own source, so the line joins its points
+        self.noise_source = feed.source({"noise_scale": "noise_scale"}, sparse=True)
+        self.snr_source = feed.source({"grad_snr": "grad_snr"}, sparse=True)
+        noise = "turn on Gradient noise"
+        fig = plots.single("Gradient noise scale B_simple", "examples", self.noise_source, "noise_scale", log=True)
+        fig.scatter("step", "noise_scale", source=self.noise_source, color=plots.TRAIN, size=3)
+        figs.append(self.hint(fig, self.noise_source, noise))
+        figs.append(self.hint(plots.single("Gradient SNR (mean over parameters)", "SNR", self.snr_source, "grad_snr",
+                                           log=True), self.snr_source, noise))
         self.top_source = feed.snapshot(live.HESSIAN["top"], _eigen_data, {"rank": [], "eigenvalue": []})
-        figs.append(self._top_figure(self.top_source))
+        figs.append(self.hint(self._top_figure(self.top_source), self.top_source, "press Top-k eigenvalues"))
         self.density_source = feed.snapshot(live.HESSIAN["density"], _density_data, {"grid": [], "density": []})
-        figs.append(self._density_figure(self.density_source))
+        figs.append(self.hint(self._density_figure(self.density_source), self.density_source, "press Density"))
 
         toggles = [self.sharpness_toggle, self.noise_toggle] + ([self.groups_toggle] if self.has_groups else [])
-        side = pn.Column(pn.pane.Markdown("### Curvature\nProbes (every k steps):"), pn.Row(*toggles),
-                         self.controls["every"].widget, pn.pane.Markdown("Hessian now, on a copy of the model:"),
-                         *(self.controls[n].widget for n in ("k", "samples", "vectors", "iters")),
-                         slot.panel(), self.alert, width=420)
-        self._layout = pn.Row(side, pn.FlexBox(*[pn.pane.Bokeh(f) for f in figs], sizing_mode="stretch_width"),
-                              sizing_mode="stretch_width")
+        self._layout = self.layout(
+            [pn.pane.Markdown("### Curvature\nProbes (every k steps):"), pn.Row(*toggles),
+             self.controls["every"].widget, pn.pane.Markdown("Hessian now, on a copy of the model:"),
+             *(self.controls[n].widget for n in ("k", "samples", "vectors", "iters")), slot.panel()], figs)
         if self.has_groups:
             self.groups_toggle.value = True
         self._ready()

@@ -19,7 +19,7 @@ from bokeh.palettes import Viridis256
 from bokeh.plotting.contour import contour_data
 
 from trainlab import Run, live
-from trainlab.analysis.landscape import wireframe
+from trainlab.analysis.landscape import wireframe, wireframe_axes
 from trainlab.probes import TrajectoryProbe
 from trainlab.registry import LogInteger
 
@@ -29,7 +29,7 @@ from .feed import Feed
 
 LANDSCAPE, LINE, INTRINSIC = live.LANDSCAPE, live.LINE, live.INTRINSIC
 _EMPTY_IMAGE = {"z": [np.zeros((2, 2))], "x0": [-1.0], "y0": [-1.0], "dw": [2.0], "dh": [2.0]}
-_SIZE = dict(width=460, height=400)
+_SIZE = dict(width=420, height=380)
 
 
 def _image(snap: dict | None) -> dict:
@@ -113,14 +113,17 @@ class LandscapePanel(LabPanel):
         self.map_fig.x_range.range_padding = self.map_fig.y_range.range_padding = 0
         self.surf_fig = plots.figure("Loss surface (wireframe)", "", "", **_SIZE)
         self.surf_fig.multi_line("xs", "ys", source=self.wire, color="#1f77b4", line_width=0.7, alpha=0.8)
+        self.axes = ColumnDataSource(wireframe_axes(self.azimuth, self.elevation))
+        self.surf_fig.multi_line("xs", "ys", source=self.axes, color="black", line_width=1.5)
+        self.surf_fig.text("x", "y", text="text", source=self.axes, text_font_size="9pt", text_color="black")
         self.surf_fig.axis.visible = self.surf_fig.grid.visible = False
         self.line_fig = plots.figure("Interpolation: initial (0) to current (1) weights", "alpha", "loss",
-                                     width=460, height=260)
+                                     height=260, log_y=True)
         self.line_fig.line("alpha", "loss", source=self.interp, line_width=2)
         self.line_fig.scatter("alpha", "loss", source=self.interp, size=4)
         self.dims = self.feed.snapshot(INTRINSIC, self._on_intrinsic, None)
         self.id_fig = plots.figure("Intrinsic dimension", "subspace dimension d", "performance", log_x=True,
-                                   width=460, height=260)
+                                   height=260)
         self.id_fig.line("d", "performance", source=self.dims, line_width=2, legend_label="subspace")
         self.id_fig.scatter("d", "performance", source=self.dims, size=6, legend_label="subspace")
         self.id_fig.line("d", "full", source=self.dims, line_dash="dashed", color="#2ca02c", legend_label="full model")
@@ -143,12 +146,13 @@ class LandscapePanel(LabPanel):
                                  "(Li et al. 2018); d_int90 reaches 90% of the full model.")
         self._map_pane, self._surf_pane = pn.pane.Bokeh(self.map_fig), pn.pane.Bokeh(self.surf_fig)
         self._view_box = pn.Column()
-        sidebar = pn.Column(*(c.widget for c in self.controls.values()), plane_slot.panel(), self.alert, width=300)
-        self._layout = pn.Column(
-            pn.Row(sidebar, self._view_box, pn.pane.Bokeh(self.line_fig)),
-            pn.Row(pn.Column(*(c.widget for c in self.id_controls.values()), id_slot.panel(), width=300),
-                   pn.pane.Bokeh(self.id_fig)),
-            sizing_mode="stretch_width")
+        self.hint(self.map_fig, self.contours, "computing the plane …")
+        self.hint(self.line_fig, self.interp, "computed after the plane")
+        self.hint(self.id_fig, self.dims, "press Measure intrinsic dimension")
+        self._layout = self.layout(
+            [*(c.widget for c in self.controls.values()), plane_slot.panel(), pn.pane.Markdown("### Intrinsic dimension"),
+             *(c.widget for c in self.id_controls.values()), id_slot.panel()],
+            [self._view_box, self.line_fig, self.id_fig])
         self._show_view()
         self.param.watch(self._show_view, "view")
         self.param.watch(lambda *e: self._draw_surface(), ["azimuth", "elevation"])
@@ -214,6 +218,7 @@ class LandscapePanel(LabPanel):
         z = np.log10(np.maximum(np.nan_to_num(snap["loss"], nan=np.nanmax(snap["loss"])), 1e-12))
         xs, ys = wireframe(snap["x"], snap["y"], z, self.azimuth, self.elevation)
         self.wire.data = {"xs": xs, "ys": ys}
+        self.axes.data = wireframe_axes(self.azimuth, self.elevation)
 
     def _on_intrinsic(self, snap: dict | None) -> dict:
         if snap:

@@ -85,7 +85,7 @@ class OptimizerPanel(LabPanel):
         self._preview_key: tuple | None = None
         self._now = Span(location=run.steps, dimension="height", line_color="#555555", line_dash="dashed")
         used = self.feed.source(["lr"])
-        fig = plots.figure("Learning rate: schedule ahead, lr used", "step", "learning rate", hover=True)
+        fig = plots.figure("Learning rate: schedule ahead, lr used", "step", "learning rate", log_y=True, hover=True)
         fig.line("step", "lr", source=self._preview, color="#999999", line_width=2, line_dash="dotted",
                  legend_label="schedule")
         fig.line("step", "lr", source=used, color=plots.TRAIN, line_width=2, legend_label="used")
@@ -110,22 +110,17 @@ class OptimizerPanel(LabPanel):
         fig.text("lr", "loss", text="label", source=self.range_marks, text_font_size="9pt", text_align="right",
                  x_offset=-8, y_offset=-4)
         plots.legend(fig, "bottom_left")
-        self.range_figure = fig
+        self.range_figure = self.hint(fig, self.range_curve, "press LR range test")
 
         # internals
         self.figures = [self.schedule_figure, self.range_figure, *self._internals()]
         self.feed.on_tick(self._tick)
         self._tick()
-        sidebar = pn.Column(
-            pn.pane.Markdown("### Schedule"), self.schedule_select, self._options,
-            pn.pane.Markdown("### LR range test"), *(c.widget for c in self.range_controls.values()),
-            pn.Row(self.range_button, self.cancel_button, self.apply_button), self.bar, self.range_text,
-            width=320,
-        )
-        self._layout = pn.Row(sidebar, pn.Column(self.alert, self.notes,
-                                                 pn.FlexBox(*(pn.pane.Bokeh(f) for f in self.figures),
-                                                            sizing_mode="stretch_width"),
-                                                 sizing_mode="stretch_width"), sizing_mode="stretch_width")
+        self._layout = self.layout(
+            [pn.pane.Markdown("### Schedule"), self.schedule_select, self._options,
+             pn.pane.Markdown("### LR range test"), *(c.widget for c in self.range_controls.values()),
+             pn.Row(self.range_button, self.cancel_button, self.apply_button), self.bar, self.range_text, self.notes],
+            self.figures)
         self._ready()
 
     # ---- building ---------------------------------------------------------------------------
@@ -146,14 +141,18 @@ class OptimizerPanel(LabPanel):
             self.notes.object = ("*Scale-invariant weights*: no layer of this model feeds a normalization layer; "
                                  "choose a model with norm batchnorm or layernorm to see their norms grow.")
         moment = self.probes[SecondMoment]
-        figs.append(per_layer(moment, "Second moment v̂: median per layer", "median v̂"))
-        layers = list(moment.columns(run).scalars.values())
+        columns = moment.columns(run).scalars
+        medians = feed.source(columns, sparse=True)
+        only = "Adam-like optimizers only (adam, rmsprop, …)"
+        figs.append(self.hint(plots.per_layer("Second moment v̂: median per layer", "median v̂", medians,
+                                              list(columns.values())), medians, only))
+        layers = list(columns.values())
         hist = feed.snapshot(moment.columns(run).snapshots[0], _histogram(layers), None)
-        fig = plots.figure("Second moment v̂: distribution", "log10 v̂", "weights")
+        fig = plots.figure("Second moment v̂: distribution", "log10 v̂", "weights", width=plots.SIZE["width"] - 80)
         for i, layer in enumerate(layers):
             fig.step("x", layer, source=hist, mode="center", color=Category10_10[i % 10], legend_label=layer, line_width=1.5)
-        plots.legend(fig, "top_right")
-        figs.append(fig)
+        plots.legend(fig, "top_right", outside=True)
+        figs.append(self.hint(fig, hist, only))
         return figs
 
     def _build_options(self) -> None:

@@ -12,7 +12,7 @@ import pandas as pd
 import panel as pn
 import param
 from bokeh.events import Tap
-from bokeh.models import ColorBar, ColumnDataSource, Legend, LegendItem, LinearColorMapper
+from bokeh.models import ColorBar, ColumnDataSource, Legend, LegendItem, LinearColorMapper, Range1d
 from bokeh.palettes import Category10_10, Viridis256
 from panel.viewable import Viewer
 
@@ -118,7 +118,9 @@ class Playground2D(Viewer):
 
     # ---- building -----------------------------------------------------------------------------
     def _build_figure(self) -> None:
-        fig = plots.figure("log10 loss", "x", "y", width=620, height=520, tools="pan,wheel_zoom,reset,save,tap")
+        # fixed ranges the function sets (a DataRange1d would follow the paths, or keep the last function's box)
+        fig = plots.figure("log10 loss", "x", "y", width=620, height=520, tools="pan,wheel_zoom,reset,save,tap",
+                           x_range=Range1d(0, 1), y_range=Range1d(0, 1))
         self.grid = ColumnDataSource({"z": [], "x0": [], "y0": [], "dw": [], "dh": []})
         self._mapper = LinearColorMapper(palette=Viridis256)
         fig.image(image="z", x="x0", y="y0", dw="dw", dh="dh", source=self.grid, color_mapper=self._mapper, alpha=0.85)
@@ -258,8 +260,8 @@ class Playground2D(Viewer):
         self.contours.data = self._contour_lines(xs, ys, z)
         self.minima.data = {"x": [m[0] for m in self._fn.minima], "y": [m[1] for m in self._fn.minima]}
         x0, x1, y0, y1 = self._fn.box
-        self.figure.x_range.start, self.figure.x_range.end = x0, x1
-        self.figure.y_range.start, self.figure.y_range.end = y0, y1
+        for rng, lo, hi in ((self.figure.x_range, x0, x1), (self.figure.y_range, y0, y1)):
+            rng.update(start=lo, end=hi, reset_start=lo, reset_end=hi)  # "reset" returns to this function's box
         self.figure.title.text = f"{self.function}: log10 loss above the minimum"
 
     def _recompute(self) -> None:

@@ -4,32 +4,54 @@
 """
 from __future__ import annotations
 
-from bokeh.models import ColumnDataSource, HoverTool, LinearColorMapper
+from bokeh.models import ColumnDataSource, HoverTool, Label, LinearColorMapper, LogTickFormatter, Range1d
 from bokeh.palettes import Category10_10, RdBu11
 from bokeh.plotting import figure as _bokeh_figure
 
 TRAIN, VAL = "#1f77b4", "#d62728"
-SIZE = dict(width=430, height=250)
+SIZE = dict(width=400, height=250)  # two side by side beside a lab's sidebar in a 1,500-pixel window
 TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
 
 
 def figure(title: str, x_label: str = "step", y_label: str = "", *, log_x: bool = False, log_y: bool = False,
            hover: bool = False, **kw):
-    """A figure of the lab's size and tools, without the Bokeh logo; `hover` adds a step/value tooltip."""
+    """A figure of the lab's size and tools, without the Bokeh logo; `hover` adds a step/value tooltip.
+
+    Log axes label only powers of ten when they span more than a decade, and at most a few values
+    inside one, so labels never run into each other ("0.030.040.05")."""
     fig = _bokeh_figure(title=title, x_axis_label=x_label, y_axis_label=y_label,
                         x_axis_type="log" if log_x else "linear", y_axis_type="log" if log_y else "linear",
                         **{"tools": TOOLS, **SIZE, **kw})
+    for axis, log in ((fig.xaxis, log_x), (fig.yaxis, log_y)):
+        if log:
+            axis.ticker.desired_num_ticks = 4
+            axis.formatter = LogTickFormatter(min_exponent=3)
     if hover:
         fig.add_tools(HoverTool(tooltips=[("step", "@step{0}"), ("value", "$y{0.0000}")], mode="vline"))
     fig.toolbar.logo = None
     return fig
 
 
-def legend(fig, location: str) -> None:
-    """Click a legend entry to hide its curve."""
-    fig.legend.location = location
+def legend(fig, location: str, outside: bool = False) -> None:
+    """Click a legend entry to hide its curve; `outside` puts it right of the plot, off the curves."""
     fig.legend.click_policy = "hide"
     fig.legend.background_fill_alpha = 0.6
+    fig.legend.label_text_font_size = "9pt"
+    fig.legend.spacing, fig.legend.padding = 0, 4
+    if outside:
+        fig.legend.location = "top_left"
+        fig.add_layout(fig.legend[0], "right")
+        fig.width += 80
+    else:
+        fig.legend.location = location
+
+
+def placeholder(fig, text: str) -> Label:
+    """A note in the middle of an empty plot saying what will fill it; hide it when data arrives."""
+    note = Label(x=fig.width / 2 - 10, y=fig.height / 2 - 40, x_units="screen", y_units="screen", text=text,
+                 text_align="center", text_color="#777777", text_font_size="10pt", text_font_style="italic")
+    fig.add_layout(note)
+    return note
 
 
 def train_val(title: str, ylabel: str, train: ColumnDataSource, val: ColumnDataSource, y: str, log: bool = False,
@@ -51,20 +73,21 @@ def single(title: str, ylabel: str, source: ColumnDataSource, y: str, log: bool 
 
 
 def per_layer(title: str, ylabel: str, source: ColumnDataSource, layers: list[str], log: bool = True):
-    """One line per layer, from one source whose columns are the layers."""
-    fig = figure(title, "step", ylabel, log_y=log, hover=True)
+    """One line per layer, from one source whose columns are the layers (the legend beside the plot)."""
+    fig = figure(title, "step", ylabel, log_y=log, hover=True, width=SIZE["width"] - 80)
     for i, layer in enumerate(layers):
         fig.line("step", layer, source=source, color=Category10_10[i % 10], legend_label=layer, line_width=1.5)
-    legend(fig, "top_right")
+    legend(fig, "top_right", outside=True)
     return fig
 
 
 def boundary(grid: ColumnDataSource, points: ColumnDataSource, title: str = "Decision boundary"):
-    """The model's class-1 probability as an image, the training points over it."""
-    fig = figure(title, "x1", "x2", width=430, height=380, match_aspect=True, tools="pan,wheel_zoom,reset,save")
+    """The model's class-1 probability as an image that fills the plot, the training points over it."""
+    (x0,), (y0,), (dw,), (dh,) = (grid.data[k] for k in ("x0", "y0", "dw", "dh"))
+    fig = figure(title, "x1", "x2", width=400, height=380, tools="pan,wheel_zoom,reset,save",
+                 x_range=Range1d(x0, x0 + dw), y_range=Range1d(y0, y0 + dh))
     # Bokeh orders RdBu11 blue to red; reversed, p = 0 (class 0) is red and p = 1 (class 1) is blue
     mapper = LinearColorMapper(palette=list(reversed(RdBu11)), low=0, high=1)
     fig.image(image="z", x="x0", y="y0", dw="dw", dh="dh", source=grid, color_mapper=mapper, alpha=0.7)
     fig.scatter("x1", "x2", source=points, color="color", line_color="white", size=6)
-    fig.x_range.range_padding = fig.y_range.range_padding = 0
     return fig

@@ -19,7 +19,7 @@ from .feed import Feed
 LIVE, NOW = "esd", live.SPECTRUM  # history snapshots: the live probe's, and "Analyse now"'s
 _EMPTY = np.array([])
 _TABLE = ("layer", "shape", "alpha", "xmin", "ks_distance", "alpha_hill", "num_spikes", "mp_bulk_edge",
-          "spectral_norm", "stable_rank", "farms_alpha_hill")
+          "spectral_norm", "stable_rank", "farms_alpha", "farms_alpha_hill")
 
 
 def _empty_table() -> dict[str, list]:
@@ -89,13 +89,9 @@ class SpectrumPanel(LabPanel):
         self.figures = self._figures()
         self.param.watch(lambda e: self._draw(), ["layer", "farms", "show"])
 
-        sidebar = pn.Column(
-            pn.pane.Markdown("### Weight spectra"), self.layer_select, *(c.widget for c in self.controls.values()),
-            slot.panel(), self.status, self.alert, width=320,
-        )
-        self._layout = pn.Row(sidebar, pn.Column(
-            pn.FlexBox(*(pn.pane.Bokeh(f) for f in self.figures), sizing_mode="stretch_width"),
-            self.table, sizing_mode="stretch_width"), sizing_mode="stretch_width")
+        self._layout = self.layout(
+            [pn.pane.Markdown("### Weight spectra"), self.layer_select, *(c.widget for c in self.controls.values()),
+             slot.panel(), self.status], self.figures, below=[self.table])
         self._ready()
 
     # ---- plots ------------------------------------------------------------------------------
@@ -113,7 +109,9 @@ class SpectrumPanel(LabPanel):
         linear.scatter("x", "y", source=self.spikes, color=plots.VAL, marker="triangle", size=11, legend_label="spikes")
         plots.legend(linear, "top_right")
         alpha = plots.per_layer("α per layer over training", "α (power-law fit)", self.alpha, self.layers, log=False)
-        return [loglog, linear, alpha]
+        waiting = f"measured at step {self.every}, or press Analyse now"
+        return [self.hint(loglog, self.loglog, waiting), self.hint(linear, self.hist, waiting),
+                self.hint(alpha, self.alpha, f"α every {self.every} steps")]
 
     def _receive(self, snapshot: dict | None, origin: str) -> dict[str, list]:
         """A new snapshot (on the UI's tick): keep it, redraw, and return the carrier source's data."""
@@ -138,6 +136,7 @@ class SpectrumPanel(LabPanel):
                                ("alpha_hill", p["alpha_hill"]), ("num_spikes", p["num_spikes"]),
                                ("mp_bulk_edge", p["mp_bulk_edge"]), ("spectral_norm", v["spectral_norm"]),
                                ("stable_rank", v["stable_rank"]),
+                               ("farms_alpha", f["alpha"] if f else np.nan),
                                ("farms_alpha_hill", f["alpha_hill"] if f else np.nan)):
                 rows[key].append(value)
         self.table.object = _frame(rows)

@@ -890,6 +890,24 @@ def wireframe(x: np.ndarray, y: np.ndarray, z: np.ndarray, azimuth: float, eleva
     return [*u, *u.T], [*v, *v.T]
 
 
+def wireframe_axes(azimuth: float, elevation: float) -> dict[str, list]:
+    """The three axes of `wireframe`'s box (direction 1, direction 2, height), from its near-bottom corner,
+    seen from (azimuth, elevation): segment ends `xs`, `ys` and a label at each far end."""
+    a, e = np.radians(azimuth), np.radians(elevation)
+
+    def screen(X, Y, Z):
+        return X * np.cos(a) - Y * np.sin(a), Z * np.cos(e) + (X * np.sin(a) + Y * np.cos(a)) * np.sin(e)
+
+    ends = {"direction 1": (1, -1, -1), "direction 2": (-1, 1, -1), "log10 loss": (-1, -1, 1)}
+    o = screen(-1, -1, -1)
+    out: dict[str, list] = {"xs": [], "ys": [], "x": [], "y": [], "text": []}
+    for text, end in ends.items():
+        u, v = screen(*end)
+        out["xs"].append([o[0], u]), out["ys"].append([o[1], v])
+        out["x"].append(u), out["y"].append(v), out["text"].append(text)
+    return out
+
+
 # ---- trajectory ---------------------------------------------------------------------------------
 def pca_trajectory(model: nn.Module, steps, points: torch.Tensor) -> Trajectory:
     """Recorded weights (T, n) at `steps`, projected on their top-two PCA plane (Li et al. 2018, section 7).
@@ -915,4 +933,4 @@ def pca_trajectory(model: nn.Module, steps, points: torch.Tensor) -> Trajectory:
 
 
 __all__ = ["Landscape", "Line", "Trajectory", "keep_freed_memory", "line", "pca_trajectory", "plane", "random_directions",
-           "wireframe"]
+           "wireframe", "wireframe_axes"]
