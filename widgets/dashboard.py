@@ -284,7 +284,8 @@ class TrainingDashboard(Viewer):
         usual = optimizers[run.optimizer].meta.usual_lr
         self.usual_lr_button.visible = not 1 / 3 <= run.lr / usual <= 3
         self.usual_lr_button.label = f"use {run.optimizer}'s usual lr {usual:g}"
-        text = f"**{run.status}** · step {run.steps}"
+        # the lr the optimizer steps with now (a schedule moves it; the slider shows the base lr)
+        text = f"**{run.status}** · step {run.steps} · lr {run.current_lr:.4g}"
         kind = {"running": "success", "paused": "warning", "stopped": "secondary", "idle": "secondary"}[run.status]
         if run.message:
             text += f" · {plain(run.message)}"

@@ -113,8 +113,10 @@ class Playground2D(Viewer):
         sidebar = pn.Column(self._chooser, self._fn_options, self._steps.widget, pn.Row(self._add, self._race),
                             pn.pane.Markdown("tap the plot to move the start of optimizer:", margin=(0, 10)),
                             self._target, self._rows, width=330)
-        self._layout = pn.Row(sidebar, pn.Column(self._error, pn.pane.Bokeh(self.figure), self._table),
-                              sizing_mode="stretch_width")
+        # the figure in a FlexBox: a Bokeh pane directly in a Row or Column inside the dashboard's Tabs cost
+        # the browser 15-20 s of layout passes (measured); in a FlexBox, as every lab's figures are, 0.5 s
+        self._layout = pn.Row(sidebar, pn.Column(self._error, pn.FlexBox(pn.pane.Bokeh(self.figure)), self._table,
+                                                 sizing_mode="stretch_width"), sizing_mode="stretch_width")
 
     # ---- building -----------------------------------------------------------------------------
     def _build_figure(self) -> None:

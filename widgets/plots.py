@@ -4,13 +4,26 @@
 """
 from __future__ import annotations
 
-from bokeh.models import ColumnDataSource, HoverTool, Label, LinearColorMapper, LogTickFormatter, Range1d
+from bokeh.models import (ColumnDataSource, CustomJSTickFormatter, HoverTool, Label, LinearColorMapper, LogTickFormatter,
+                          NumeralTickFormatter, Range1d)
 from bokeh.palettes import Category10_10, RdBu11
 from bokeh.plotting import figure as _bokeh_figure
 
 TRAIN, VAL = "#1f77b4", "#d62728"
 SIZE = dict(width=400, height=250)  # two side by side beside a lab's sidebar in a 1,500-pixel window
 TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
+
+# Bokeh's default labels of a linear axis take as many digits as its closest two ticks need, all in one
+# form: "0.000e+0 1.000e+5 ..." for steps, "-1.500e-4 -1.000e-4 ..." for a landscape's directions, which
+# run into each other. Steps read as 0, 200k, 1.2m; other values with at most four significant digits,
+# and in exponent form (-1.5e-4) only when very small or large
+_STEP_LABELS = "0.[000]a"
+_LABELS = """
+const a = Math.abs(tick);
+if (a < 1e-12) return "0";
+if (a >= 1e-3 && a < 1e5) return String(Number(tick.toPrecision(4)));
+return tick.toExponential(2).replace(/\.?0+e/, "e");
+"""
 
 
 def figure(title: str, x_label: str = "step", y_label: str = "", *, log_x: bool = False, log_y: bool = False,
@@ -22,10 +35,14 @@ def figure(title: str, x_label: str = "step", y_label: str = "", *, log_x: bool 
     fig = _bokeh_figure(title=title, x_axis_label=x_label, y_axis_label=y_label,
                         x_axis_type="log" if log_x else "linear", y_axis_type="log" if log_y else "linear",
                         **{"tools": TOOLS, **SIZE, **kw})
-    for axis, log in ((fig.xaxis, log_x), (fig.yaxis, log_y)):
+    for axis, log, label in ((fig.xaxis, log_x, x_label), (fig.yaxis, log_y, y_label)):
         if log:
             axis.ticker.desired_num_ticks = 4
             axis.formatter = LogTickFormatter(min_exponent=3)
+        elif label == "step":
+            axis.formatter = NumeralTickFormatter(format=_STEP_LABELS)
+        else:
+            axis.formatter = CustomJSTickFormatter(code=_LABELS)
     if hover:
         fig.add_tools(HoverTool(tooltips=[("step", "@step{0}"), ("value", "$y{0.0000}")], mode="vline"))
     fig.toolbar.logo = None
