@@ -17,12 +17,14 @@ from trainlab import Run
 
 from .dashboard import TrainingDashboard
 from .labs import LABS
+from .quiet import quiet_closed_connections
 
 LOCAL = ("localhost", "127.0.0.1", "[::1]")
 
 
 def create_app(**run_options) -> TrainingDashboard:
     """One session's app: a fresh Run (an MLP on digits by default) and its dashboard."""
+    quiet_closed_connections()  # here, so `panel serve binder/app.py` is as quiet as `trainlab serve`
     dashboard = TrainingDashboard(Run(**run_options))
     # the session's periodic callback and training thread end with the session (a closed tab)
     pn.state.on_session_destroyed(lambda context: dashboard.close())

@@ -32,6 +32,8 @@ from bokeh.models import ColumnDataSource
 
 from trainlab.history import History
 
+from .quiet import connections
+
 
 class _Channel:
     def __init__(self, columns: dict[str, str], sparse: bool, group: str | None, text: bool = False):
@@ -75,7 +77,7 @@ class Feed:
         self._snapshots: list[list] = []  # [name, source, to_data, the (step, value) pair last drawn, group]
         self._listeners: list[Callable[[], None]] = []
         self.cursor, self.generation = -1, history.generation
-        self._callback, self._ticks, self._group = None, 0, None
+        self._callback, self._ticks, self._group, self._heard = None, 0, None, False
         self.visible: set[str | None] | None = None  # the groups shown (None: all)
 
     # ---- what follows the history --------------------------------------------------------------
@@ -146,7 +148,13 @@ class Feed:
             self._listen()
 
     def _periodic(self) -> None:
-        """The periodic callback: listeners every tick, plots every plot_every-th."""
+        """The periodic callback: listeners every tick, plots every plot_every-th; nothing once the page
+        that was listening has closed (its session lingers until Bokeh's cleanup)."""
+        n = connections()
+        if n:
+            self._heard = True
+        elif n == 0 and self._heard:
+            return
         self._ticks += 1
         with pn.io.hold():
             if self._ticks % self.plot_every == 0:
@@ -220,6 +228,11 @@ class Feed:
         if self._callback is not None:
             self._callback.stop()
             self._callback = None
+
+    @property
+    def ticks(self) -> int:
+        """How many periodic updates this feed has sent."""
+        return self._ticks
 
     @property
     def running(self) -> bool:
