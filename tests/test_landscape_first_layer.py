@@ -62,6 +62,13 @@ def images():
     return torch.randn(40, 72, generator=g), torch.randint(0, 3, (40,), generator=g)
 
 
+def _first_layer_equals_reference(model, data, X, y) -> None:
+    """A 3x3 plane takes the first-layer path and equals the point-by-point reference."""
+    res = L.plane(model, F.cross_entropy, data, steps=3, progress=False)
+    assert res.path.startswith("first-layer"), res.fallback
+    np.testing.assert_allclose(res.loss, _plane_ref(model, X, y, res), rtol=1e-5)
+
+
 @pytest.mark.parametrize("vectorize", [False, True])
 def test_mlp_plane_equals_a_plain_loop(data, vectorize):
     X, y = data
@@ -138,9 +145,7 @@ def test_several_batches(data):
     X, y = data
     model = _mlp()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=20)
-    res = L.plane(model, F.cross_entropy, loader, steps=3, progress=False)
-    assert res.path.startswith("first-layer"), res.fallback
-    np.testing.assert_allclose(res.loss, _plane_ref(model, X, y, res), rtol=1e-5)
+    _first_layer_equals_reference(model, loader, X, y)
 
 
 class _Twice(nn.Module):
@@ -202,9 +207,7 @@ def test_batchnorm_before_the_first_layer_is_fine_in_eval_mode(data):
     X, y = data
     model = _stochastic_first()
     warm_bn(model, X)
-    res = L.plane(model, F.cross_entropy, (X, y), steps=3, progress=False)
-    assert res.path.startswith("first-layer"), res.fallback
-    np.testing.assert_allclose(res.loss, _plane_ref(model, X, y, res), rtol=1e-5)
+    _first_layer_equals_reference(model, (X, y), X, y)
 
 
 class _Viewed(nn.Module):
@@ -223,9 +226,7 @@ class _Viewed(nn.Module):
 def test_a_model_that_cannot_take_channels_last_gets_the_usual_layout(images):
     X, y = images
     model = _Viewed()
-    res = L.plane(model, F.cross_entropy, (X, y), steps=3, progress=False)
-    assert res.path.startswith("first-layer"), res.fallback
-    np.testing.assert_allclose(res.loss, _plane_ref(model, X, y, res), rtol=1e-5)
+    _first_layer_equals_reference(model, (X, y), X, y)
 
 
 def test_other_fallbacks_and_the_switch(data):

@@ -85,6 +85,28 @@ def test_following_recomputes_while_training(panel):
     assert jobs[1].snap["step"] > jobs[0].snap["step"]  # recomputed at a later step of the same run
 
 
+def test_following_waits_while_its_tab_is_hidden():
+    run = Run(model=("mlp", {"width": 16, "depth": 1}), data="digits", seed=0, probes=[])
+    feed = Feed(run.history)
+    with feed.group("Landscape"):  # as the dashboard builds it for its tab
+        p = LandscapePanel(run, feed=feed, coarse=3, resolution=3, follow=True, refresh=5)
+    try:
+        feed.show("Training")
+        run.start()
+        wait = time.monotonic() + 60
+        while run.steps < 50 and time.monotonic() < wait:
+            feed.tick()
+            time.sleep(0.01)
+        assert run.steps >= 50 and p.slots["plane"].job is None  # hidden: nothing computed
+        feed.show("Landscape")
+        feed.tick()
+        assert p.slots["plane"].job is not None  # shown: it follows at once
+        p.slots["plane"].job.wait(60)
+    finally:
+        run.stop()
+        p.close()
+
+
 def test_cancel_keeps_the_last_complete_picture(panel):
     run = panel.run
     run.step(12)

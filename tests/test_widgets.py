@@ -348,34 +348,26 @@ def test_switching_optimizer_offers_its_usual_lr_and_marks_the_switch():
         dash.close()
 
 
-def test_the_status_shows_the_lr_the_run_steps_with():
-    dash = TrainingDashboard(Run(data="moons", device="cpu", lr=0.05))
-    try:
-        dash.run.set(schedule=("cosine", {"total": 10}))
-        dash.run.step(5)
-        dash.tick()
-        lr = float(dash.status.object.split("· lr ")[1].split()[0])
-        assert dash.controls["lr"].widget.value == 0.05  # the slider keeps the base lr ...
-        assert lr == pytest.approx(dash.run.current_lr, rel=1e-3) and 0 < lr < 0.05  # ... the status the scheduled one
-    finally:
-        dash.close()
+def test_the_status_shows_the_lr_the_run_steps_with(dash):
+    dash.run.set(schedule=("cosine", {"total": 10}))
+    dash.run.step(5)
+    dash.tick()
+    lr = float(dash.status.object.split("· lr ")[1].split()[0])
+    assert dash.controls["lr"].widget.value == 0.05  # the slider keeps the base lr ...
+    assert lr == pytest.approx(dash.run.current_lr, rel=1e-3) and 0 < lr < 0.05  # ... the status the scheduled one
 
 
-def test_the_status_warns_of_lr_zero_and_dead_units():
-    dash = TrainingDashboard(Run(data="moons", device="cpu", lr=0.05))
-    try:
-        dash.run.set(schedule=("cosine", {"total": 5}))
-        dash.run.step(8)
-        dash.tick()
-        assert "lr is 0" in dash.status.object and "cosine" in dash.status.object
-        dash.run.set(schedule="constant")
-        with torch.no_grad():
-            dash.run.model.fc1.bias.fill_(-1e3)  # every first-layer ReLU silenced
-        dash.run.step(50)
-        dash.tick()
-        assert "of act1's ReLUs are dead" in dash.status.object
-    finally:
-        dash.close()
+def test_the_status_warns_of_lr_zero_and_dead_units(dash):
+    dash.run.set(schedule=("cosine", {"total": 5}))
+    dash.run.step(8)
+    dash.tick()
+    assert "lr is 0" in dash.status.object and "cosine" in dash.status.object
+    dash.run.set(schedule="constant")
+    with torch.no_grad():
+        dash.run.model.fc1.bias.fill_(-1e3)  # every first-layer ReLU silenced
+    dash.run.step(50)
+    dash.tick()
+    assert "of act1's ReLUs are dead" in dash.status.object
 
 
 def test_an_lr_set_off_the_sliders_grid_is_shown_as_it_is(dash):

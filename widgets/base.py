@@ -100,6 +100,7 @@ class LabPanel(Viewer):
         super().__init__(run=run, **params)
         self._own_feed = feed is None
         self.feed = Feed(run.history) if feed is None else feed
+        self.group = self.feed.current_group  # the dashboard tab this panel is built for (None: its own)
         self.slots: dict[str, JobSlot] = {}
         self._added: list[Probe] = []
         self.alert = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width")

@@ -139,6 +139,15 @@ class Feed:
     def _shown(self, group) -> bool:
         return self.visible is None or group in self.visible
 
+    @property
+    def current_group(self) -> str | None:
+        """The group sources made now belong to (the tab a lab is being built for)."""
+        return self._group
+
+    def shown(self, group: str | None) -> bool:
+        """Whether plots of `group` are in view (a lab skips work only its hidden plots would show)."""
+        return self._shown(group)
+
     # ---- ticks ---------------------------------------------------------------------------------
     def tick(self) -> None:
         """One whole update: new rows and snapshots for the shown plots, then the listeners, sent to the

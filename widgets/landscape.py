@@ -233,7 +233,9 @@ class LandscapePanel(LabPanel):
         if run.history.generation != self._generation:  # reset (or load): start following afresh
             self._computed_at, self._generation = -(10**9), run.history.generation
         idle = not self.slots["plane"].running
-        if self.follow and idle and run.status == "running" and run.steps - self._computed_at >= self.refresh:
+        # following while its tab is hidden would spend a core on pictures nobody sees
+        if self.follow and idle and run.status == "running" and run.steps - self._computed_at >= self.refresh \
+                and self.feed.shown(self.group):
             self.compute()
 
     def __panel__(self):
