@@ -6,13 +6,15 @@ module (True = kept) and its pruned entries are exactly 0.
 
 Which channels are coupled comes from Torch-Pruning's dependency graph (`torch_pruning.DependencyGraph`):
 it follows BatchNorm, Flatten into a Linear (one channel -> H*W features) and residual additions. It is
-built once per model structure and kept as a plan of plain index lists (`_Plan`); the channels are then
-removed by our own index_select (`_remove`), never by rebuilding the graph. Measured here (one thread,
-a 1.13 M-parameter VGG-style CNN with BatchNorm on 32x32 inputs, see benchmarks/pruning_compact.py):
-the graph builds in 5-12 ms and `MetaPruner.step()` at ratio 0.5 takes 11 ms, but Torch-Pruning prunes
-the model in place with its own group importance (so not exactly the channels our masks chose), and a
-graph cannot be copied with its model (`copy.deepcopy` fails on it: "cannot pickle 'module' object"),
-so a preview per slider move would rebuild it; on a ResNet-18 that is 1.3-3.0 s (RECIPES.md).
+built once per model structure and kept as a plan of plain index lists (`_Plan`); the masks, the cut
+(`_remove`, an index_select per layer that also cuts our `*_keep` buffers) and the counts are our own.
+Why not Torch-Pruning's pruners: they choose channels by their own group importance and prune in place,
+and a graph belongs to one model instance (`copy.deepcopy` of it fails: "cannot pickle 'module'
+object"), so removing exactly the masked channels of a copy would need a new graph per copy.
+Measured (benchmarks/pruning_compact.py, one thread, 2026-12-01): a 1.13 M-parameter VGG-style CNN with
+BatchNorm on 32x32 inputs, Torch-Pruning's graph 7 ms and a slider move its way (copy, graph,
+MetaPruner step at 0.5) 16 ms, ours 12 ms once and 13 ms per preview; a CIFAR ResNet-18, its move
+94-141 ms, ours 49 ms once and 75-91 ms per preview (RECIPES.md's 1.3-3.0 s graph did not show here).
 
 Supported: models whose layers are Linear, Conv1d/Conv2d (groups=1), BatchNorm1d/2d, activations with
 f(0) = 0 (ReLU, LeakyReLU, ReLU6, Tanh, GELU, SiLU, ELU, Hardtanh, Hardswish, Mish, Softsign), pooling,
@@ -113,6 +115,26 @@ class _Item:
     module: str
     out: bool  # True: output channels (rows of a weight, a BatchNorm's features); False: a weight's inputs
     idx: list  # idx[r]: the plain indices of this item for the root's channel r
+    index: torch.Tensor | None = None  # the same as an (n, k) tensor when every channel has k indices
+
+    def __post_init__(self):
+        k = {len(v) for v in self.idx}
+        if len(k) == 1 and k != {0}:
+            self.index = torch.tensor(self.idx, dtype=torch.long)
+
+    def rows(self, roots: torch.Tensor) -> torch.Tensor:
+        """This item's indices of the root channels `roots`, sorted."""
+        if self.index is not None:
+            return self.index[roots].flatten().unique()
+        return torch.tensor(sorted({i for r in roots.tolist() for i in self.idx[r]}), dtype=torch.long)
+
+    def gather(self, per_index: torch.Tensor, reduce: str) -> torch.Tensor:
+        """Per root channel: the sum ("sum") or the all() ("all") of per_index over its indices."""
+        if self.index is not None:
+            v = per_index[self.index]
+            return v.sum(1) if reduce == "sum" else v.all(1)
+        f = (lambda t: t.sum()) if reduce == "sum" else (lambda t: t.all())
+        return torch.stack([f(per_index[torch.tensor(ii, dtype=torch.long)]) for ii in self.idx])
 
 
 @dataclass
@@ -206,7 +228,7 @@ def _zero_rows(m: nn.Module) -> torch.Tensor:
     return z & (m.bias.detach() == 0) if m.bias is not None else z
 
 
-def _removable(model: nn.Module, plan: _Plan) -> list[list[int]]:
+def _removable(model: nn.Module, plan: _Plan) -> list[torch.Tensor]:
     """Per group: the root channels that are zero in every layer producing them (safe to remove)."""
     mods = dict(model.named_modules())
     out = []
@@ -215,9 +237,8 @@ def _removable(model: nn.Module, plan: _Plan) -> list[list[int]]:
         for it in g.items:
             if not it.out:
                 continue
-            z = _zero_rows(mods[it.module])
-            ok &= torch.tensor([bool(z[i].all()) if i else True for i in it.idx], dtype=torch.bool)
-        out.append(ok.nonzero().flatten().tolist())
+            ok &= it.gather(_zero_rows(mods[it.module]), "all")
+        out.append(ok.nonzero().flatten())
     return out
 
 
@@ -226,7 +247,7 @@ def _set_keep(m: nn.Module, pname: str, keep: torch.Tensor) -> None:
     p = getattr(m, pname)
     buf = m._buffers.get(pname + "_keep")
     if buf is None:
-        m.register_buffer(pname + "_keep", keep.clone())
+        m.register_buffer(pname + "_keep", keep)  # the caller's fresh tensor
     else:
         buf &= keep
         keep = buf
@@ -234,16 +255,16 @@ def _set_keep(m: nn.Module, pname: str, keep: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def _write_masks(model: nn.Module, plan: _Plan, drop: list[list[int]]) -> None:
+def _write_masks(model: nn.Module, plan: _Plan, drop: list[torch.Tensor]) -> None:
     mods = dict(model.named_modules())
     for g, rm in zip(plan.groups, drop):
-        if not rm:
+        if not len(rm):
             continue
         for it in g.items:
             if not it.out:
                 continue  # the consumers' input columns multiply zeros; compact removes them
             m = mods[it.module]
-            rows = torch.tensor(sorted({i for r in rm for i in it.idx[r]}), dtype=torch.long)
+            rows = it.rows(rm)
             for pname in ("weight", "bias"):
                 p = getattr(m, pname, None)
                 if p is None:
@@ -256,15 +277,14 @@ def _write_masks(model: nn.Module, plan: _Plan, drop: list[list[int]]) -> None:
 def _scores(model: nn.Module, g: _Group, criterion: str) -> torch.Tensor:
     """Per root channel: the L1 (or L2) norm of its weights, summed over the layers that produce it."""
     mods = dict(model.named_modules())
-    s = torch.zeros(g.n, dtype=torch.float64)
+    s = torch.zeros(g.n)
     for it in g.items:
         m = mods[it.module]
         if not it.out or not isinstance(m, PRODUCERS):
             continue
-        w = m.weight.detach().double().reshape(m.weight.shape[0], -1)
+        w = m.weight.detach().reshape(m.weight.shape[0], -1)
         row = w.abs().sum(1) if criterion == "l1" else w.pow(2).sum(1).sqrt()
-        for r, ii in enumerate(it.idx):
-            s[r] += row[ii].sum()
+        s += it.gather(row.cpu(), "sum")
     return s
 
 
@@ -281,7 +301,7 @@ def channel_masks(model: nn.Module, ratio: float = 0.5, criterion: str = "l1", *
     for g in plan.groups:
         k = int(ratio * g.n)
         s = _scores(model, g, criterion)
-        drop.append(sorted(torch.argsort(s, stable=True)[:k].tolist()))
+        drop.append(torch.argsort(s, stable=True)[:k].sort().values)
     _write_masks(model, plan, drop)
     return _keep_masks(model)
 
@@ -299,7 +319,7 @@ def _cut(m: nn.Module, pname: str, dim: int, keep: torch.Tensor) -> None:
         m._buffers[pname + "_keep"] = buf.index_select(dim, keep).clone()
 
 
-def _remove(m: nn.Module, idx: list, out: bool) -> None:
+def _remove(m: nn.Module, idx: torch.Tensor, out: bool) -> None:
     """Remove output (out=True) or input channels `idx` of one layer, with its `*_keep` buffers."""
     n = m.weight.shape[0 if out or isinstance(m, NORMS) else 1]
     keep_t = torch.ones(n, dtype=torch.bool)
@@ -318,12 +338,12 @@ def _remove(m: nn.Module, idx: list, out: bool) -> None:
         setattr(m, "in_features" if isinstance(m, nn.Linear) else "in_channels", len(keep))
 
 
-def _apply(model: nn.Module, plan: _Plan, drop: list[list[int]]) -> None:
+def _apply(model: nn.Module, plan: _Plan, drop: list[torch.Tensor]) -> None:
     mods = dict(model.named_modules())
     for g, rm in zip(plan.groups, drop):
-        if rm:
+        if len(rm):
             for it in g.items:
-                _remove(mods[it.module], sorted({i for r in rm for i in it.idx[r]}), it.out)
+                _remove(mods[it.module], it.rows(rm), it.out)
 
 
 class Compactor:
@@ -334,7 +354,8 @@ class Compactor:
         self.model = model
         self.example = _example(model, example)
         self.plan = _plan(model, self.example)
-        self.dense_counts = count(model, self.example)
+        self.positions = _positions(model, self.example)  # MACs = sum of positions * weight.numel()
+        self.dense_counts = _counts(model, self.positions)
 
     def compact(self, ratio: float | None = None, criterion: str = "l1", check: bool = True) -> nn.Module:
         """A smaller copy: with `ratio`, `channel_masks(copy, ratio)` first; with None, the channels already
@@ -344,12 +365,12 @@ class Compactor:
         if ratio is not None:
             channel_masks(small, ratio, criterion, example=self.example)
         drop = _removable(small, self.plan)
-        if ratio is None and not any(drop):
+        if ratio is None and not any(len(d) for d in drop):
             raise ValueError("nothing to compact: no channel of a hidden layer is fully masked (all its weights, "
                              "its bias and its BatchNorm weight and bias zero); give ratio= in [0, 1), or mask "
                              "channels first with trainlab.prune.channel_masks(model, ratio)")
         if check:
-            x = torch.randn((2,) + tuple(self.example.shape[1:]), device=self.example.device,
+            x = torch.randn((1,) + tuple(self.example.shape[1:]), device=self.example.device,
                             dtype=self.example.dtype)
             with torch.no_grad(), eval_mode(small):
                 ref = small(x)
@@ -366,7 +387,7 @@ class Compactor:
         """The compacted copy at `ratio` and its parameter and MAC counts beside the dense model's."""
         small = self.compact(ratio, criterion)
         p0, m0 = self.dense_counts
-        p1, m1 = count(small, self.example)
+        p1, m1 = _counts(small, self.positions)  # channels change, positions do not: no forward needed
         return Preview(small, ratio, p1, p0, m1, m0)
 
 
@@ -391,17 +412,15 @@ class Preview:
     macs_dense: int
 
 
-def count(model: nn.Module, example: torch.Tensor | None = None) -> tuple[int, int]:
-    """(parameters, multiply-accumulates per example of the Linear and Conv layers)."""
-    example = _example(model, example)
-    macs = [0]
+def _positions(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    """Per Linear/Conv: how many times per example its weight is applied (output positions); a layer
+    then costs positions * weight.numel() multiply-accumulates (Linear: in*out, conv: out*in/groups*k*k)."""
+    names = {m: n for n, m in model.named_modules()}
+    pos: dict[str, int] = {}
 
     def hook(m, i, o):
-        if isinstance(m, nn.Linear):
-            macs[0] += m.in_features * m.out_features * (o.numel() // o.shape[-1] // o.shape[0])
-        else:  # a conv: each output element sums in_channels/groups * kernel entries
-            k = m.weight[0].numel()
-            macs[0] += o[0].numel() * k
+        per = o[0].numel() // (m.out_features if isinstance(m, nn.Linear) else m.out_channels)
+        pos[names[m]] = pos.get(names[m], 0) + per
     hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PRODUCERS)]
     try:
         with torch.no_grad(), eval_mode(model):
@@ -409,7 +428,19 @@ def count(model: nn.Module, example: torch.Tensor | None = None) -> tuple[int, i
     finally:
         for h in hooks:
             h.remove()
-    return sum(p.numel() for p in model.parameters()), macs[0]
+    return pos
+
+
+def _counts(model: nn.Module, positions: dict[str, int]) -> tuple[int, int]:
+    mods = dict(model.named_modules())
+    macs = sum(n * mods[name].weight.numel() for name, n in positions.items())
+    return sum(p.numel() for p in model.parameters()), macs
+
+
+def count(model: nn.Module, example: torch.Tensor | None = None) -> tuple[int, int]:
+    """(parameters, multiply-accumulates per example of the Linear and Conv layers)."""
+    example = _example(model, example)
+    return _counts(model, _positions(model, example))
 
 
 def _forward_seconds(model, x) -> float:
