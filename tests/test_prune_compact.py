@@ -61,6 +61,10 @@ def models():
         "cnn-bn": (random_bn(digits(("cnn", {"norm": "batchnorm"}))), torch.randn(16, 64)),
         "vgg": (random_bn(vgg(8)), torch.randn(4, 3, 32, 32)),
         "residual": (random_bn(Residual()), torch.randn(4, 3, 16, 16)),
+        "conv1d": (random_bn(nn.Sequential(nn.Conv1d(2, 8, 3, padding=1), nn.BatchNorm1d(8), nn.GELU(), nn.MaxPool1d(2),
+                                           nn.Conv1d(8, 16, 3), nn.LeakyReLU(), nn.Dropout(0.0), nn.Flatten(),
+                                           nn.Linear(16 * 6, 12), nn.SiLU(), nn.Linear(12, 3))),
+                   torch.randn(4, 2, 16)),
     }
 
 
@@ -206,6 +210,8 @@ def test_bad_models():
         P.compact(nn.Sequential(nn.Linear(4, 8), nn.Sigmoid(), nn.Linear(8, 2)), 0.5)
     with pytest.raises(ValueError, match=r"Conv2d\(groups=2\)"):
         P.compact(nn.Sequential(nn.Conv2d(4, 8, 3), nn.Conv2d(8, 8, 3, groups=2)), 0.5)
+    with pytest.raises(ValueError, match="nothing to compact: the model has no hidden .* output layer '0'"):
+        P.compact(nn.Sequential(nn.Linear(4, 2)), 0.5)
     with pytest.raises(ValueError, match="nothing to compact: the model has no Linear or Conv"):
         P.compact(nn.Sequential(nn.Flatten()), 0.5, example=torch.randn(1, 4))
 

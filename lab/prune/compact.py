@@ -354,6 +354,10 @@ class Compactor:
         self.model = model
         self.example = _example(model, example)
         self.plan = _plan(model, self.example)
+        if not self.plan.groups:
+            raise ValueError(f"nothing to compact: the model has no hidden Linear or Conv layer whose channels can "
+                             f"go (only its output layer {self.plan.final!r}, whose outputs are the model's, and "
+                             f"its input are never pruned)")
         self.positions = _positions(model, self.example)  # MACs = sum of positions * weight.numel()
         self.dense_counts = _counts(model, self.positions)
 
