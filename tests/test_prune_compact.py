@@ -195,6 +195,12 @@ def test_bad_ratio(ratio):
         P.channel_masks(model, ratio)
 
 
+def test_numpy_ratio():
+    model, x = models()["mlp"]
+    import numpy as np
+    assert P.compact(model, np.float32(0.5)).fc1.out_features == 64
+
+
 def test_bad_models():
     model, _ = models()["mlp"]
     with pytest.raises(ValueError, match="nothing to compact: no channel .* give ratio= in"):

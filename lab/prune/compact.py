@@ -11,10 +11,12 @@ built once per model structure and kept as a plan of plain index lists (`_Plan`)
 Why not Torch-Pruning's pruners: they choose channels by their own group importance and prune in place,
 and a graph belongs to one model instance (`copy.deepcopy` of it fails: "cannot pickle 'module'
 object"), so removing exactly the masked channels of a copy would need a new graph per copy.
-Measured (benchmarks/pruning_compact.py, one thread, 2026-12-01): a 1.13 M-parameter VGG-style CNN with
-BatchNorm on 32x32 inputs, Torch-Pruning's graph 7 ms and a slider move its way (copy, graph,
-MetaPruner step at 0.5) 16 ms, ours 12 ms once and 13 ms per preview; a CIFAR ResNet-18, its move
-94-141 ms, ours 49 ms once and 75-91 ms per preview (RECIPES.md's 1.3-3.0 s graph did not show here).
+Measured (benchmarks/pruning_compact.py, one thread, three runs on 2026-12-01): a 1.13 M-parameter
+VGG-style CNN with BatchNorm on 32x32 inputs, Torch-Pruning's graph 7-12 ms and a slider move its way
+(copy, graph, MetaPruner step at 0.5) 15-23 ms, ours 12-15 ms once and 13-26 ms per preview; a CIFAR
+ResNet-18, its move 84-121 ms, ours 46-80 ms once and 81-140 ms per preview (which includes an output
+check); RECIPES.md's 1.3-3.0 s graph for a ResNet-18 did not show here. So speed did not decide it:
+exactness did (the masked channels, nothing else) and the graph built once.
 
 Supported: models whose layers are Linear, Conv1d/Conv2d (groups=1), BatchNorm1d/2d, activations with
 f(0) = 0 (ReLU, LeakyReLU, ReLU6, Tanh, GELU, SiLU, ELU, Hardtanh, Hardswish, Mish, Softsign), pooling,
@@ -25,6 +27,7 @@ Every compaction checks its output against the masked model and raises if they d
 from __future__ import annotations
 
 import copy
+import numbers
 import statistics
 import time
 from collections import OrderedDict
@@ -51,7 +54,7 @@ TOL = 1e-5  # compacted vs masked outputs, relative to the outputs' scale
 def _check_ratio(ratio, allow_none: bool = False) -> None:
     if ratio is None and allow_none:
         return
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0 <= ratio < 1:
         raise ValueError(f"ratio must be a number in [0, 1) (the fraction of each layer's channels removed)"
                          f"{' or None (remove the channels already masked)' if allow_none else ''}; got {ratio!r}")
 
@@ -237,7 +240,7 @@ def _removable(model: nn.Module, plan: _Plan) -> list[torch.Tensor]:
         for it in g.items:
             if not it.out:
                 continue
-            ok &= it.gather(_zero_rows(mods[it.module]), "all")
+            ok &= it.gather(_zero_rows(mods[it.module]).cpu(), "all")
         out.append(ok.nonzero().flatten())
     return out
 
