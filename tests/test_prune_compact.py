@@ -212,6 +212,8 @@ def test_bad_models():
     layernorm = trainlab.Run(model=("mlp", {"norm": "layernorm"}), data="digits", device="cpu").model
     with pytest.raises(ValueError, match=r"layer 'norm1' \(LayerNorm\); supported layers: Linear"):
         P.compact(layernorm, 0.5)
+    with pytest.raises(ValueError, match=r"BatchNorm1d\(affine=False\)"):
+        P.compact(nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8, affine=False), nn.Linear(8, 2)), 0.5)
     with pytest.raises(ValueError, match=r"Sigmoid"):
         P.compact(nn.Sequential(nn.Linear(4, 8), nn.Sigmoid(), nn.Linear(8, 2)), 0.5)
     with pytest.raises(ValueError, match=r"Conv2d\(groups=2\)"):

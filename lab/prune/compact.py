@@ -18,8 +18,8 @@ ResNet-18, its move 84-121 ms, ours 46-80 ms once and 81-140 ms per preview (whi
 check); RECIPES.md's 1.3-3.0 s graph for a ResNet-18 did not show here. So speed did not decide it:
 exactness did (the masked channels, nothing else) and the graph built once.
 
-Supported: models whose layers are Linear, Conv1d/Conv2d (groups=1), BatchNorm1d/2d, activations with
-f(0) = 0 (ReLU, LeakyReLU, ReLU6, Tanh, GELU, SiLU, ELU, Hardtanh, Hardswish, Mish, Softsign), pooling,
+Supported: models whose layers are Linear, Conv1d/Conv2d (groups=1), BatchNorm1d/2d (affine), activations
+with f(0) = 0 (ReLU, LeakyReLU, ReLU6, Tanh, GELU, SiLU, ELU, Hardtanh, Hardswish, Mish, Softsign), pooling,
 Dropout, Flatten/Unflatten and Identity, in nn.Sequential or any module whose forward chains them
 (residual additions are coupled by the graph). Never pruned: the model's input and its final layer.
 Every compaction checks its output against the masked model and raises if they differ.
@@ -44,8 +44,8 @@ PASS = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.Tanh, nn.GELU, nn.SiLU, nn.ELU, nn.H
         nn.Softsign, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Flatten, nn.Unflatten,
         nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
         nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
-SUPPORTED = ("Linear, Conv1d/Conv2d (groups=1), BatchNorm1d/2d, activations with f(0)=0 (ReLU, LeakyReLU, ReLU6, "
-             "Tanh, GELU, SiLU, ELU, Hardtanh, Hardswish, Mish, Softsign), max/avg pooling, Dropout, "
+SUPPORTED = ("Linear, Conv1d/Conv2d (groups=1), BatchNorm1d/2d (affine), activations with f(0)=0 (ReLU, LeakyReLU, "
+             "ReLU6, Tanh, GELU, SiLU, ELU, Hardtanh, Hardswish, Mish, Softsign), max/avg pooling, Dropout, "
              "Flatten/Unflatten, Identity")
 CRITERIA = ("l1", "l2")
 TOL = 1e-5  # compacted vs masked outputs, relative to the outputs' scale
@@ -76,8 +76,11 @@ def _check_supported(model: nn.Module) -> None:
         ok = isinstance(m, PRODUCERS + NORMS + PASS)
         if isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.groups != 1:
             ok = False
+        if isinstance(m, NORMS) and not m.affine:  # without gamma and beta, a zero channel normalizes to -mean/std
+            ok = False
         if not ok:
-            what = f"{type(m).__name__}" + (f"(groups={m.groups})" if hasattr(m, "groups") else "")
+            what = f"{type(m).__name__}" + (f"(groups={m.groups})" if hasattr(m, "groups") else "") + (
+                "(affine=False)" if isinstance(m, NORMS) else "")
             raise ValueError(f"compact cannot remove channels through layer {name or 'model'!r} ({what}); "
                              f"supported layers: {SUPPORTED}. (A channel of zeros must stay zero through every "
                              f"layer: LayerNorm/GroupNorm mix channels, sigmoid(0) != 0.)")
@@ -203,7 +206,7 @@ def _plan(model: nn.Module, example) -> _Plan:
             t_mod = dep.target.module
             if not isinstance(t_mod, nn.Module) or t_mod not in names:
                 continue  # an element-wise op, a reshape: nothing to cut
-            out = dep.handler.__name__ == "prune_out_channels"
+            out = dep.handler.__name__ == "prune_out_channels" or isinstance(t_mod, NORMS)
             if out and t_mod is final:
                 coupled_to_output = True
             per_root = items.setdefault((names[t_mod], out), [[] for _ in range(n)])
