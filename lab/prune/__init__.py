@@ -1,0 +1,24 @@
+"""trainlab.prune: masks beside the weights, criteria, layer allocations, N:M and block patterns, schedules.
+
+The mask contract (`masks.py`): a pruned `<module>.<p>` has a bool buffer `<p>_keep` on its module, True =
+kept, and its pruned entries are exactly 0. `Run(pruning=...)` masks gradients before the optimizer step
+and weights after it; the forward pass stays the dense module's own.
+"""
+from .allocations import allocations, erk_densities, lamp_scores
+from .criteria import criteria
+from .masks import apply_masks, load_state, masks, prunable, remove_masks, set_mask, sparsity
+from .schedules import prune_schedules
+from .sparsifier import Sparsifier, as_sparsifier
+from .structured import nm_mask
+
+schedules = prune_schedules
+
+
+def preview(model, spec, steps: int = 2000, points: int = 400):
+    """The planned sparsity over steps for a pruning spec (like `trainlab.schedules.preview` for the lr)."""
+    return as_sparsifier(model, spec).preview(steps, points)
+
+
+__all__ = ["Sparsifier", "allocations", "apply_masks", "as_sparsifier", "criteria", "erk_densities", "lamp_scores",
+           "load_state", "masks", "nm_mask", "preview", "prunable", "prune_schedules", "remove_masks", "schedules",
+           "set_mask", "sparsity"]

@@ -1,0 +1,209 @@
+"""The Sparsifier: a criterion, an allocation, a mask pattern and a schedule, applied to a model.
+
+    >>> sp = Sparsifier(model, method="magnitude", sparsity=0.9, scope="global", schedule="oneshot")
+    >>> sp.step(0)   # prunes: masks as `<p>_keep` buffers, pruned weights zeroed
+    >>> sp.masks     # name -> bool mask
+
+`step(t, batch)` is called between training steps (the Run does it); it prunes when the schedule's
+planned sparsity at t differs from the one applied. Everything is validated at construction.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..registry import option_values, parse_spec
+from .allocations import allocations
+from .criteria import criteria
+from .masks import masks as _masks
+from .masks import prunable, set_mask
+from .schedules import prune_schedules
+from .structured import block_scores, check_block, check_nm, expand_blocks, nm_mask
+
+PATTERNS = ("unstructured", "nm", "block")
+SCOPES = ("global", "layer")
+
+
+def _spec(value, what: str, registry) -> tuple[str, dict]:
+    parsed = parse_spec(value)
+    if parsed is None:
+        raise ValueError(f"{what}={value!r} rejected: a name ({', '.join(registry.names())}) or a (name, {{options}}) pair")
+    registry[parsed[0]]  # unknown: ValueError listing the valid ones
+    return parsed
+
+
+def _sparsity(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise ValueError(f"sparsity={value!r} rejected: a number in [0, 1)")
+    value = float(value)
+    if not 0 <= value < 1:
+        raise ValueError(f"sparsity={value!r} rejected: allowed [0, 1) (1 would prune every weight)")
+    return value
+
+
+class Sparsifier:
+    """Prunes `model`'s prunable weights (every Linear/Conv weight, or `weights=[names]`) on a schedule."""
+
+    def __init__(self, model: nn.Module, method: Any = "magnitude", sparsity: float = 0.9, scope: str | None = None,
+                 allocation: str | None = None, schedule: Any = "oneshot", pattern: str = "unstructured",
+                 n: int = 2, m: int = 4, block: tuple[int, int] = (1, 4), weights: list[str] | None = None):
+        self.model = model
+        self.sparsity = _sparsity(sparsity)
+        self.method, self.method_options = _spec(method, "method", criteria)
+        criteria[self.method].options(**self.method_options)
+        if scope is not None and scope not in SCOPES:
+            raise ValueError(f"scope={scope!r} rejected: one of {', '.join(map(repr, SCOPES))}")
+        if allocation is None:
+            allocation = "uniform" if scope == "layer" else "global"
+        if scope == "layer" and allocation in ("global", "lamp"):
+            raise ValueError(f"allocation={allocation!r} is global: it does not go with scope='layer'")
+        allocations[allocation]
+        self.scope, self.allocation = scope or ("layer" if allocation in ("uniform", "er", "erk") else "global"), allocation
+        self.schedule_name, opts = _spec(schedule, "schedule", prune_schedules)
+        self.schedule_options = option_values(prune_schedules[self.schedule_name].options(**opts))
+        self.plan = prune_schedules[self.schedule_name].build(**self.schedule_options)  # cross-field checks
+        if pattern not in PATTERNS:
+            raise ValueError(f"pattern={pattern!r} rejected: one of {', '.join(map(repr, PATTERNS))}")
+        self.pattern, self.n, self.m, self.block = pattern, n, m, tuple(block)
+        every = prunable(model)
+        if weights is not None:
+            unknown = [w for w in weights if w not in every]
+            if unknown:
+                raise ValueError(f"weights={unknown!r} rejected: not prunable; prunable: {', '.join(every)}")
+            every = {k: every[k] for k in weights}
+        if not every:
+            raise ValueError(f"the model ({type(model).__name__}) has no prunable layer: pruning needs an nn.Linear "
+                             f"or nn.Conv*d weight")
+        self.weights = every
+        for k, w in every.items():
+            if pattern == "nm":
+                check_nm(n, m, w.shape, k)
+            elif pattern == "block":
+                check_block(self.block, w.shape, k)
+        if pattern == "nm":
+            self.sparsity = 1 - n / m
+        self.start = 0          # the run's step the schedule counts from
+        self.applied = 0.0      # the sparsity last pruned to
+        self.updates = 0
+        self._rewind_state: dict[str, torch.Tensor] | None = None
+
+    # ---- the plan ---------------------------------------------------------------------------
+    def planned(self, t: int) -> float:
+        """The sparsity the schedule plans after t steps since it began."""
+        f = self.plan(max(t, 0))
+        if self.pattern == "nm":
+            return self.sparsity if f > 0 else 0.0
+        if getattr(self.plan, "geometric", False):
+            return 1 - (1 - self.sparsity) ** f
+        return self.sparsity * f
+
+    def preview(self, steps: int = 2000, points: int = 400) -> dict[str, np.ndarray]:
+        """{"step": run steps, "sparsity": planned sparsity} from the schedule's start, drawn ahead."""
+        t = np.unique(np.linspace(0, steps - 1, min(points, steps)).round().astype(int))
+        return {"step": t + self.start, "sparsity": np.array([self.planned(int(k)) for k in t])}
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """What `Run(pruning=...)` takes to build this Sparsifier again (saved with a run)."""
+        out = dict(method=[self.method, dict(self.method_options)], sparsity=self.sparsity, scope=self.scope,
+                   allocation=self.allocation, schedule=[self.schedule_name, dict(self.schedule_options)],
+                   pattern=self.pattern)
+        if self.pattern == "nm":
+            out.update(n=self.n, m=self.m)
+        if self.pattern == "block":
+            out["block"] = list(self.block)
+        return out
+
+    # ---- pruning ----------------------------------------------------------------------------
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in _masks(self.model).items() if k in self.weights}
+
+    def step(self, t: int, batch=None, loss_fn=None) -> str | None:
+        """Between training steps: prune if the plan at run step t asks for a new sparsity; what was done, or None."""
+        rel = t - self.start
+        if getattr(self.plan, "geometric", False) and rel == self.plan.rewind and self._rewind_state is None:
+            self._rewind_state = copy.deepcopy({k: v.detach() for k, v in self.model.state_dict().items()})
+        target = self.planned(rel)
+        if abs(target - self.applied) < 1e-12 and (self.updates or target == 0):
+            return None
+        self.prune(target, batch, loss_fn)
+        note = f"pruned to {target:.3g} ({self.method}, {self.allocation}{'' if self.pattern == 'unstructured' else ', ' + self.pattern})"
+        if getattr(self.plan, "geometric", False) and self._rewind_state is not None:
+            self.rewind()
+            note += f"; rewound to step {self.start + self.plan.rewind}"
+        return note
+
+    def apply(self, batch=None, loss_fn=None) -> dict[str, torch.Tensor]:
+        """Prune to the final sparsity now, whatever the schedule; returns the masks."""
+        self.prune(self.sparsity, batch, loss_fn)
+        return self.masks
+
+    def prune(self, target: float, batch=None, loss_fn=None) -> None:
+        """Masks at sparsity `target` from the criterion's scores and the allocation, set on the model."""
+        entry = criteria[self.method]
+        if callable(batch):
+            batch = batch() if self.method in ("gradient", "snip", "grasp", "synflow") else None
+        loss_fn = loss_fn or nn.functional.cross_entropy
+        shapes = {k: tuple(w.shape) for k, w in self.weights.items()}
+        with torch.enable_grad():
+            scores = entry.build(self.model, self.weights, batch, loss_fn, select=self._select(shapes),
+                                 **self.method_options, **({"density": 1 - target} if self.method == "synflow" else {}))
+        new = self._select(shapes)(scores, 1 - target)
+        for k, keep in new.items():
+            set_mask(self.model, k, keep)
+        self.applied, self.updates = target, self.updates + 1
+
+    def _select(self, shapes):
+        alloc = allocations[self.allocation].build
+
+        def select(scores: dict, density: float) -> dict:
+            if self.pattern == "nm":
+                return {k: nm_mask(self.weights[k], self.n, self.m, scores=s) for k, s in scores.items()}
+            if self.pattern == "block":
+                kept = alloc({k: block_scores(s, self.block) for k, s in scores.items()}, 1 - density, shapes)
+                return {k: expand_blocks(v, self.block, shapes[k]) for k, v in kept.items()}
+            return alloc(scores, 1 - density, shapes)
+
+        return select
+
+    def rewind(self) -> None:
+        """The weights back to the rewind point, times the masks (lottery-ticket rewinding)."""
+        state = {k: v for k, v in self._rewind_state.items() if not k.endswith("_keep")}
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for k, v in state.items():
+                if k in params:
+                    params[k].copy_(v)
+        from .masks import apply_masks
+        apply_masks(self.model)
+
+    # ---- persistence ------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"start": self.start, "applied": self.applied, "updates": self.updates,
+                "rewind_state": self._rewind_state}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.start, self.applied, self.updates = state["start"], state["applied"], state["updates"]
+        self._rewind_state = state.get("rewind_state")
+
+    def __repr__(self) -> str:
+        return f"Sparsifier({self.spec})"
+
+
+def as_sparsifier(model: nn.Module, spec: Any) -> Sparsifier | None:
+    """A Sparsifier from a Run's `pruning=`: None/"off", a method name, (method, {options}) or a dict of
+    Sparsifier arguments."""
+    if spec is None or spec == "off":
+        return None
+    if isinstance(spec, dict):
+        return Sparsifier(model, **spec)
+    parsed = parse_spec(spec)
+    if parsed is None:
+        raise ValueError(f"pruning={spec!r} rejected: None, a method name ({', '.join(criteria.names())}), a "
+                         f"(method, {{Sparsifier options}}) pair or a dict of Sparsifier options")
+    return Sparsifier(model, method=parsed[0], **parsed[1])
