@@ -102,9 +102,11 @@ class Sparsifier:
         return self.sparsity * f
 
     def preview(self, steps: int = 2000, points: int = 400) -> dict[str, np.ndarray]:
-        """{"step": run steps, "sparsity": planned sparsity} from the schedule's start, drawn ahead."""
+        """{"step": step numbers, "sparsity": the sparsity each trains at}, drawn ahead from the schedule's start.
+
+        As for the lr preview, the step number is steps taken + 1: pruning at t steps taken shapes step t + 1."""
         t = np.unique(np.linspace(0, steps - 1, min(points, steps)).round().astype(int))
-        return {"step": t + self.start, "sparsity": np.array([self.planned(int(k)) for k in t])}
+        return {"step": t + 1 + self.start, "sparsity": np.array([self.planned(int(k)) for k in t])}
 
     @property
     def spec(self) -> dict[str, Any]:

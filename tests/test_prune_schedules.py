@@ -1,0 +1,64 @@
+"""Pruning schedules: Zhu & Gupta's cubic against torch.ao's CubicSL formula, one-shot, IMP with rewinding, and
+the plan drawn ahead equal to what a run does."""
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import small_run
+from torch.ao.pruning import CubicSL
+
+import trainlab.prune as P
+
+
+@pytest.mark.parametrize("initial", [0.0, 0.25])
+def test_gradual_matches_cubic_sl(initial):
+    model = small_run().model
+    sp = P.Sparsifier(model, sparsity=0.8, schedule=("gradual", {"start": 100, "end": 1100, "frequency": 50,
+                                                                 "initial": initial}))
+    for t in range(0, 1500, 50):
+        ref = CubicSL.sparsity_compute_fn(s_0=initial * 0.8, s_f=0.8, t=t, t_0=100, dt=50, n=20, initially_zero=True)
+        assert sp.planned(t) == pytest.approx(ref, abs=1e-12), t
+    assert sp.planned(149) == sp.planned(100)  # held between two prunings
+
+
+def test_preview_is_what_the_run_does():
+    spec = {"method": "magnitude", "sparsity": 0.7, "schedule": ("gradual", {"start": 10, "end": 50, "frequency": 10})}
+    run = small_run(pruning=spec)
+    plan = P.preview(run.model, spec, steps=70, points=70)
+    run.step(69)
+    measured = run.history.frame().set_index("step")["sparsity"].dropna()
+    planned = dict(zip(plan["step"].tolist(), plan["sparsity"].tolist()))
+    assert len(measured) == 6 and max(planned.values()) == pytest.approx(0.7)
+    for step, s in measured.items():
+        assert s == pytest.approx(planned[step], abs=0.01), step  # counted from the weights
+
+
+def test_oneshot_at_a_step_and_mid_run_counts_from_now():
+    run = small_run()
+    run.step(20)
+    run.set(pruning={"method": "magnitude", "sparsity": 0.5, "schedule": ("oneshot", {"at": 5})})
+    run.step(4)
+    assert P.masks(run.model) == {}
+    run.step(2)
+    assert P.sparsity(run.model)["global"] == pytest.approx(0.5, abs=0.01)
+    assert "pruned to 0.5" in " ".join(run.history.frame().event.dropna())
+
+
+def test_imp_rewinds_kept_weights_to_step_k():
+    run = small_run(optimizer="sgd", lr=0.1, pruning={"method": "magnitude", "sparsity": 0.75,
+                                                      "schedule": ("imp", {"rounds": 2, "period": 20, "rewind": 3})})
+    run.step(3)
+    at3 = {k: v.detach().clone() for k, v in run.model.named_parameters()}
+    run.step(17)
+    run.step(1)  # round 1 happened before step 21: pruned to 1 - 0.25^(1/2) = 0.5, rewound to step 3
+    assert P.sparsity(run.model)["global"] == pytest.approx(0.5, abs=0.02)
+    run2 = small_run(optimizer="sgd", lr=0.1, pruning={"method": "magnitude", "sparsity": 0.75,
+                                                       "schedule": ("imp", {"rounds": 2, "period": 20, "rewind": 3})})
+    run2.step(20)
+    sp = run2.pruning_state.sparsifier
+    sp.step(20)  # the same round, by hand, to see the weights right after the rewind
+    for k, keep in P.masks(run2.model).items():
+        w = dict(run2.model.named_parameters())[k].detach()
+        assert torch.equal(w[keep], at3[k][keep]) and (w[~keep] == 0).all()
+    run.step(20)
+    assert P.sparsity(run.model)["global"] == pytest.approx(0.75, abs=0.02)
