@@ -45,6 +45,8 @@ class Pruning:
     def between(self, run: Run) -> None:
         """Before a step: prune when the schedule asks; the change goes in the next row's `event`."""
         sp = self.sparsifier
+        if sp.due(run.steps) is None:
+            return
         before = {k: v.clone() for k, v in sp.masks.items()} if sp.updates else {}
         note = sp.step(run.steps, batch=lambda: run.data.fixed_sample(CALIBRATION, run.seed, run.device),
                        loss_fn=run.loss_fn)

@@ -127,11 +127,8 @@ class Sparsifier:
 
     def step(self, t: int, batch=None, loss_fn=None) -> str | None:
         """Between training steps: prune if the plan at run step t asks for a new sparsity; what was done, or None."""
-        rel = t - self.start
-        if getattr(self.plan, "geometric", False) and rel == self.plan.rewind and self._rewind_state is None:
-            self._rewind_state = copy.deepcopy({k: v.detach() for k, v in self.model.state_dict().items()})
-        target = self.planned(rel)
-        if abs(target - self.applied) < 1e-12 and (self.updates or target == 0):
+        target = self.due(t)
+        if target is None:
             return None
         self.prune(target, batch, loss_fn)
         note = f"pruned to {target:.3g} ({self.method}, {self.allocation}{'' if self.pattern == 'unstructured' else ', ' + self.pattern})"
@@ -139,6 +136,16 @@ class Sparsifier:
             self.rewind()
             note += f"; rewound to step {self.start + self.plan.rewind}"
         return note
+
+    def due(self, t: int) -> float | None:
+        """The sparsity to prune to before run step t + 1, or None (nothing to do: about 1 us)."""
+        rel = t - self.start
+        if getattr(self.plan, "geometric", False) and rel == self.plan.rewind and self._rewind_state is None:
+            self._rewind_state = copy.deepcopy({k: v.detach() for k, v in self.model.state_dict().items()})
+        target = self.planned(rel)
+        if abs(target - self.applied) < 1e-12 and (self.updates or target == 0):
+            return None
+        return target
 
     def apply(self, batch=None, loss_fn=None) -> dict[str, torch.Tensor]:
         """Prune to the final sparsity now, whatever the schedule; returns the masks."""
