@@ -87,7 +87,60 @@ def test_global_and_uniform():
 def test_sparsifier_allocations_on_a_model_reach_the_target():
     torch.manual_seed(3)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
+    batch = (torch.randn(16, 3, 8, 8), torch.randint(0, 10, (16,)))
     for alloc in P.allocations.names():
         m = __import__("copy").deepcopy(model)
-        P.Sparsifier(m, sparsity=0.8, allocation=alloc).apply()
+        P.Sparsifier(m, sparsity=0.8, allocation=alloc).apply(batch=batch)
         assert P.sparsity(m)["global"] == pytest.approx(0.8, abs=0.01), alloc
+
+
+def test_knapsack_equals_brute_force():
+    import itertools
+
+    import numpy as np
+
+    from trainlab.prune.adaptive import knapsack
+
+    rng = np.random.default_rng(0)
+    densities = np.arange(1, 6) / 5
+    sizes = {"a": 120, "b": 300, "c": 80}
+    curves = {k: np.sort(rng.random(5))[::-1] * rng.uniform(1, 10) for k in sizes}  # distortion falls as d rises
+    budget = 0.45 * sum(sizes.values())
+    got = knapsack(curves, densities, sizes, budget, buckets=sum(sizes.values()))  # one bucket per weight: exact
+    best = min((c for c in itertools.product(range(5), repeat=3)
+                if sum(densities[j] * sizes[k] for j, k in zip(c, sizes)) <= budget + 1e-9),
+               key=lambda c: sum(curves[k][j] for j, k in zip(c, sizes)))
+    assert got == {k: densities[j] for j, k in zip(best, sizes)}
+
+
+def test_adaptive_curves_additivity_and_a_smaller_total_distortion_than_uniform():
+    from trainlab import Run
+    from trainlab.prune.adaptive import additivity, distortion_curves
+
+    run = Run(model=("mlp", {"width": 32}), data="digits", device="cpu", seed=0)
+    run.step(150)
+    model = run.model_copy()
+    x, y = run.data.fixed_sample(256, 0)
+    weights = P.prunable(model)
+    scores = {k: w.detach().abs() for k, w in weights.items()}
+    dens, curves = distortion_curves(model, weights, scores, x)
+    k = "fc1.weight"
+    with torch.no_grad():
+        dense = model(x)
+        w0 = weights[k].detach().clone()
+        weights[k].mul_(P.allocations["uniform"].build({k: scores[k]}, 0.5, {})[k])
+        ref = float((model(x) - dense).pow(2).sum(-1).mean())
+        weights[k].copy_(w0)
+    assert curves[k][list(dens).index(0.5)] == pytest.approx(ref, rel=1e-6)
+    assert all(c[-1] == 0 for c in curves.values())  # density 1: no distortion
+    summed, joint = additivity(model, weights, scores, x, {k: 0.9 for k in weights})
+    assert joint == pytest.approx(summed, rel=0.25)  # Xu et al.'s additivity, near for small perturbations
+    sizes = {k: w.numel() for k, w in weights.items()}
+    m_ad = __import__("copy").deepcopy(model)
+    P.Sparsifier(m_ad, sparsity=0.8, allocation="adaptive").apply(batch=(x, y))
+    assert P.sparsity(m_ad)["global"] >= 0.8 - 1e-9
+    chosen = {k: 1 - P.sparsity(m_ad)[k] for k in weights}
+    total = sum(curves[k][int(round(chosen[k] * 20)) - 1] for k in weights)  # the DP's objective, Σ δ_l
+    uniform = sum(curves[k][list(dens).index(0.2)] for k in weights)
+    assert total < uniform  # uniform densities lie on the grid within the budget: the DP can only do better
+    assert sum(chosen[k] * sizes[k] for k in weights) <= 0.2 * sum(sizes.values()) + 1e-6

@@ -1,7 +1,8 @@
 """Layer allocations by name: from per-layer scores and a target sparsity to masks.
 
-Each entry is `allocate(scores, sparsity, shapes) -> {name: bool mask}`: `scores` name -> importance
-(higher kept; a block mask passes block scores), `shapes` the weights' own shapes (what ER/ERK read).
+Each entry is `allocate(scores, sparsity, shapes, context=None) -> {name: bool mask}`: `scores` name ->
+importance (higher kept; a block mask passes block scores), `shapes` the weights' own shapes (what ER/ERK
+read), `context` what a data-driven allocation needs (`adaptive`: the model and a calibration batch).
 """
 from __future__ import annotations
 
@@ -29,13 +30,13 @@ def by_density(scores: dict, densities: dict) -> dict:
 
 
 @allocations.register("uniform")
-def uniform(scores, sparsity, shapes):
+def uniform(scores, sparsity, shapes, context=None):
     """Every layer at the same sparsity (layer-wise scope)."""
     return by_density(scores, {k: 1 - sparsity for k in scores})
 
 
 @allocations.register("global")
-def global_(scores, sparsity, shapes):
+def global_(scores, sparsity, shapes, context=None):
     """One threshold over all layers' raw scores (global scope)."""
     flat = torch.cat([s.reshape(-1).float() for s in scores.values()])
     k = int(round((1 - sparsity) * flat.numel()))
@@ -71,13 +72,13 @@ def erk_densities(shapes: dict, sparsity: float, kernel: bool = True) -> dict[st
 
 
 @allocations.register("erk")
-def erk(scores, sparsity, shapes):
+def erk(scores, sparsity, shapes, context=None):
     """Erdős–Rényi-Kernel densities (Evci et al. 2020), each layer pruned by its own scores to its density."""
     return by_density(scores, erk_densities(shapes, sparsity, kernel=True))
 
 
 @allocations.register("er")
-def er(scores, sparsity, shapes):
+def er(scores, sparsity, shapes, context=None):
     """Erdős–Rényi densities (n_in + n_out)/(n_in n_out) (Mocanu et al. 2018), no kernel term."""
     return by_density(scores, erk_densities(shapes, sparsity, kernel=False))
 
@@ -94,6 +95,9 @@ def lamp_scores(scores: torch.Tensor) -> torch.Tensor:
 
 
 @allocations.register("lamp")
-def lamp(scores, sparsity, shapes):
+def lamp(scores, sparsity, shapes, context=None):
     """LAMP (Lee et al. 2021): one global threshold over per-layer LAMP scores (each layer keeps its largest)."""
     return global_({k: lamp_scores(s) for k, s in scores.items()}, sparsity, shapes)
+
+
+from . import adaptive as _adaptive  # noqa: E402,F401  (registers "adaptive")

@@ -59,7 +59,7 @@ class Sparsifier:
             raise ValueError(f"scope={scope!r} rejected: one of {', '.join(map(repr, SCOPES))}")
         if allocation is None:
             allocation = "uniform" if scope == "layer" else "global"
-        if scope == "layer" and allocation in ("global", "lamp"):
+        if scope == "layer" and allocation in ("global", "lamp", "adaptive"):
             raise ValueError(f"allocation={allocation!r} is global: it does not go with scope='layer'")
         allocations[allocation]
         self.scope, self.allocation = scope or ("layer" if allocation in ("uniform", "er", "erk") else "global"), allocation
@@ -68,6 +68,8 @@ class Sparsifier:
         self.plan = prune_schedules[self.schedule_name].build(**self.schedule_options)  # cross-field checks
         if pattern not in PATTERNS:
             raise ValueError(f"pattern={pattern!r} rejected: one of {', '.join(map(repr, PATTERNS))}")
+        if pattern == "block" and allocation == "adaptive":
+            raise ValueError("allocation='adaptive' measures weight masks: it does not go with pattern='block'")
         self.pattern, self.n, self.m, self.block = pattern, n, m, tuple(block)
         every = prunable(model)
         if weights is not None:
@@ -86,6 +88,7 @@ class Sparsifier:
                 check_block(self.block, w.shape, k)
         if pattern == "nm":
             self.sparsity = 1 - n / m
+
         self.start = 0          # the run's step the schedule counts from
         self.applied = 0.0      # the sparsity last pruned to
         self.updates = 0
@@ -156,27 +159,32 @@ class Sparsifier:
         """Masks at sparsity `target` from the criterion's scores and the allocation, set on the model."""
         entry = criteria[self.method]
         if callable(batch):
-            batch = batch() if self.method in ("gradient", "snip", "grasp", "synflow") else None
+            wanted = self.method in ("gradient", "snip", "grasp", "synflow") or self.allocation == "adaptive"
+            batch = batch() if wanted else None
         loss_fn = loss_fn or nn.functional.cross_entropy
         shapes = {k: tuple(w.shape) for k, w in self.weights.items()}
         with torch.enable_grad():
             scores = entry.build(self.model, self.weights, batch, loss_fn, select=self._select(shapes),
                                  **self.method_options, **({"density": 1 - target} if self.method == "synflow" else {}))
-        new = self._select(shapes)(scores, 1 - target)
+        context = {"model": self.model, "weights": self.weights, "batch": batch}
+        new = self._select(shapes, context)(scores, 1 - target)
         for k, keep in new.items():
             set_mask(self.model, k, keep)
         self.applied, self.updates = target, self.updates + 1
 
-    def _select(self, shapes):
+    def _select(self, shapes, context=None):
         alloc = allocations[self.allocation].build
+        if self.allocation == "adaptive" and context is None:  # SynFlow's rounds: its scores, globally
+            alloc = allocations["global"].build
 
         def select(scores: dict, density: float) -> dict:
             if self.pattern == "nm":
                 return {k: nm_mask(self.weights[k], self.n, self.m, scores=s) for k, s in scores.items()}
             if self.pattern == "block":
-                kept = alloc({k: block_scores(s, self.block) for k, s in scores.items()}, 1 - density, shapes)
+                kept = alloc({k: block_scores(s, self.block) for k, s in scores.items()}, 1 - density, shapes,
+                             context=context)
                 return {k: expand_blocks(v, self.block, shapes[k]) for k, v in kept.items()}
-            return alloc(scores, 1 - density, shapes)
+            return alloc(scores, 1 - density, shapes, context=context)
 
         return select
 
