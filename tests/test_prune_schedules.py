@@ -2,6 +2,8 @@
 the plan drawn ahead equal to what a run does."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import small_run
@@ -62,3 +64,47 @@ def test_imp_rewinds_kept_weights_to_step_k():
         assert torch.equal(w[keep], at3[k][keep]) and (w[~keep] == 0).all()
     run.step(20)
     assert P.sparsity(run.model)["global"] == pytest.approx(0.75, abs=0.02)
+
+
+def test_rigl_drops_the_smallest_kept_and_regrows_the_largest_gradients():
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    batch = (torch.randn(32, 8), torch.randint(0, 4, (32,)))
+    sp = P.Sparsifier(model, sparsity=0.75, scope="layer", schedule=("rigl", {"every": 10, "end": 100,
+                                                                              "drop_fraction": 0.5}))
+    sp.step(0, batch)
+    with torch.no_grad():  # kept weights moved by "training": every one nonzero
+        for w in sp.weights.values():
+            w.add_(0.01 * torch.sign(w) * P.masks(model)[[k for k, v in sp.weights.items() if v is w][0]])
+    before = {k: v.clone() for k, v in sp.masks.items()}
+    weights = {k: w.detach().clone() for k, w in sp.weights.items()}
+    loss = nn.functional.cross_entropy(model(batch[0]), batch[1])
+    grads = dict(zip(sp.weights, torch.autograd.grad(loss, list(sp.weights.values()))))
+    assert sp.step(5, batch) is None and sp.step(10, batch).startswith("rigl")
+    alpha = 0.5 / 2 * (1 + math.cos(math.pi * 10 / 100))
+    for k, keep in sp.masks.items():
+        old = before[k].reshape(-1)
+        n = round(alpha * int(old.sum()))
+        assert int(keep.sum()) == int(old.sum())  # sparsity unchanged
+        mag = torch.where(old, weights[k].reshape(-1).abs(), torch.tensor(float("inf")))
+        dropped = torch.zeros_like(old)
+        dropped[mag.argsort()[:n]] = True
+        after_drop = old & ~dropped
+        g = torch.where(after_drop, torch.tensor(-float("inf")), grads[k].reshape(-1).abs())
+        grown = torch.zeros_like(old)
+        grown[g.argsort(descending=True)[:n]] = True
+        assert torch.equal(keep.reshape(-1), after_drop | grown), k
+        assert (sp.weights[k].detach().reshape(-1)[grown & ~old] == 0).all()  # regrown at zero
+
+
+def test_set_in_a_run_keeps_sparsity_and_reports_churn():
+    run = small_run(pruning={"sparsity": 0.8, "scope": "layer", "schedule": ("set", {"every": 10, "end": 100})})
+    run.step(60)
+    df = run.history.frame()
+    churn = df["mask_churn"].dropna()
+    assert len(churn) == 5 and (churn > 0).all() and (churn <= 0.2).all()  # about 2α of the kept 20 % (rounded per layer)
+    assert sum("set:" in e for e in df.event.dropna()) == 5
+    for k, m in P.masks(run.model).items():
+        assert int((~m).sum()) == round(0.8 * m.numel()), k

@@ -65,3 +65,30 @@ def imp(rounds: int = 5, period: int = 500, rewind: int = 0):
     f.rewind = rewind
     f.period = period
     return f
+
+
+def _dynamic(regrow: str):
+    def build(at: int = 0, every: int = 100, drop_fraction: float = 0.3, end: int = 10_000):
+        if end <= at:
+            raise ValueError(f"pruning schedule {regrow!r} rejected: end={end} must come after at={at}")
+
+        def f(t: int) -> float:
+            return 1.0 if t >= at else 0.0
+
+        f.dynamic, f.regrow, f.at, f.every, f.drop_fraction, f.end = True, regrow, at, every, drop_fraction, end
+        return f
+
+    return build
+
+
+_DYNAMIC = dict(
+    at=_step(0, "step of the first pruning (to the final sparsity)"),
+    every=_step(100, "steps between two drop-and-regrow updates (ΔT)", lo=1),
+    drop_fraction=param.Number(0.3, bounds=(0, 1), softbounds=(0, 1), step=0.05,
+                               doc="α: fraction of each layer's kept weights dropped at the first update, cosine-decayed"),
+    end=_step(10_000, "step after which the masks stay fixed (T_end)", lo=1),
+)
+prune_schedules.register("set", doc="SET (Mocanu et al. 2018): every ΔT steps drop the smallest kept weights of each "
+                                    "layer and regrow as many at random, sparsity constant", **_DYNAMIC)(_dynamic("random"))
+prune_schedules.register("rigl", doc="RigL (Evci et al. 2020): drop the smallest kept weights, regrow where the dense "
+                                     "gradient is largest; α cosine-decayed to T_end", **_DYNAMIC)(_dynamic("gradient"))

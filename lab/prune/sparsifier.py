@@ -10,6 +10,7 @@ planned sparsity at t differs from the one applied. Everything is validated at c
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import numpy as np
@@ -130,6 +131,8 @@ class Sparsifier:
 
     def step(self, t: int, batch=None, loss_fn=None) -> str | None:
         """Between training steps: prune if the plan at run step t asks for a new sparsity; what was done, or None."""
+        if self._regrow_due(t - self.start):
+            return self.drop_and_regrow(t - self.start, batch, loss_fn)
         target = self.due(t)
         if target is None:
             return None
@@ -143,12 +146,55 @@ class Sparsifier:
     def due(self, t: int) -> float | None:
         """The sparsity to prune to before run step t + 1, or None (nothing to do: about 1 us)."""
         rel = t - self.start
+        if self._regrow_due(rel):
+            return self.applied
         if getattr(self.plan, "geometric", False) and rel == self.plan.rewind and self._rewind_state is None:
             self._rewind_state = copy.deepcopy({k: v.detach() for k, v in self.model.state_dict().items()})
         target = self.planned(rel)
         if abs(target - self.applied) < 1e-12 and (self.updates or target == 0):
             return None
         return target
+
+    def _regrow_due(self, rel: int) -> bool:
+        """A SET/RigL update is due at this step: pruned already, on the ΔT grid, before T_end."""
+        f = self.plan
+        return (getattr(f, "dynamic", False) and self.updates > 0 and f.at < rel < f.end
+                and (rel - f.at) % f.every == 0)
+
+    def drop_and_regrow(self, rel: int, batch=None, loss_fn=None) -> str:
+        """Each layer drops its k smallest kept |w| (k = α/2 (1 + cos(π t / T_end)) of its kept weights) and
+        regrows k among the rest (after the drop, as RigL), at random (SET) or by |dense gradient| (RigL);
+        regrown weights start at 0. Each layer's sparsity stays as it was."""
+        f = self.plan
+        alpha = f.drop_fraction / 2 * (1 + math.cos(math.pi * rel / f.end))
+        if f.regrow == "gradient":
+            if callable(batch):
+                batch = batch()
+            if batch is None:
+                raise ValueError("schedule 'rigl' needs a batch to regrow by gradient: Sparsifier.step(step, batch=...)")
+            x, y = batch
+            with torch.enable_grad():
+                loss = (loss_fn or nn.functional.cross_entropy)(self.model(x), y)
+                grads = torch.autograd.grad(loss, list(self.weights.values()))
+            grow = {k: g.abs() for k, g in zip(self.weights, grads)}
+        else:
+            g = torch.Generator().manual_seed(self.updates)  # from the saved state: a loaded run regrows the same
+            grow = {k: torch.rand(w.shape, generator=g).to(w.device) for k, w in self.weights.items()}
+        changed = 0
+        for k, keep in self.masks.items():
+            w = self.weights[k].detach()
+            n = int(round(alpha * int(keep.sum())))
+            if n == 0:
+                continue
+            flat = keep.reshape(-1).clone()
+            mag = torch.where(flat, w.reshape(-1).abs(), torch.full_like(w.reshape(-1), float("inf")))
+            flat[torch.topk(mag, n, largest=False).indices] = False  # drop the n smallest kept
+            score = torch.where(flat, torch.full_like(mag, -float("inf")), grow[k].reshape(-1).to(mag.dtype))
+            flat[torch.topk(score, n).indices] = True  # regrow n among the inactive (at 0)
+            changed += int((flat != keep.reshape(-1)).sum())
+            set_mask(self.model, k, flat.reshape(keep.shape))
+        self.updates += 1
+        return f"{'rigl' if f.regrow == 'gradient' else 'set'}: {changed} mask entries changed (drop fraction {alpha:.3g})"
 
     def apply(self, batch=None, loss_fn=None) -> dict[str, torch.Tensor]:
         """Prune to the final sparsity now, whatever the schedule; returns the masks."""
