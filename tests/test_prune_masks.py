@@ -128,3 +128,16 @@ def test_old_checkpoints_without_pruning_still_load(tmp_path):
     torch.save(ckpt, tmp_path / "old.pt")
     loaded = Run.load(tmp_path / "old.pt", device="cpu")
     assert loaded.pruning is None and loaded.steps == 3
+
+
+def test_layer_collapse_is_flagged():
+    torch.manual_seed(0)
+    big = nn.Sequential(nn.Linear(2, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2))
+    with torch.no_grad():
+        big[2].weight.mul_(1e-3)  # a layer of tiny weights: global magnitude pruning empties it
+    run = Run(model=big, data="moons", device="cpu", pruning={"method": "magnitude", "sparsity": 0.95})
+    run.step(10)
+    df = run.history.frame()
+    assert "LAYER COLLAPSE: 2.weight keeps 0 %" in df.event.dropna().iloc[0]
+    assert df["collapsed_layers"].dropna().iloc[-1] == 1
+    assert run.pruning_state.sparsifier.collapsed() == {"2.weight": 0.0}

@@ -19,7 +19,8 @@ class SparsityProbe(Probe):
     """Columns `sparsity/<layer>` (exact zeros of each prunable weight, from the weights, never the masks),
     `sparsity` (all of them together), `mask_churn` (fraction of mask entries the newest mask update
     changed, on the first measured step after it) and `pruned_grad_norm` (‖g‖ over pruned entries,
-    before the step masks it: how hard training pushes to regrow them). Added by a run that prunes."""
+    before the step masks it: how hard training pushes to regrow them), `collapsed_layers` (layers keeping
+    under 1 % of their weights: layer collapse). Added by a run that prunes."""
 
     name = "sparsity"
 
@@ -39,6 +40,7 @@ class SparsityProbe(Probe):
         if pruning is not None:
             if pruning.pruned_norm is not None:
                 out["pruned_grad_norm"], pruning.pruned_norm = pruning.pruned_norm, None
+            out["collapsed_layers"] = pruning.collapsed
             updates = pruning.sparsifier.updates
             if updates != self._seen and pruning.churn is not None:
                 out["mask_churn"] = pruning.churn
@@ -47,5 +49,6 @@ class SparsityProbe(Probe):
 
     def columns(self, run: Run) -> Columns:
         scalars = {f"sparsity/{_layer(k)}": _layer(k) for k in prunable(run.model)}
-        scalars.update(sparsity="all layers", mask_churn="mask churn", pruned_grad_norm="‖g‖ on pruned weights")
+        scalars.update(sparsity="all layers", mask_churn="mask churn", pruned_grad_norm="‖g‖ on pruned weights",
+                       collapsed_layers="layers keeping < 1 %")
         return Columns(scalars)

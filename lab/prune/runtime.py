@@ -29,6 +29,7 @@ class Pruning:
         self.want_pruned_norm = False   # set by SparsityProbe.before: measure the gradient reaching pruned weights
         self.pruned_norm: float | None = None
         self.churn: float | None = None  # fraction of mask entries changed by the newest update
+        self.collapsed = 0               # layers keeping < 1 % of their weights after the newest update
 
     @classmethod
     def of(cls, run: Run, spec: Any) -> Pruning | None:
@@ -59,6 +60,10 @@ class Pruning:
         if getattr(sp.plan, "geometric", False) and "rewound" in note:
             run.torch_optimizer.state.clear()  # a rewound ticket trains from its rewind point afresh
         self.refresh(run)
+        collapsed = sp.collapsed()
+        if collapsed:  # the failure of pruning at init made visible: a layer that keeps (almost) nothing
+            note += "; LAYER COLLAPSE: " + ", ".join(f"{k} keeps {100 * v:.2g} %" for k, v in collapsed.items())
+        self.collapsed = len(collapsed)
         run.note(note)
 
     def grads(self, run: Run) -> None:

@@ -155,6 +155,11 @@ class Sparsifier:
             return None
         return target
 
+    def collapsed(self, below: float = 0.01) -> dict[str, float]:
+        """Layers keeping less than `below` of their weights (layer collapse, Tanaka et al. 2020): name -> kept."""
+        kept = {k: float(m.float().mean()) for k, m in self.masks.items()}
+        return {k: v for k, v in kept.items() if v < below}
+
     def _regrow_due(self, rel: int) -> bool:
         """A SET/RigL update is due at this step: pruned already, on the ΔT grid, before T_end."""
         f = self.plan
