@@ -351,9 +351,10 @@ class Run(param.Parameterized):
             return _UNSET
         keep_start = spec is _UNSET
         if keep_start:
-            if self._pruning is None:
+            current = self._next_pruning[0] if self._next_pruning is not _UNSET else self._pruning  # a pending one counts
+            if current is None:
                 raise ValueError("sparsity= needs pruning: run.set(pruning='magnitude', sparsity=0.9)")
-            spec = self._pruning.sparsifier.spec
+            spec = current.sparsifier.spec
         if sparsity is not _UNSET:
             if spec is None or spec == "off":
                 raise ValueError("sparsity= does not go with pruning=None (pruning off)")
@@ -364,7 +365,8 @@ class Run(param.Parameterized):
             spec = {**spec, "sparsity": sparsity}
         new = Pruning.of(self, spec)
         if new is not None and keep_start:
-            new.sparsifier.load(self._pruning.sparsifier.state())  # the same plan, its final sparsity changed
+            new.sparsifier.load(current.sparsifier.state())  # the same plan, its final sparsity changed
+            keep_start = self._next_pruning[1] if self._next_pruning is not _UNSET else True
         return (new, keep_start)
 
     def _switch_pruning(self, new: Pruning | None, keep_start: bool) -> None:
