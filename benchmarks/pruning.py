@@ -6,8 +6,9 @@ optimizer (SGD + momentum) and batches: dense; trainlab's masks (gradients maske
 step, weights after it, the dense forward) for each mask kind (unstructured per layer, global, 2:4,
 block); and the same masks as `torch.nn.utils.prune.custom_from_mask` hooks (weight = weight_orig * mask
 recomputed in a forward pre-hook). Each variant's chunk runs back to back with a chunk of the dense run
-(which goes first alternates; the variants' order rotates), and each ratio is the median over those pairs. Probes off in all (the SparsityProbe measures, it does not
-mask). Target: masked <= 1.10x dense for every kind.
+(which goes first alternates; the variants' order rotates), and each ratio is the median over those
+pairs. Probes off in all (the SparsityProbe measures, it does not mask).
+Target: masked <= 1.10x dense for every kind.
 
 (b) Global magnitude masks at 90 % (trainlab's Sparsifier against `prune.global_unstructured` with
 L1Unstructured) and 2:4 masks (the Numba kernel `nm_mask`, a vectorized torch topk over groups, and
@@ -68,7 +69,7 @@ def _hooked(model_name, masks):
     for name, keep in masks.items():
         mod_name = name.rsplit(".", 1)[0]
         torch_prune.custom_from_mask(model.get_submodule(mod_name), "weight", keep)
-    return _run(model, )
+    return _run(model)
 
 
 def part_a(model_name, steps, chunk):

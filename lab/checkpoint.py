@@ -182,7 +182,8 @@ def load(cls: type[Run], path: str | os.PathLike, model: nn.Module | None = None
             raise ValueError(f"{path}: this run trained on your own data: pass data=<the same data>")
         data = tuple(ckpt["data_spec"])
     run = cls(model=model, data=data, loss=loss, seed=ckpt["seed"], device=device,
-              **ckpt["settings"], **ckpt["optimizer_hparams"], **{"schedule": ckpt.get("schedule", "constant"), "pruning": ckpt.get("pruning"), **kwargs})
+              **ckpt["settings"], **ckpt["optimizer_hparams"],
+              **{"schedule": ckpt.get("schedule", "constant"), "pruning": ckpt.get("pruning"), **kwargs})
     try:
         run.restore(ckpt)
     except (RuntimeError, KeyError, ValueError) as e:

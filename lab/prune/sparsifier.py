@@ -137,7 +137,8 @@ class Sparsifier:
         if target is None:
             return None
         self.prune(target, batch, loss_fn)
-        note = f"pruned to {target:.3g} ({self.method}, {self.allocation}{'' if self.pattern == 'unstructured' else ', ' + self.pattern})"
+        pattern = "" if self.pattern == "unstructured" else f", {self.pattern}"
+        note = f"pruned to {target:.3g} ({self.method}, {self.allocation}{pattern})"
         if getattr(self.plan, "geometric", False) and self._rewind_state is not None:
             self.rewind()
             note += f"; rewound to step {self.start + self.plan.rewind}"
