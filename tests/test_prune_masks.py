@@ -141,3 +141,42 @@ def test_layer_collapse_is_flagged():
     assert "LAYER COLLAPSE: 2.weight keeps 0 %" in df.event.dropna().iloc[0]
     assert df["collapsed_layers"].dropna().iloc[-1] == 1
     assert run.pruning_state.sparsifier.collapsed() == {"2.weight": 0.0}
+
+
+def test_set_while_training_in_the_background_and_the_probe_declares_its_columns():
+    from conftest import wait_until
+
+    run = small_run(pruning=("magnitude", {"sparsity": 0.5}))
+    run.start()
+    try:
+        wait_until(lambda: run.steps >= 20, what="20 steps")
+        run.set(pruning={"method": "random", "sparsity": 0.8, "scope": "layer"})
+        wait_until(lambda: "pruning random" in " ".join(map(str, run.history.frame().event.dropna())),
+                   what="the new pruning applied")
+        start = run.pruning_state.sparsifier.start
+        wait_until(lambda: run.steps >= start + 20, what="20 more steps")
+    finally:
+        run.stop()
+    _zeros_kept(run)
+    for k, v in P.sparsity(run.model).items():
+        assert v >= 0.79, k
+    probe = next(p for p in run.probes if type(p).__name__ == "SparsityProbe")
+    declared = set(probe.columns(run).scalars)
+    written = {c for c in run.history.frame().columns if c.startswith(("sparsity", "mask_churn", "pruned_grad",
+                                                                       "collapsed"))}
+    assert written <= declared and {"sparsity", "sparsity/fc1", "sparsity/out"} <= written
+    plan = P.preview(run.model, run.pruning, steps=10, start=start)
+    assert plan["step"][0] == start + 1 and (plan["sparsity"] == 0.8).all()
+
+
+def test_lottery_ticket_state_survives_save_and_load(tmp_path):
+    spec = {"method": "magnitude", "sparsity": 0.75, "schedule": ("imp", {"rounds": 2, "period": 10, "rewind": 2})}
+    run = small_run(pruning=spec)
+    run.step(15)
+    run.save(tmp_path / "r.pt")
+    loaded = Run.load(tmp_path / "r.pt", device="cpu")
+    run.step(10)
+    loaded.step(10)
+    for a, b in zip(run.model.state_dict().values(), loaded.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert P.sparsity(loaded.model)["global"] == pytest.approx(0.75, abs=0.02)

@@ -14,9 +14,12 @@ from .structured import nm_mask
 schedules = prune_schedules
 
 
-def preview(model, spec, steps: int = 2000, points: int = 400):
-    """The planned sparsity over steps for a pruning spec (like `trainlab.schedules.preview` for the lr)."""
-    return as_sparsifier(model, spec).preview(steps, points)
+def preview(model, spec, steps: int = 2000, points: int = 400, start: int = 0):
+    """The planned sparsity over steps for a pruning spec, {"step", "sparsity"} (like `trainlab.schedules.preview`
+    for the lr); `start` is the run's step the pruning counts from (a run's own: `run.pruning_state.sparsifier.start`)."""
+    sp = as_sparsifier(model, spec)
+    sp.start = start
+    return sp.preview(steps, points)
 
 
 __all__ = ["Sparsifier", "allocations", "apply_masks", "as_sparsifier", "criteria", "erk_densities", "lamp_scores",
