@@ -180,3 +180,28 @@ def test_lottery_ticket_state_survives_save_and_load(tmp_path):
     for a, b in zip(run.model.state_dict().values(), loaded.model.state_dict().values()):
         assert torch.equal(a, b)
     assert P.sparsity(loaded.model)["global"] == pytest.approx(0.75, abs=0.02)
+
+
+def test_rescaling_restores_each_units_norm_and_the_activation_variance():
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(6):
+        layers += [nn.Linear(256, 256), nn.Tanh()]
+    model = nn.Sequential(*layers, nn.Linear(256, 10))
+    for m in model:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=(1.5 / 256) ** 0.5)  # σ_w² = 1.5
+            nn.init.zeros_(m.bias)
+    x = torch.randn(512, 256)
+    dense = P.activation_variance(model, x)
+    plain, rescaled = copy.deepcopy(model), copy.deepcopy(model)
+    rows = {k: w.detach().pow(2).sum(1) for k, w in P.prunable(model).items()}
+    P.Sparsifier(plain, method="random", sparsity=0.9, scope="layer").apply()
+    P.Sparsifier(rescaled, method="random", sparsity=0.9, scope="layer", rescale=True).apply()
+    for k, w in P.prunable(rescaled).items():
+        torch.testing.assert_close(w.detach().pow(2).sum(1), rows[k], rtol=1e-5, atol=1e-7)
+        assert (w.detach()[~P.masks(rescaled)[k]] == 0).all()
+    v_plain, v_res = P.activation_variance(plain, x), P.activation_variance(rescaled, x)
+    last = "12"
+    assert v_plain[last] < 0.2 * dense[last]  # the signal fades through the pruned layers
+    assert abs(v_res[last] / dense[last] - 1) < 0.3  # rescaled: the dense network's variance, layer after layer

@@ -22,6 +22,7 @@ from .allocations import allocations
 from .criteria import criteria
 from .masks import masks as _masks
 from .masks import prunable, set_mask
+from .rescale import rescale_rows, row_norms_sq
 from .schedules import prune_schedules
 from .structured import block_scores, check_block, check_nm, expand_blocks, nm_mask
 
@@ -51,8 +52,12 @@ class Sparsifier:
 
     def __init__(self, model: nn.Module, method: Any = "magnitude", sparsity: float = 0.9, scope: str | None = None,
                  allocation: str | None = None, schedule: Any = "oneshot", pattern: str = "unstructured",
-                 n: int = 2, m: int = 4, block: tuple[int, int] = (1, 4), weights: list[str] | None = None):
+                 n: int = 2, m: int = 4, block: tuple[int, int] = (1, 4), weights: list[str] | None = None,
+                 rescale: bool = False):
         self.model = model
+        if not isinstance(rescale, bool):
+            raise ValueError(f"rescale={rescale!r} rejected: True or False")
+        self.rescale = rescale
         self.sparsity = _sparsity(sparsity)
         self.method, self.method_options = _spec(method, "method", criteria)
         criteria[self.method].options(**self.method_options)
@@ -122,6 +127,8 @@ class Sparsifier:
             out.update(n=self.n, m=self.m)
         if self.pattern == "block":
             out["block"] = list(self.block)
+        if self.rescale:
+            out["rescale"] = True
         return out
 
     # ---- pruning ----------------------------------------------------------------------------
@@ -220,8 +227,11 @@ class Sparsifier:
                                  **self.method_options, **({"density": 1 - target} if self.method == "synflow" else {}))
         context = {"model": self.model, "weights": self.weights, "batch": batch}
         new = self._select(shapes, context)(scores, 1 - target)
+        dense = {k: row_norms_sq(self.weights[k]) for k in new} if self.rescale else {}
         for k, keep in new.items():
             set_mask(self.model, k, keep)
+            if self.rescale:  # each unit's kept weights back to its incoming squared norm (Hayou et al. 2021)
+                rescale_rows(self.weights[k], dense[k])
         self.applied, self.updates = target, self.updates + 1
 
     def _select(self, shapes, context=None):
