@@ -108,3 +108,25 @@ def test_set_in_a_run_keeps_sparsity_and_reports_churn():
     assert sum("set:" in e for e in df.event.dropna()) == 5
     for k, m in P.masks(run.model).items():
         assert int((~m).sum()) == round(0.8 * m.numel()), k
+
+
+def test_nm_structure_decay_halves_n_stage_by_stage():
+    from torch import nn
+
+    from trainlab.kernels.nm import nm_keep_reference
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 8))
+    sp = P.Sparsifier(model, pattern="nm", n=1, m=8, schedule=("nm_decay", {"first_n": 7, "every": 10}))
+    seen = []
+    for t in range(45):
+        if sp.step(t) is not None:
+            seen.append((t, P.sparsity(model)["global"]))
+            for k, keep in sp.masks.items():  # exact N:M groups at every stage
+                n = 8 - round(sp.applied * 8)
+                assert torch.equal(keep, torch.from_numpy(nm_keep_reference(sp.weights[k].detach().abs().numpy(), n, 8)))
+    assert seen == [(0, 1 / 8), (10, 4 / 8), (20, 6 / 8), (30, 7 / 8)]  # 7:8 -> 4:8 -> 2:8 -> 1:8
+    with pytest.raises(ValueError, match="first_n=9 rejected"):
+        P.Sparsifier(model, pattern="nm", n=2, m=8, schedule=("nm_decay", {"first_n": 9}))
+    with pytest.raises(ValueError, match="goes with pattern='nm'"):
+        P.Sparsifier(model, schedule="nm_decay")

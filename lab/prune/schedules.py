@@ -92,3 +92,24 @@ prune_schedules.register("set", doc="SET (Mocanu et al. 2018): every ΔT steps d
                                     "layer and regrow as many at random, sparsity constant", **_DYNAMIC)(_dynamic("random"))
 prune_schedules.register("rigl", doc="RigL (Evci et al. 2020): drop the smallest kept weights, regrow where the dense "
                                      "gradient is largest; α cosine-decayed to T_end", **_DYNAMIC)(_dynamic("gradient"))
+
+
+@prune_schedules.register(
+    "nm_decay",
+    at=_step(0, "step of the first N:M masks"),
+    first_n=param.Integer(7, bounds=(1, None), softbounds=(1, 16), doc="N of the first stage (of M)"),
+    every=_step(500, "steps per stage", lo=1),
+)
+def nm_decay(at: int = 0, first_n: int = 7, every: int = 500):
+    """Structure decay for N:M training (Bambhaniya et al. 2024, "Progressive Gradient Flow for Robust N:M
+    Sparsity Training"): N halves, rounded up, every `every` steps down to the Sparsifier's n (7:8 → 4:8 → 2:8 → 1:8)."""
+    def n_at(t: int, n_final: int) -> int:
+        if t < at:
+            return 0
+        return max(n_final, -(-first_n // 2 ** ((t - at) // every)))  # ceil(first_n / 2^k)
+
+    def f(t: int) -> float:
+        return 1.0 if t >= at else 0.0
+
+    f.n_at, f.first_n = n_at, first_n
+    return f

@@ -94,6 +94,11 @@ class Sparsifier:
                 check_block(self.block, w.shape, k)
         if pattern == "nm":
             self.sparsity = 1 - n / m
+            first = getattr(self.plan, "first_n", None)
+            if first is not None and not n <= first <= m:
+                raise ValueError(f"first_n={first} rejected for schedule 'nm_decay': between n={n} and m={m}")
+        elif hasattr(self.plan, "n_at"):
+            raise ValueError(f"schedule 'nm_decay' goes with pattern='nm', not pattern={pattern!r}")
 
         self.start = 0          # the run's step the schedule counts from
         self.applied = 0.0      # the sparsity last pruned to
@@ -105,6 +110,9 @@ class Sparsifier:
         """The sparsity the schedule plans after t steps since it began."""
         f = self.plan(max(t, 0))
         if self.pattern == "nm":
+            if hasattr(self.plan, "n_at"):  # structure decay: N shrinks stage by stage
+                n = self.plan.n_at(max(t, 0), self.n)
+                return 1 - n / self.m if n else 0.0
             return self.sparsity if f > 0 else 0.0
         if getattr(self.plan, "geometric", False):
             return 1 - (1 - self.sparsity) ** f
@@ -241,7 +249,8 @@ class Sparsifier:
 
         def select(scores: dict, density: float) -> dict:
             if self.pattern == "nm":
-                return {k: nm_mask(self.weights[k], self.n, self.m, scores=s) for k, s in scores.items()}
+                n = self.m - int(round((1 - density) * self.m))  # the stage's N (decay) or the final one
+                return {k: nm_mask(self.weights[k], n, self.m, scores=s) for k, s in scores.items()}
             if self.pattern == "block":
                 kept = alloc({k: block_scores(s, self.block) for k, s in scores.items()}, 1 - density, shapes,
                              context=context)
