@@ -205,3 +205,14 @@ def test_rescaling_restores_each_units_norm_and_the_activation_variance():
     last = "12"
     assert v_plain[last] < 0.2 * dense[last]  # the signal fades through the pruned layers
     assert abs(v_res[last] / dense[last] - 1) < 0.3  # rescaled: the dense network's variance, layer after layer
+
+
+def test_the_surviving_weights_histogram_counts_every_nonzero_weight():
+    run = small_run(pruning=("magnitude", {"sparsity": 0.6}))
+    run.step(10)
+    _, snap = run.history.snapshot("surviving_weights")
+    for k, w in P.prunable(run.model).items():
+        layer = k.rsplit(".", 1)[0]
+        assert int(snap["counts"][layer].sum()) == int((w != 0).sum())
+        kept = w.detach()[w.detach() != 0]
+        assert snap["edges"][0] <= float(kept.min()) and float(kept.max()) <= snap["edges"][-1]

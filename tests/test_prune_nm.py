@@ -66,3 +66,23 @@ def test_block_masks_keep_the_blocks_of_largest_norm():
     assert norms[kept].min() >= norms[~kept].max()
     assert (keep.reshape(4, 2, 4, 4) == kept[:, None, :, None]).all()  # whole blocks
     assert P.sparsity(model)["0.weight"] == 0.5
+
+
+def test_the_kernel_agrees_with_the_jit_off():
+    """With NUMBA_DISABLE_JIT=1 (how coverage sees the kernels) the plain-Python kernel gives the same masks."""
+    import os
+    import subprocess
+    import sys
+
+    import trainlab.kernels.nm as K
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 16)).round(1)  # ties too
+    code = ("import importlib.util, numpy as np; "
+            f"spec = importlib.util.spec_from_file_location('k', {K.__file__!r}); "
+            "k = importlib.util.module_from_spec(spec); spec.loader.exec_module(k); "
+            f"print(repr(k.nm_keep(np.array({x.tolist()!r}), 2, 4).tolist()))")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "NUMBA_DISABLE_JIT": "1"},
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert np.array_equal(np.array(eval(out)), nm_keep(x, 2, 4))
+    assert np.array_equal(nm_keep(x, 2, 4), nm_keep_reference(x, 2, 4))
