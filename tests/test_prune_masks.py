@@ -216,3 +216,15 @@ def test_the_surviving_weights_histogram_counts_every_nonzero_weight():
         assert int(snap["counts"][layer].sum()) == int((w != 0).sum())
         kept = w.detach()[w.detach() != 0]
         assert snap["edges"][0] <= float(kept.min()) and float(kept.max()) <= snap["edges"][-1]
+
+
+def test_a_chosen_subset_of_weights_stays_chosen_through_reset_and_load(tmp_path):
+    spec = {"method": "magnitude", "sparsity": 0.5, "weights": ["fc1.weight"], "rescale": True}
+    run = small_run(pruning=spec)
+    assert set(P.masks(run.model)) == {"fc1.weight"} and run.pruning["weights"] == ["fc1.weight"]
+    run.step(5)
+    run.save(tmp_path / "r.pt")
+    loaded = Run.load(tmp_path / "r.pt", device="cpu")
+    assert set(P.masks(loaded.model)) == {"fc1.weight"} and loaded.pruning == run.pruning
+    run.reset()
+    assert set(P.masks(run.model)) == {"fc1.weight"} and run.pruning["rescale"] is True

@@ -86,7 +86,7 @@ class Sparsifier:
         if not every:
             raise ValueError(f"the model ({type(model).__name__}) has no prunable layer: pruning needs an nn.Linear "
                              f"or nn.Conv*d weight")
-        self.weights = every
+        self.weights, self._chosen = every, None if weights is None else list(weights)
         for k, w in every.items():
             if pattern == "nm":
                 check_nm(n, m, w.shape, k)
@@ -137,6 +137,8 @@ class Sparsifier:
             out["block"] = list(self.block)
         if self.rescale:
             out["rescale"] = True
+        if self._chosen is not None:
+            out["weights"] = list(self._chosen)
         return out
 
     # ---- pruning ----------------------------------------------------------------------------
