@@ -23,6 +23,8 @@ BAD = [
     ({"allocation": "adaptive", "pattern": "block"}, ["allocation='adaptive'", "pattern='block'"]),
     ({"scope": "layer", "allocation": "lamp"}, ["allocation='lamp'", "scope='layer'"]),
     ({"scope": "model"}, ["scope='model'", "'global'", "'layer'"]),
+    ({"scope": "global", "allocation": "erk"}, ["allocation='erk'", "scope='layer'"]),
+    ({"pattern": "block", "block": 4}, ["block=4", "(rows, cols) pair"]),
     ({"schedule": ("gradual", {"start": 100, "end": 50})}, ["end=50", "start=100"]),
     ({"schedule": ("gradual", {"frequency": 0})}, ["frequency=0", "rejected"]),
     ({"schedule": "cubic"}, ["unknown pruning schedule 'cubic'", "oneshot", "gradual"]),

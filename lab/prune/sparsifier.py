@@ -67,6 +67,9 @@ class Sparsifier:
             allocation = "uniform" if scope == "layer" else "global"
         if scope == "layer" and allocation in ("global", "lamp", "adaptive"):
             raise ValueError(f"allocation={allocation!r} is global: it does not go with scope='layer'")
+        if scope == "global" and allocation in ("uniform", "er", "erk"):
+            raise ValueError(f"allocation={allocation!r} sets each layer's sparsity: it goes with scope='layer' "
+                             f"(or no scope), not scope='global'")
         allocations[allocation]
         self.scope, self.allocation = scope or ("layer" if allocation in ("uniform", "er", "erk") else "global"), allocation
         self.schedule_name, opts = _spec(schedule, "schedule", prune_schedules)
@@ -76,8 +79,11 @@ class Sparsifier:
             raise ValueError(f"pattern={pattern!r} rejected: one of {', '.join(map(repr, PATTERNS))}")
         if pattern == "block" and allocation == "adaptive":
             raise ValueError("allocation='adaptive' measures weight masks: it does not go with pattern='block'")
-        self.pattern, self.n, self.m, self.block = pattern, n, m, tuple(block)
+        self.pattern, self.n, self.m = pattern, n, m
+        self.block = tuple(block) if isinstance(block, (tuple, list)) else block
         every = prunable(model)
+        if isinstance(weights, str):
+            weights = [weights]
         if weights is not None:
             unknown = [w for w in weights if w not in every]
             if unknown:
