@@ -7,6 +7,7 @@ and weights after it; the forward pass stays the dense module's own.
 from .allocations import allocations, erk_densities, lamp_scores
 from .criteria import criteria
 from .masks import apply_masks, load_state, masks, prunable, remove_masks, set_mask, sparsity
+from .repair import repair
 from .rescale import activation_variance
 from .schedules import prune_schedules
 from .sparsifier import Sparsifier, as_sparsifier
@@ -24,5 +25,5 @@ def preview(model, spec, steps: int = 2000, points: int = 400, start: int = 0):
 
 
 __all__ = ["Sparsifier", "activation_variance", "allocations", "apply_masks", "as_sparsifier", "criteria", "erk_densities", "lamp_scores",
-           "load_state", "masks", "nm_mask", "preview", "prunable", "prune_schedules", "remove_masks", "schedules",
+           "load_state", "masks", "nm_mask", "preview", "prunable", "prune_schedules", "remove_masks", "repair", "schedules",
            "set_mask", "sparsity"]
