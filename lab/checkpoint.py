@@ -52,6 +52,8 @@ def state(run: Run) -> dict[str, Any]:
         "schedule": list(run.schedule),
         "schedule_start": run.schedule_start,
         "event": run.pending_event,
+        "pruning": run.pruning,  # None, or the Sparsifier's arguments; masks are buffers in model_state
+        "pruning_state": run.pruning_state.sparsifier.state() if run.pruning_state is not None else None,
     })
 
 
@@ -180,7 +182,8 @@ def load(cls: type[Run], path: str | os.PathLike, model: nn.Module | None = None
             raise ValueError(f"{path}: this run trained on your own data: pass data=<the same data>")
         data = tuple(ckpt["data_spec"])
     run = cls(model=model, data=data, loss=loss, seed=ckpt["seed"], device=device,
-              **ckpt["settings"], **ckpt["optimizer_hparams"], **{"schedule": ckpt.get("schedule", "constant"), **kwargs})
+              **ckpt["settings"], **ckpt["optimizer_hparams"],
+              **{"schedule": ckpt.get("schedule", "constant"), "pruning": ckpt.get("pruning"), **kwargs})
     try:
         run.restore(ckpt)
     except (RuntimeError, KeyError, ValueError) as e:

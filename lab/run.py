@@ -27,6 +27,8 @@ from .optimizers import (carry_state, check_hparams, check_step, flipped, optimi
                          write_groups)
 from .optimizers import entry as optimizer_entry
 from .probes import Probe, default_probes
+from .prune.masks import load_state
+from .prune.runtime import Pruning
 from .registry import LogInteger, LogNumber, RejectedType, number, option_values, parse_spec, validate
 from .schedules import as_schedule
 from .stepping import KINDS, AnnealedNoise, FlatGrads
@@ -115,7 +117,8 @@ class Run(param.Parameterized):
     Extra keyword arguments are the optimizer's own hyperparameters (momentum, beta1 or betas, eps,
     ...) and the run's other live settings (grad_noise, adaptive_batch, ...: see `run.settings()`).
     `threads` is torch's intra-op thread count while this run trains ("auto": 1 for small models,
-    else the CPUs this process may use).
+    else the CPUs this process may use). `pruning` is a `trainlab.prune.Sparsifier`'s arguments: a
+    method name, a (method, {options}) pair or a dict (`run.set(pruning=..., sparsity=...)` live).
     """
 
     lr = LogNumber(0.05, bounds=(0, None), inclusive_bounds=(False, True), softbounds=(1e-4, 1.0),
@@ -161,6 +164,7 @@ class Run(param.Parameterized):
         probes: list[Probe] | None = None,
         history: History | None = None,
         threads: int | str = "auto",
+        pruning: Any = None,
         **optimizer_hparams,
     ):
         super().__init__()
@@ -209,6 +213,8 @@ class Run(param.Parameterized):
         self._initial_state = copy.deepcopy(self.model.state_dict())
         self.history = History() if history is None else history  # an empty History is falsy
         self.probes = default_probes(self) if probes is None else probes
+        self._pruning_spec = pruning
+        Pruning.of(self, pruning)  # refused here, before anything trains, if the spec is bad
 
         self._lock = threading.RLock()          # held for each step: steps never interleave
         self._settings_lock = threading.Lock()  # held while settings are written or read as a set
@@ -276,6 +282,7 @@ class Run(param.Parameterized):
         history's `event` column says which. The optimizer's tuple settings take either form:
         `betas=(0.9, 0.99)` or `beta1=0.9, beta2=0.99`.
         """
+        pruning = self._check_pruning(values.pop("pruning", _UNSET), values.pop("sparsity", _UNSET))
         start = values.pop("schedule_start", None)
         schedule = as_schedule(values.pop("schedule")) if "schedule" in values else None
         if start is not None:
@@ -323,7 +330,66 @@ class Run(param.Parameterized):
                 schedule.start = self._step if start is None else start
                 self._schedule = schedule
                 self.note(f"schedule {schedule.name} from step {schedule.start}")
+            if pruning is not _UNSET:
+                self._next_pruning = pruning
             self._dirty = True
+
+    # ---- pruning ----------------------------------------------------------------------------
+    @property
+    def pruning(self) -> dict | None:
+        """The Sparsifier's arguments the run prunes with (None: not pruning); `run.set(pruning=...)` changes them."""
+        return None if self._pruning is None else self._pruning.sparsifier.spec
+
+    @property
+    def pruning_state(self) -> Pruning | None:
+        """The live pruning (its Sparsifier and the masks the step applies), or None."""
+        return self._pruning
+
+    def _check_pruning(self, spec: Any, sparsity: Any) -> Any:
+        """A new Pruning (None to stop pruning) validated against the model, or _UNSET when neither is given."""
+        if spec is _UNSET and sparsity is _UNSET:
+            return _UNSET
+        keep_start = spec is _UNSET
+        if keep_start:
+            current = self._next_pruning[0] if self._next_pruning is not _UNSET else self._pruning  # a pending one counts
+            if current is None:
+                raise ValueError("sparsity= needs pruning: run.set(pruning='magnitude', sparsity=0.9)")
+            spec = current.sparsifier.spec
+        if sparsity is not _UNSET:
+            if spec is None or spec == "off":
+                raise ValueError("sparsity= does not go with pruning=None (pruning off)")
+            if not isinstance(spec, dict):
+                from .registry import parse_spec as _parse
+                name, opts = _parse(spec, "pruning")
+                spec = {"method": name, **opts}
+            spec = {**spec, "sparsity": sparsity}
+        new = Pruning.of(self, spec)
+        if new is not None and keep_start:
+            new.sparsifier.load(current.sparsifier.state())  # the same plan, its final sparsity changed
+            keep_start = self._next_pruning[1] if self._next_pruning is not _UNSET else True
+        return (new, keep_start)
+
+    def _switch_pruning(self, new: Pruning | None, keep_start: bool) -> None:
+        if new is None:
+            if self._pruning is not None:
+                self._pruning.remove(self)
+                self.note("pruning off (masks removed; pruned weights start from 0)")
+            self._pruning = None
+            return
+        if not keep_start:
+            new.sparsifier.start = self._step
+            self.note(f"pruning {new.sparsifier.method} to {new.sparsifier.sparsity:g} from step {self._step}")
+        else:
+            self.note(f"sparsity -> {new.sparsifier.sparsity:g}")
+        self._pruning = new
+        new.refresh(self)
+        self._add_sparsity_probe()
+
+    def _add_sparsity_probe(self) -> None:
+        from .probes.pruning import SparsityProbe
+
+        if not any(isinstance(p, SparsityProbe) for p in self.probes):
+            self.probes = [*self.probes, SparsityProbe(10)]
 
     def _apply_settings(self) -> None:
         """Write settings into the optimizer and batcher; only ever between two steps."""
@@ -344,6 +410,11 @@ class Run(param.Parameterized):
                 else:
                     self._reconcile(entry, hp)
             self._applied_hp = dict(hp)
+            if self._next_pruning is not _UNSET:
+                self._switch_pruning(*self._next_pruning)
+                self._next_pruning = _UNSET
+            elif self._pruning is not None:
+                self._pruning.refresh(self)  # a rebuilt optimizer's carried state, masked too
             self._kind = KINDS[entry.meta.step]
             self.noise.eta, self.noise.gamma = self.grad_noise, self.grad_noise_decay
             self._hooks = [] if self.adaptive_batch == "off" else [
@@ -396,8 +467,16 @@ class Run(param.Parameterized):
         self.noise = AnnealedNoise(self.seed + 1, self.device)  # gradient noise only
         self.batches = batches(self.data, self.batch_size, self.sampler_generator, self.device)
         self._rebuild_opt, self._dirty, self._event, self._switch = True, True, None, (None, False)
+        # a reset run re-applies its pruning from scratch: a fresh Sparsifier of its spec, pruning at step 0
+        self._pruning, self._next_pruning = None, _UNSET
         self._apply_settings()
         self._step, self.elapsed, self._since = 0, 0.0, time.perf_counter()
+        pruning = Pruning.of(self, self._pruning_spec)
+        if pruning is not None:
+            self._pruning = pruning
+            pruning.refresh(self)
+            self._add_sparsity_probe()
+            pruning.between(self)  # a schedule pruning at step 0 (one-shot, SNIP at init) prunes now
         self._classify = self.data.task == "classification"
         self._backup = [b.detach().clone() for b in self._buffers]
         self._restore_point()  # step 0: where reset() goes, and the first place to roll back to
@@ -472,7 +551,7 @@ class Run(param.Parameterized):
 
     def _rollback(self, step: int | None = None):
         point = self._guard.point(step)
-        self.model.load_state_dict(point.model)
+        load_state(self.model, point.model, masks_from_state=False)  # the current masks stay, applied
         kept = "and optimizer state"
         if point.optimizer_name == self.optimizer:
             try:
@@ -494,6 +573,8 @@ class Run(param.Parameterized):
         if self._dirty:
             self._apply_settings()
             self._restore_point()  # before the first step with new settings: the place to come back to
+        if self._pruning is not None:  # the schedule may prune now, between two steps
+            self._pruning.between(self)
         if self._schedule.varies:  # written to the param groups before every step: about 1 us
             self._lr = self.lr * self._schedule.write(self.torch_optimizer, self._step, self._lr_key)
         nxt = self._stepping = self._step + 1
@@ -641,7 +722,11 @@ class Run(param.Parameterized):
         """Back to the initial weights and a fresh optimizer; the history is cleared."""
         self.stop()
         with self._lock:
-            self.model.load_state_dict(self._initial_state)
+            load_state(self.model, self._initial_state)  # the initial weights, without masks
+            pending = self._next_pruning
+            if pending is not _UNSET:  # a change not yet applied counts
+                self._pruning = pending[0]
+            self._pruning_spec = self.pruning  # the pruning now in force, from step 0 again (None: off)
             self.history.clear()
             self._init_training_state()
         self._set_state("idle", "")
@@ -676,7 +761,7 @@ class Run(param.Parameterized):
     def restore(self, ckpt: dict[str, Any]) -> None:
         """Weights, optimizer state, history and sampling state from a checkpoint (`trainlab.checkpoint`)."""
         with self._lock:
-            self.model.load_state_dict(ckpt["model_state"])
+            load_state(self.model, ckpt["model_state"])  # with the masks it was saved with
             self._initial_state = ckpt["initial_state"]
             self.torch_optimizer.load_state_dict(ckpt["optimizer_state"])
             self.history.restore(ckpt["history"])
@@ -688,12 +773,19 @@ class Run(param.Parameterized):
                 self.batches.load_state(ckpt["batches"])
             self._event = ckpt.get("event")
             self._schedule.start = ckpt.get("schedule_start", 0)
+            if self._pruning is not None and ckpt.get("pruning_state") is not None:
+                self._pruning.sparsifier.load(ckpt["pruning_state"])
+            if self._pruning is not None:
+                self._pruning.refresh(self)
             self._guard.points.clear()
             self._restore_point()  # the loaded state is the first place to come back to
 
     def close(self) -> None:
         """Stop training; for sessions and notebooks that are done with the run."""
         self.stop()
+
+
+_UNSET = object()
 
 
 class _torch_threads:

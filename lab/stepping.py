@@ -4,7 +4,9 @@
 the run reads them in one device sync); the run checks them for divergence before anything moves.
 `update(run, xb, yb)` then steps the optimizer (adding annealed gradient noise where the kind has
 gradients) and returns the gradient norm to log when the kind measures its own (zeroth order's
-two-point estimate), else None.
+two-point estimate), else None. A pruned run (`run.pruning_state`, `trainlab.prune.runtime`) has its
+gradients masked right before the optimizer step and its weights right after it, in every kind
+(zeroth order has no gradient: only its weights).
 """
 from __future__ import annotations
 
@@ -100,7 +102,13 @@ class Plain:
     def update(self, run: Run, xb: torch.Tensor, yb: torch.Tensor) -> float | None:
         if run.noise.eta > 0:
             run.noise.add(run.grads, run.steps)
+        pruning = run.pruning_state
+        if pruning is None:
+            run.torch_optimizer.step()
+            return None
+        pruning.grads(run)
         run.torch_optimizer.step()
+        pruning.weights()
         return None
 
 
@@ -116,9 +124,16 @@ class Closure(Plain):
                 loss = run.loss_fn(run.model(xb), yb)
                 loss.backward()
             run.noise.add(run.grads, run.steps)
+            if pruning is not None:
+                pruning.grads(run)
             return loss
 
+        pruning = run.pruning_state
+        if pruning is not None:
+            pruning.grads(run)
         run.torch_optimizer.step(closure)
+        if pruning is not None:
+            pruning.weights()
         return None
 
 
@@ -136,7 +151,12 @@ class SecondOrder:
 
     def update(self, run: Run, xb: torch.Tensor, yb: torch.Tensor) -> float | None:
         run.noise.add(run.grads, run.steps)
+        pruning = run.pruning_state
+        if pruning is not None:
+            pruning.grads_graph(run)
         run.torch_optimizer.step()
+        if pruning is not None:
+            pruning.weights()
         for p in run.params:  # drop the graph the gradients hold (and let model_copy deep-copy them)
             if p.grad is not None:
                 p.grad = p.grad.detach()
@@ -155,6 +175,8 @@ class ZerothOrder:
     def update(self, run: Run, xb: torch.Tensor, yb: torch.Tensor) -> float | None:
         closure: Callable[[], torch.Tensor] = lambda: run.loss_fn(run.model(xb), yb)  # noqa: E731
         run.torch_optimizer.step(closure)
+        if run.pruning_state is not None:
+            run.pruning_state.weights()
         # the norm of the two-point estimate ĝ
         return math.sqrt(sum(g.get("estimate_norm", 0.0) ** 2 for g in run.torch_optimizer.param_groups))
 

@@ -1,0 +1,67 @@
+"""Sparsity, measured: per-layer zeros counted from the weights, mask churn, the gradient reaching pruned weights."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from trainlab.prune.masks import prunable, sparsity
+
+from .base import Columns, Probe
+
+if TYPE_CHECKING:
+    from trainlab.run import Run
+
+
+def _layer(weight_name: str) -> str:
+    return weight_name.rsplit(".", 1)[0] if "." in weight_name else weight_name
+
+
+class SparsityProbe(Probe):
+    """Columns `sparsity/<layer>` (exact zeros of each prunable weight, from the weights, never the masks),
+    `sparsity` (all of them together), `mask_churn` (fraction of mask entries the newest mask update
+    changed, on the first measured step after it) and `pruned_grad_norm` (‖g‖ over pruned entries,
+    before the step masks it: how hard training pushes to regrow them), `collapsed_layers` (layers keeping
+    under 1 % of their weights: layer collapse). Snapshot `surviving_weights`: a histogram of the nonzero
+    weights per layer over shared bin edges, {"edges": (bins+1,), "counts": {layer: (bins,)}} (magnitude
+    pruning carves a gap around 0 that training fills or keeps). Added by a run that prunes."""
+
+    name = "sparsity"
+
+    def __init__(self, every: int = 10, bins: int = 40):
+        super().__init__(every)
+        if bins < 2:
+            raise ValueError(f"bins must be >= 2, got {bins}")
+        self.bins, self._seen = bins, 0
+
+    def before(self, run: Run) -> None:
+        if run.pruning_state is not None:
+            run.pruning_state.want_pruned_norm = True
+
+    def measure(self, run: Run) -> dict[str, Any]:
+        s = sparsity(run.model)
+        out = {f"sparsity/{_layer(k)}": v for k, v in s.items() if k != "global"}
+        out["sparsity"] = s["global"]
+        pruning = run.pruning_state
+        if pruning is not None:
+            if pruning.pruned_norm is not None:
+                out["pruned_grad_norm"], pruning.pruned_norm = pruning.pruned_norm, None
+            out["collapsed_layers"] = pruning.collapsed
+            updates = pruning.sparsifier.updates
+            if updates != self._seen and pruning.churn is not None:
+                out["mask_churn"] = pruning.churn
+            self._seen = updates
+        kept = {_layer(k): w.detach()[w.detach() != 0].cpu().numpy() for k, w in prunable(run.model).items()}
+        nonempty = [v for v in kept.values() if v.size]
+        if nonempty:
+            lo, hi = min(float(v.min()) for v in nonempty), max(float(v.max()) for v in nonempty)
+            edges = np.linspace(lo, hi if hi > lo else lo + 1.0, self.bins + 1)
+            out["surviving_weights"] = {"edges": edges, "counts": {k: np.histogram(v, bins=edges)[0]
+                                                                  for k, v in kept.items()}}
+        return out
+
+    def columns(self, run: Run) -> Columns:
+        scalars = {f"sparsity/{_layer(k)}": _layer(k) for k in prunable(run.model)}
+        scalars.update(sparsity="all layers", mask_churn="mask churn", pruned_grad_norm="‖g‖ on pruned weights",
+                       collapsed_layers="layers keeping < 1 %")
+        return Columns(scalars, snapshots=("surviving_weights",))
