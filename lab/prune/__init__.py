@@ -5,6 +5,9 @@ kept, and its pruned entries are exactly 0. `Run(pruning=...)` masks gradients b
 and weights after it; the forward pass stays the dense module's own.
 """
 from .allocations import allocations, erk_densities, lamp_scores
+from .compact import (Compactor, CompactReport, Preview, UnstructuredReport, channel_masks, compact, count, measure,
+                      report, unstructured_report)
+from .export import to_torch
 from .criteria import criteria
 from .masks import apply_masks, load_state, masks, prunable, remove_masks, set_mask, sparsity
 from .schedules import prune_schedules
@@ -22,6 +25,7 @@ def preview(model, spec, steps: int = 2000, points: int = 400, start: int = 0):
     return sp.preview(steps, points)
 
 
-__all__ = ["Sparsifier", "allocations", "apply_masks", "as_sparsifier", "criteria", "erk_densities", "lamp_scores",
-           "load_state", "masks", "nm_mask", "preview", "prunable", "prune_schedules", "remove_masks", "schedules",
-           "set_mask", "sparsity"]
+__all__ = ["CompactReport", "Compactor", "Preview", "Sparsifier", "UnstructuredReport", "allocations", "apply_masks",
+           "as_sparsifier", "channel_masks", "compact", "count", "criteria", "erk_densities", "lamp_scores", "load_state",
+           "masks", "measure", "nm_mask", "preview", "prunable", "prune_schedules", "remove_masks", "report",
+           "schedules", "set_mask", "sparsity", "to_torch", "unstructured_report"]
