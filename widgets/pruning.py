@@ -33,7 +33,8 @@ class _Choice(param.Parameterized):
     method = param.Selector(default="magnitude", objects=P.criteria.names(), doc="criterion: which weights matter")
     scope = param.Selector(default="global", objects=list(SCOPES),
                            doc="global: one threshold over all layers; layer: each layer pruned by its allocation")
-    allocation = param.Selector(default="global", objects=P.allocations.names(), doc="how sparsity is shared by the layers")
+    allocation = param.Selector(default="global", objects=P.allocations.names(),
+                                doc="how sparsity is shared by the layers")
     pattern = param.Selector(default="unstructured", objects=list(PATTERNS),
                              doc="unstructured weights, N of every M (N:M), or 1×4 blocks")
     n = param.Integer(2, bounds=(1, None), softbounds=(1, 8), doc="N:M: weights kept of every M")
@@ -112,7 +113,7 @@ class PruningPanel(LabPanel):
         self.param.watch(lambda e: self.preview_compact(), "compact_ratio")
         slot = self.job_slot("compact", "Compact", [self.compact_button], describe=self._describe)
         self._wanted: float | None = None  # a ratio moved to while a preview ran: previewed next
-        self.table = pn.pane.DataFrame(_table(None), index=False, sizing_mode="stretch_width")
+        self.table = pn.pane.DataFrame(_table(None), index=False, sizing_mode="stretch_width", visible=False)
         self.compact_note = pn.pane.Markdown("", sizing_mode="stretch_width")
         self.compact_source = self.feed.snapshot(live.COMPACT, self._receive, None)
         self.job_slot("surviving", "Surviving weights")
@@ -136,7 +137,6 @@ class PruningPanel(LabPanel):
         cols = SparsityProbe().columns(run).scalars  # history column -> name drawn
         layers = {k: v for k, v in cols.items() if k.startswith("sparsity/")}
         self.measured_name = cols["sparsity"]
-        on = "turn pruning on: measured every 10 steps from the weights"
 
         self.preview_source = ColumnDataSource({"step": _EMPTY, "sparsity": _EMPTY})
         self._preview_key: tuple | None = None
@@ -153,7 +153,7 @@ class PruningPanel(LabPanel):
 
         self.per_layer = feed.source(layers, sparse=True)
         per = plots.per_layer("Sparsity per layer", "sparsity", self.per_layer, list(layers.values()), log=False)
-        self.hint(per, self.per_layer, on)
+        self.hint(per, self.per_layer, "measured once pruning is on")
 
         self.churn_name = cols["mask_churn"]
         self.churn = feed.source({"mask_churn": self.churn_name}, sparse=True)
@@ -176,12 +176,12 @@ class PruningPanel(LabPanel):
         self.quality = feed.source({"sparsity": "sparsity", y: y}, sparse=True)
         quality = plots.figure(f"{label.capitalize()} against sparsity", "sparsity", label)
         quality.scatter("sparsity", y, source=self.quality, color=plots.VAL, size=5, alpha=0.6)
-        self.hint(quality, self.quality, on)
+        self.hint(quality, self.quality, f"turn pruning on: a point per validation (every {run.eval_every} steps)")
         return [plan, per, churn, hist, quality]
 
     def _receive(self, snap: dict | None) -> dict[str, list]:
         """A compact preview arrived (on the UI's tick): its table; the carrier source holds the ratio."""
-        self.table.object = _table(snap)
+        self.table.object, self.table.visible = _table(snap), bool(snap)
         if snap:
             u = snap.get("unstructured")
             if u:
