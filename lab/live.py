@@ -25,6 +25,7 @@ SPECTRUM = "esd_analysis"
 LANDSCAPE, LINE = "landscape", "landscape/line"
 INTRINSIC = "intrinsic"
 RANGE_TEST = "lr_range_test"
+COMPACT, SURVIVING = "compact_preview", "surviving_weights"
 
 
 def compute(fn: Callable[..., Any], run: Run, *, progress: bool | Progress = True, **options) -> dict[str, Any]:
@@ -130,3 +131,38 @@ def range_test(run: Run, *, progress: bool | Progress = True, start: float = 1e-
                          "note": r.note, "optimizer": run.optimizer,
                          "marks": {"kind": [k for k, _ in marks], "lr": [v for _, v in marks],
                                    "loss": [float(np.interp(np.log(v), np.log(r.lrs), r.trend)) for _, v in marks]}}}
+
+
+# ---- pruning ------------------------------------------------------------------------------------
+def compact_preview(run: Run, *, progress: bool | Progress = True, ratio: float = 0.5, batch: int = 64,
+                    repeats: int = 20) -> dict[str, Any]:
+    """The run's model compacted at channel `ratio` (`Compactor(run.model_copy()).preview(ratio)`): parameters,
+    MACs per example and measured CPU latency on a batch of `batch` training examples, beside the dense model's."""
+    from . import prune
+
+    p = as_progress(progress, 3, f"compacting at ratio {ratio:g}")
+    model = run.model_copy()
+    x = run.data.fixed_sample(batch, run.seed, run.device)[0]
+    small = prune.Compactor(model, x).preview(ratio)
+    p.update()
+    r = prune.report(model, small.model, x, repeats=repeats)  # forwards of both interleaved
+    p.update(2)
+    u = prune.unstructured_report(model)  # the zeros pruning left: counted, not skipped
+    return {COMPACT: {"ratio": float(ratio), "batch": int(x.shape[0]), "params": small.params,
+                      "params_dense": small.params_dense, "macs": small.macs, "macs_dense": small.macs_dense,
+                      "latency": r.latency, "latency_dense": r.latency_dense, "latency_ratio": r.latency_ratio,
+                      "unstructured": {"params": u.params, "zeros": u.zeros, "sparsity": u.sparsity,
+                                       "speedup": u.speedup}}}
+
+
+def surviving_weights(run: Run, *, progress: bool | Progress = False, bins: int = 40) -> dict[str, Any]:
+    """Histograms of each prunable weight's nonzero entries (the weights that survive pruning), on shared edges."""
+    from .prune import prunable
+
+    weights = {k: w.detach().cpu().reshape(-1) for k, w in prunable(run.model_copy()).items()}
+    kept = {k: w[w != 0].numpy() for k, w in weights.items()}
+    top = max((float(np.abs(v).max()) for v in kept.values() if v.size), default=1.0) or 1.0
+    edges = np.linspace(-top, top, bins + 1)
+    return {SURVIVING: {"edges": edges, "counts": {k: np.histogram(v, edges)[0] for k, v in kept.items()},
+                        "kept": {k: int(v.size) for k, v in kept.items()},
+                        "total": {k: int(w.numel()) for k, w in weights.items()}}}

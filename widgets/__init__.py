@@ -7,7 +7,8 @@ from .labs import LABS, Lab
 from .landscape import LandscapePanel
 from .optimizer_panel import OptimizerPanel
 from .playground import Playground2D
+from .pruning import PruningPanel
 from .spectrum import SpectrumPanel
 
 __all__ = ["LABS", "CurvaturePanel", "Feed", "Lab", "LabPanel", "LandscapePanel", "OptimizerPanel", "Playground2D",
-           "SpectrumPanel", "TrainingDashboard"]
+           "PruningPanel", "SpectrumPanel", "TrainingDashboard"]

@@ -37,4 +37,5 @@ LABS = (
     Lab("Landscape", "landscape", "LandscapePanel", fills="level"),
     Lab("Curvature", "curvature", "CurvaturePanel", fills="sharpness", press="Sharpness"),
     Lab("Spectrum", "spectrum", "SpectrumPanel", fills="right"),
+    Lab("Pruning", "pruning", "PruningPanel", fills="all layers", press="Turn pruning on"),
 )
