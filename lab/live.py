@@ -25,7 +25,7 @@ SPECTRUM = "esd_analysis"
 LANDSCAPE, LINE = "landscape", "landscape/line"
 INTRINSIC = "intrinsic"
 RANGE_TEST = "lr_range_test"
-COMPACT, SURVIVING = "compact_preview", "surviving_weights"
+COMPACT = "compact_preview"
 
 
 def compute(fn: Callable[..., Any], run: Run, *, progress: bool | Progress = True, **options) -> dict[str, Any]:
@@ -153,16 +153,3 @@ def compact_preview(run: Run, *, progress: bool | Progress = True, ratio: float 
                       "latency": r.latency, "latency_dense": r.latency_dense, "latency_ratio": r.latency_ratio,
                       "unstructured": {"params": u.params, "zeros": u.zeros, "sparsity": u.sparsity,
                                        "speedup": u.speedup}}}
-
-
-def surviving_weights(run: Run, *, progress: bool | Progress = False, bins: int = 40) -> dict[str, Any]:
-    """Histograms of each prunable weight's nonzero entries (the weights that survive pruning), on shared edges."""
-    from .prune import prunable
-
-    weights = {k: w.detach().cpu().reshape(-1) for k, w in prunable(run.model_copy()).items()}
-    kept = {k: w[w != 0].numpy() for k, w in weights.items()}
-    top = max((float(np.abs(v).max()) for v in kept.values() if v.size), default=1.0) or 1.0
-    edges = np.linspace(-top, top, bins + 1)
-    return {SURVIVING: {"edges": edges, "counts": {k: np.histogram(v, edges)[0] for k, v in kept.items()},
-                        "kept": {k: int(v.size) for k, v in kept.items()},
-                        "total": {k: int(w.numel()) for k, w in weights.items()}}}

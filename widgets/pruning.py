@@ -2,7 +2,6 @@
 drawn ahead beside the sparsity measured from the weights, and a compacted model's measured cost."""
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
@@ -15,6 +14,7 @@ from bokeh.palettes import Category10_10
 from trainlab import Run, live
 from trainlab import prune as P
 from trainlab.probes import SparsityProbe
+from trainlab.probes.pruning import SURVIVING
 from trainlab.prune.sparsifier import PATTERNS, SCOPES
 
 from . import plots
@@ -24,7 +24,6 @@ from .feed import Feed
 
 _LAYERWISE = ("uniform", "er", "erk")  # allocations that set each layer's sparsity (scope "layer")
 _EMPTY = np.array([])
-SURVIVING_EVERY = 2.0  # seconds between two histograms of the surviving weights while the run trains
 
 
 class _Choice(param.Parameterized):
@@ -75,8 +74,8 @@ class PruningPanel(LabPanel):
     `run.set(pruning=...)` (a new pruning, its schedule counting from now) or `run.set(sparsity=...)` (the
     same plan, a new final sparsity); a refused value is shown and the run keeps training as it was. The
     plots read the `SparsityProbe`'s declared columns (the run adds the probe when it starts pruning), the
-    plan from `trainlab.prune.preview`, and a histogram of the surviving weights (`live.surviving_weights`,
-    every few seconds while the tab is shown). "Compact" previews the model with whole channels removed
+    plan from `trainlab.prune.preview`, and the probe's histogram of the surviving weights. "Compact" previews
+    the model with whole channels removed
     (`live.compact_preview`: `Compactor(run.model_copy()).preview(ratio)`, then latency measured against
     the dense model) as a job.
     """
@@ -116,8 +115,6 @@ class PruningPanel(LabPanel):
         self.table = pn.pane.DataFrame(_table(None), index=False, sizing_mode="stretch_width", visible=False)
         self.compact_note = pn.pane.Markdown("", sizing_mode="stretch_width")
         self.compact_source = self.feed.snapshot(live.COMPACT, self._receive, None)
-        self.job_slot("surviving", "Surviving weights")
-        self._surviving_at = (-1, 0.0)  # (step, time) of the last histogram asked for
 
         self.figures = self._figures()
         self.feed.on_tick(self._tick)
@@ -162,14 +159,14 @@ class PruningPanel(LabPanel):
         churn.scatter("step", self.churn_name, source=self.churn, color=plots.VAL, size=5)
         self.hint(churn, self.churn, "after each mask update (gradual, imp, set, rigl)")
 
-        self.surviving = feed.snapshot(live.SURVIVING, _histogram, None)
+        self.surviving = feed.snapshot(SURVIVING, _histogram, None)
         names = [k for k in P.prunable(run.model)]
         hist = plots.figure("Surviving (nonzero) weights", "weight", "count", width=plots.SIZE["width"] - 80)
         for i, name in enumerate(names):
             hist.step("x", name, source=self.surviving, mode="center", color=Category10_10[i % 10],
                       legend_label=name.rsplit(".", 1)[0], line_width=1.5)
         plots.legend(hist, "top_right", outside=True)
-        self.hint(hist, self.surviving, "drawn every 2 s while the run trains")
+        self.hint(hist, self.surviving, "turn pruning on: its probe draws it")
 
         y, label = ("val_acc", "validation accuracy") if run.data.task == "classification" else ("val_loss",
                                                                                                   "validation loss")
@@ -359,7 +356,9 @@ class PruningPanel(LabPanel):
                     f"the sparsity slider keeps the plan.")
         if self.state.object != text:
             self.state.object = text
-        if self._now.location != run.steps:
+        # the "now" line moves with the plots (every plot tick, shown only): each move redraws its figure
+        if (self._now.location != run.steps and self.feed.shown(self.group)
+                and self.feed.ticks % self.feed.plot_every == 0):
             self._now.location = run.steps
         if state is not None:
             start = state.sparsifier.start
@@ -377,19 +376,8 @@ class PruningPanel(LabPanel):
                   "allocation that keeps every layer alive (erk, lamp).") if collapsed else ""
         if self.collapse.object != note:
             self.collapse.object, self.collapse.visible = note, bool(note)
-        self._follow_weights()
         if self._wanted is not None and not self.slots["compact"].running:
             self.preview_compact()
-
-    def _follow_weights(self) -> None:
-        """The surviving-weight histogram, every SURVIVING_EVERY seconds while the run steps and the tab is shown."""
-        step, at = self._surviving_at
-        now = time.monotonic()
-        if (self.run.steps == step or now - at < SURVIVING_EVERY or not self.feed.shown(self.group)
-                or self.slots["surviving"].running):
-            return
-        self._surviving_at = (self.run.steps, now)
-        self.run_job(live.surviving_weights, "surviving")
 
     def __panel__(self):
         return self._layout

@@ -13,6 +13,9 @@ if TYPE_CHECKING:
     from trainlab.run import Run
 
 
+SURVIVING = "surviving_weights"  # the snapshot's name
+
+
 def _layer(weight_name: str) -> str:
     return weight_name.rsplit(".", 1)[0] if "." in weight_name else weight_name
 
@@ -56,7 +59,7 @@ class SparsityProbe(Probe):
         if nonempty:
             lo, hi = min(float(v.min()) for v in nonempty), max(float(v.max()) for v in nonempty)
             edges = np.linspace(lo, hi if hi > lo else lo + 1.0, self.bins + 1)
-            out["surviving_weights"] = {"edges": edges, "counts": {k: np.histogram(v, bins=edges)[0]
+            out[SURVIVING] = {"edges": edges, "counts": {k: np.histogram(v, bins=edges)[0]
                                                                   for k, v in kept.items()}}
         return out
 
@@ -64,4 +67,4 @@ class SparsityProbe(Probe):
         scalars = {f"sparsity/{_layer(k)}": _layer(k) for k in prunable(run.model)}
         scalars.update(sparsity="all layers", mask_churn="mask churn", pruned_grad_norm="‖g‖ on pruned weights",
                        collapsed_layers="layers keeping < 1 %")
-        return Columns(scalars, snapshots=("surviving_weights",))
+        return Columns(scalars, snapshots=(SURVIVING,))
