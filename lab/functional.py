@@ -6,7 +6,8 @@ weights other than its own through `torch.func.functional_call`; `Functional` is
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -86,3 +87,21 @@ def train_mode(model: nn.Module) -> Iterator[nn.Module]:
         with torch.no_grad():
             for b, saved in buffers:
                 b.copy_(saved)
+
+
+def record(model: nn.Module, x: torch.Tensor, pick: Callable[[str, nn.Module], bool],
+           what: Callable[[nn.Module, tuple, Any], Any]) -> dict[str, Any]:
+    """One forward of x in eval mode without gradients, keeping what(module, inputs, output) for every named
+    module that pick(name, module) chooses: {name: value}."""
+    out, handles = {}, []
+    for name, m in model.named_modules():
+        if pick(name, m):
+            handles.append(m.register_forward_hook(
+                lambda mod, inp, o, name=name: out.__setitem__(name, what(mod, inp, o))))
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return out

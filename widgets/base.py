@@ -95,6 +95,7 @@ class LabPanel(Viewer):
     """
 
     run = param.ClassSelector(class_=Run, doc="the run this panel reads and controls")
+    error = param.String("", doc="the last rejected change, shown until the next accepted one")
 
     def __init__(self, run: Run, feed: Feed | None = None, **params):
         super().__init__(run=run, **params)
@@ -200,7 +201,18 @@ class LabPanel(Viewer):
 
     def report(self, error: str) -> None:
         """Show a refusal (escaped) in the panel's alert, or hide it."""
+        self.error = error
         self.alert.object, self.alert.visible = (f"Rejected: {plain(error)}", True) if error else ("", False)
+
+    def set_run(self, **values: Any) -> bool:
+        """Hand a change to run.set; a refusal is reported and nothing changes (False)."""
+        try:
+            self.run.set(**values)
+        except ValueError as e:
+            self.report(str(e))
+            return False
+        self.report("")
+        return True
 
     def close(self) -> None:
         """Cancel running analyses, remove the probes it added, stop an own Feed (a session ended, or the

@@ -67,7 +67,6 @@ class OptimizerPanel(LabPanel):
     range_end = LogNumber(10.0, bounds=(0, None), inclusive_bounds=(False, True), softbounds=(1e-2, 100),
                           doc="lr the range test ends at (it stops earlier when the loss explodes)")
     range_steps = param.Integer(200, bounds=(10, None), softbounds=(50, 1000), doc="steps of the range test")
-    error = param.String("", doc="the last rejected change, shown until the next accepted one")
 
     def __init__(self, run: Run, feed: Feed | None = None, **params):
         super().__init__(run, feed, **params)
@@ -165,30 +164,17 @@ class OptimizerPanel(LabPanel):
         self._options.objects = [c.widget for c in self.schedule_controls.values()]
 
     # ---- events -----------------------------------------------------------------------------
-    def report(self, error: str) -> None:
-        self.error = error
-        super().report(error)
-
-    def _set(self, **values: Any) -> bool:
-        try:
-            self.run.set(**values)
-        except ValueError as e:
-            self.report(str(e))
-            return False
-        self.report("")
-        return True
-
     def _choose(self, _: str, name: str) -> None:
         """A schedule chosen: the options it shares with the current one carry over."""
         old = self.run.schedule
         carried = {k: v for k, v in old[1].items() if k in schedules[name].params}
-        if not self._set(schedule=(name, carried)) and not self._set(schedule=name):
+        if not self.set_run(schedule=(name, carried)) and not self.set_run(schedule=name):
             self._chooser.show(old[0])
         self._tick()
 
     def _set_option(self, name: str, value: Any) -> None:
         spec_name, values = self.run.schedule
-        if not self._set(schedule=(spec_name, {**values, name: value})):
+        if not self.set_run(schedule=(spec_name, {**values, name: value})):
             self.schedule_controls[name].show(values[name])
         self._tick()
 
@@ -210,7 +196,7 @@ class OptimizerPanel(LabPanel):
     def apply_suggestion(self) -> None:
         r = self.result
         if r is not None and r["suggestion"] is not None and r["optimizer"] == self.run.optimizer:
-            self._set(lr=r["suggestion"])
+            self.set_run(lr=r["suggestion"])
 
     @staticmethod
     def _describe(job) -> str:

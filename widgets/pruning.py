@@ -82,7 +82,6 @@ class PruningPanel(LabPanel):
 
     compact_ratio = param.Number(0.5, bounds=(0, 1), inclusive_bounds=(True, False), softbounds=(0, 0.9), step=0.05,
                                  doc="fraction of each hidden layer's channels (neurons) removed by compaction")
-    error = param.String("", doc="the last rejected change, shown until the next accepted one")
 
     def __init__(self, run: Run, feed: Feed | None = None, **params):
         super().__init__(run, feed, **params)
@@ -210,25 +209,11 @@ class PruningPanel(LabPanel):
         for n, ctl in getattr(self, "controls", {}).items():
             ctl.show(getattr(self.choice, n))
 
-    def _set(self, **values: Any) -> bool:
-        """Hand a change to run.set; a refusal is shown and nothing changes."""
-        try:
-            self.run.set(**values)
-        except ValueError as e:
-            self.report(str(e))
-            return False
-        self.report("")
-        return True
-
-    def report(self, error: str) -> None:
-        self.error = error
-        super().report(error)
-
     def turn(self, on: bool) -> bool:
         """Start pruning as the controls say (its schedule from now), or stop (masks removed)."""
-        if on and not self._set(pruning=self.spec()):
+        if on and not self.set_run(pruning=self.spec()):
             return False
-        if not on and not self._set(pruning=None):
+        if not on and not self.set_run(pruning=None):
             return False
         self._on = on
         self._tick()
@@ -254,7 +239,7 @@ class PruningPanel(LabPanel):
             c.param.update(**new)
         kept, self._schedule_values = self._schedule_values, values
         if self._on:
-            ok = self._set(sparsity=value) if name == "sparsity" else self._set(pruning=self.spec())
+            ok = self.set_run(sparsity=value) if name == "sparsity" else self.set_run(pruning=self.spec())
         else:
             ok = self._check()
         if not ok:
@@ -292,7 +277,7 @@ class PruningPanel(LabPanel):
     def _set_option(self, name: str, value: Any) -> None:
         old = self._schedule_values
         self._schedule_values = {**old, name: value}
-        ok = self._set(pruning=self.spec()) if self._on else self._check()
+        ok = self.set_run(pruning=self.spec()) if self._on else self._check()
         if not ok:
             self._schedule_values = old
             self.schedule_controls[name].show(old.get(name))

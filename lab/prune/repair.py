@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..functional import eval_mode
+from ..functional import record
 from .masks import masks as _masks
 from .masks import set_mask
 
@@ -56,18 +56,10 @@ def repair_layer(dense: torch.Tensor, keep: torch.Tensor, x: torch.Tensor, cycle
 def repair(model: nn.Module, dense: dict[str, torch.Tensor], x: torch.Tensor, cycles: int = 50) -> dict[str, float]:
     """Repair every masked Linear weight of `model` in place (masks and weights); `dense` name -> the weights before
     pruning. Returns the mean |Δ| per layer after/before (below 1: the expected error shrank)."""
-    inputs, handles = {}, []
     masked = _masks(model)
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Linear) and f"{name}.weight" in masked:
-            handles.append(m.register_forward_hook(lambda mod, inp, out, name=name: inputs.__setitem__(
-                f"{name}.weight", inp[0].detach())))
-    try:
-        with torch.no_grad(), eval_mode(model):
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    taken = record(model, x, lambda name, m: isinstance(m, nn.Linear) and f"{name}.weight" in masked,
+                   lambda mod, inp, o: inp[0].detach())
+    inputs = {f"{name}.weight": xin for name, xin in taken.items()}
     params, ratio = dict(model.named_parameters()), {}
     for k, xin in inputs.items():
         w, old = dense[k].to(xin.device), masked[k]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..functional import eval_mode
+from ..functional import record
 from .structured import as_rows
 
 
@@ -31,15 +31,5 @@ def rescale_rows(weight: torch.Tensor, dense_sq: torch.Tensor) -> None:
 
 def activation_variance(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     """Variance of each Linear/Conv layer's output (its pre-activation) on the batch x, in eval mode, by layer name."""
-    out, handles = {}, []
-    for name, m in model.named_modules():
-        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            handles.append(m.register_forward_hook(
-                lambda mod, inp, o, name=name: out.__setitem__(name, float(o.detach().var()))))
-    try:
-        with torch.no_grad(), eval_mode(model):
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return out
+    return record(model, x, lambda _, m: isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)),
+                  lambda mod, inp, o: float(o.detach().var()))
