@@ -54,6 +54,11 @@ def test_turning_on_and_moving_the_slider_prune_the_run(run):
     assert P.sparsity(run.model)["global"] == pytest.approx(0.6, abs=1e-3)  # counted from the weights
     assert panel.measured.data[panel.measured_name][-1] == pytest.approx(0.6, abs=1e-3)
     assert set(panel.per_layer.data) == {"step", "fc1", "fc2", "out"}
+    # the histogram's columns are the ones its figure draws, and they count every surviving weight
+    drawn = {r.glyph.y for r in panel.surviving_figure.renderers}
+    assert drawn == {"fc1", "fc2", "out"} and drawn <= set(panel.surviving.data)
+    assert sum(panel.surviving.data[k].sum() for k in drawn) == sum(
+        int((w != 0).sum()) for w in P.prunable(run.model).values())
     panel.controls["sparsity"].widget.value = 0.8  # the same plan, a new final sparsity
     run.step(20)
     panel.feed.tick()

@@ -159,12 +159,12 @@ class PruningPanel(LabPanel):
         self.hint(churn, self.churn, "after each mask update (gradual, imp, set, rigl)")
 
         self.surviving = feed.snapshot(SURVIVING, _histogram, None)
-        names = [k for k in P.prunable(run.model)]
         hist = plots.figure("Surviving (nonzero) weights", "weight", "count", width=plots.SIZE["width"] - 80)
-        for i, name in enumerate(names):
-            hist.step("x", name, source=self.surviving, mode="center", color=Category10_10[i % 10],
-                      legend_label=name.rsplit(".", 1)[0], line_width=1.5)
+        for i, layer in enumerate(layers.values()):  # the probe's layer names, as its counts are keyed
+            hist.step("x", layer, source=self.surviving, mode="center", color=Category10_10[i % 10],
+                      legend_label=layer, line_width=1.5)
         plots.legend(hist, "top_right", outside=True)
+        self.surviving_figure = hist
         self.hint(hist, self.surviving, "turn pruning on: its probe draws it")
 
         y, label = ("val_acc", "validation accuracy") if run.data.task == "classification" else ("val_loss",
