@@ -13,10 +13,14 @@ Target: masked <= 1.10x dense for every kind.
 (b) Global magnitude masks at 90 % (trainlab's Sparsifier against `prune.global_unstructured` with
 L1Unstructured) and 2:4 masks (the Numba kernel `nm_mask`, a vectorized torch topk over groups, and
 `torch.ao.pruning.WeightNormSparsifier`), median of interleaved repeats. On CPU no N:M speed-up exists
-for the forward itself: PyTorch's semi-structured kernels are CUDA-only. (Part (c), compact latency, is
-`benchmarks/pruning_compact.py`.)
+for the forward itself: PyTorch's semi-structured kernels are CUDA-only.
 
-    python benchmarks/pruning.py [--steps 1500] [--chunk 100] [--repeats 5] [--models mlp,cnn]
+(c) Compaction (`benchmarks/parts/pruning_compact.py`, also runnable alone): the compacted model's measured
+latency against the masked one, the preview time per move of the ratio slider, the digits CNN, and
+unstructured sparsity's honest no-speed-up beside a CSR matmul.
+
+    python benchmarks/pruning.py [--steps 1500] [--chunk 100] [--repeats 5] [--models mlp,cnn] [--parts abc]
+                                 [--compact-repeats 30] [--batch 64] [--ratio 0.5] [--no-resnet]
 """
 from __future__ import annotations
 
@@ -33,6 +37,8 @@ from torch.nn.utils import prune as torch_prune
 import trainlab
 import trainlab.prune as P
 from trainlab.prune.structured import nm_mask_torch
+
+from parts import pruning_compact as compact  # part (c); benchmarks/ is this script's folder, so on sys.path
 
 KINDS = {
     "layer": dict(method="magnitude", sparsity=0.9, scope="layer"),
@@ -170,11 +176,17 @@ def main():
     ap.add_argument("--chunk", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--models", default="mlp,cnn")
+    ap.add_argument("--parts", default="abc", help="which parts to run")
+    compact.add_arguments(ap)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    for m in args.models.split(","):
-        part_a(m, args.steps if m == "mlp" else args.steps // 2, args.chunk if m == "mlp" else args.chunk // 2)
-    part_b(args.repeats)
+    if "a" in args.parts:
+        for m in args.models.split(","):
+            part_a(m, args.steps if m == "mlp" else args.steps // 2, args.chunk if m == "mlp" else args.chunk // 2)
+    if "b" in args.parts:
+        part_b(args.repeats)
+    if "c" in args.parts:
+        compact.part_c(args)
 
 
 if __name__ == "__main__":

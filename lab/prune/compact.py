@@ -11,7 +11,7 @@ built once per model structure and kept as a plan of plain index lists (`_Plan`)
 Why not Torch-Pruning's pruners: they choose channels by their own group importance and prune in place,
 and a graph belongs to one model instance (`copy.deepcopy` of it fails: "cannot pickle 'module'
 object"), so removing exactly the masked channels of a copy would need a new graph per copy.
-Measured (benchmarks/pruning_compact.py, one thread, three runs on 2026-12-01): a 1.13 M-parameter
+Measured (benchmarks/pruning.py part (c), one thread, three runs on 2026-12-01): a 1.13 M-parameter
 VGG-style CNN with BatchNorm on 32x32 inputs, Torch-Pruning's graph 7-12 ms and a slider move its way
 (copy, graph, MetaPruner step at 0.5) 15-23 ms, ours 12-15 ms once and 13-26 ms per preview; a CIFAR
 ResNet-18, its move 84-121 ms, ours 46-80 ms once and 81-140 ms per preview (which includes an output

@@ -14,7 +14,7 @@ seconds, so the two models' forwards alternate and each ratio is the median over
 - the digits CNN (trainlab.models "cnn", batch 64) at 0.5;
 - unstructured: dense matmul against torch.sparse CSR at 90-99 % sparsity (1024x1024 weight, 64 columns).
 
-    python benchmarks/pruning_compact.py [--repeats 30] [--no-resnet]
+    python benchmarks/pruning.py --parts c [--compact-repeats 30] [--no-resnet]   (or alone: python benchmarks/parts/pruning_compact.py)
 """
 from __future__ import annotations
 
@@ -127,17 +127,19 @@ def latency_row(name, masked, small, x, repeats):
     return r
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=30)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--compact-repeats", type=int, default=30)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--no-resnet", action="store_true", help="skip the ResNet-18 graph/preview rows")
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+
+
+def part_c(args) -> None:
+    """(c) compact latency, preview time, the digits CNN, unstructured sparsity (the options of add_arguments)."""
+    args.repeats = args.compact_repeats
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, ratio {args.ratio}, batch {args.batch}")
+    print(f"(c) compact: torch {torch.__version__}, threads {torch.get_num_threads()}, ratio {args.ratio}, "
+          f"batch {args.batch}")
 
     # 1. the ~1 M-parameter CNN on 32x32x3
     model = random_bn(vgg(32))
@@ -211,6 +213,17 @@ def main():
         print(f"  matmul 1024x1024 ({sp:.0%} zeros) @ 1024x64: dense {statistics.median(td) * 1e3:.2f} ms, "
               f"torch.sparse CSR {statistics.median(ts) * 1e3:.2f} ms, ratio {statistics.median(pairs):.2f} "
               f"(max diff {err:.1e})")
+
+
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(ap)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    part_c(args)
 
 
 if __name__ == "__main__":
