@@ -83,7 +83,10 @@ class TrainingDashboard(Viewer):
                     sizing_mode="stretch_width"),
             pn.Row(self.start_button, self.pause_button, self.reset_button), pn.Row(self.rollback_button), width=330,
         )
-        self.tabs = pn.Tabs(("Training", self._plots), *((lab.title, pn.Column()) for lab in LABS),
+        # dynamic: the browser holds only the shown tab's views. Every built tab's views made each update cost
+        # more, on every tab (measured with all seven built: Pause on Training 0.58 s, 0.31 s dynamic; on
+        # Spectrum with its probes 0.25 s); a tab shown again is rendered anew from its sources
+        self.tabs = pn.Tabs(("Training", self._plots), *((lab.title, pn.Column()) for lab in LABS), dynamic=True,
                             sizing_mode="stretch_width")
         self.tabs.param.watch(self._open_tab, "active")
         self.labs: dict[str, Any] = {}  # tab title -> its panel, once opened
