@@ -79,7 +79,8 @@ class JobSlot:
         self.status.object = plain(text)
 
     def panel(self) -> pn.Column:
-        return pn.Column(pn.Row(*self.buttons), pn.Row(self.cancel_button, self.bar), self.status,
+        # the buttons wrap in a narrow sidebar instead of running past it ("Top-k eigenvalues, Trace, Densi")
+        return pn.Column(pn.FlexBox(*self.buttons), pn.Row(self.cancel_button, self.bar), self.status,
                          sizing_mode="stretch_width")
 
 
