@@ -93,19 +93,16 @@ class Feed:
     def source(self, columns: list[str] | dict[str, str], sparse: bool = False) -> ColumnDataSource:
         """A source of `step` and these history columns (a dict renames them for the plot)."""
         columns = columns if isinstance(columns, dict) else {c: c for c in columns}
-        channel = _Channel(columns, sparse, self._group)
-        self._channels.append(channel)
-        if self.cursor >= 0:  # a plot added while the run trains (a lab tab opened) starts with the past
-            self._rebase(channel)
-        return channel.source
+        return self._add(_Channel(columns, sparse, self._group))
 
     def marks(self, column: str = "event") -> ColumnDataSource:
         """A source of `step` and `text` for the rows that have `column` (the run's events: switches,
         rollbacks, schedule changes), to mark them on plots. Never thinned: events are rare."""
-        channel = _Channel({column: "text"}, True, self._group, text=True)
-        channel.stride = 1
+        return self._add(_Channel({column: "text"}, True, self._group, text=True))
+
+    def _add(self, channel: _Channel) -> ColumnDataSource:
         self._channels.append(channel)
-        if self.cursor >= 0:
+        if self.cursor >= 0:  # a plot added while the run trains (a lab tab opened) starts with the past
             self._rebase(channel)
         return channel.source
 
@@ -136,9 +133,6 @@ class Feed:
                 self._rebase(ch)
         self.visible = shown
 
-    def _shown(self, group) -> bool:
-        return self.visible is None or group in self.visible
-
     @property
     def current_group(self) -> str | None:
         """The group sources made now belong to (the tab a lab is being built for)."""
@@ -146,7 +140,7 @@ class Feed:
 
     def shown(self, group: str | None) -> bool:
         """Whether plots of `group` are in view (a lab skips work only its hidden plots would show)."""
-        return self._shown(group)
+        return self.visible is None or group in self.visible
 
     # ---- ticks ---------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -187,7 +181,7 @@ class Feed:
         if len(rows):
             self.cursor = int(rows["step"].iloc[-1])
             for ch in self._channels:
-                if not self._shown(ch.group):
+                if not self.shown(ch.group):
                     ch.stale = True  # caught up from the history when shown
                     continue
                 # catching up on a run's past may send up to half a source's length; after that, at most
@@ -200,7 +194,7 @@ class Feed:
                     ch.points += len(part)
         for entry in self._snapshots:
             name, source, to_data, seen, group = entry
-            if not self._shown(group):
+            if not self.shown(group):
                 continue
             snap = self.history.snapshot(name)
             # each put_snapshot stores a new (step, value) pair: two analyses at one step both redraw
