@@ -2,12 +2,13 @@
 
 One module per family: `steps` (gradient norm, update ratio, effective step), `internals` (the
 optimizer's scale-invariant norms and second moments), `boundary`, `curvature` (sharpness, group
-losses), `noise` (gradient noise), `spectrum` (weight spectra), `pruning` (sparsity) and `trajectory` (the path for the
+losses), `noise` (gradient noise), `normalization` (BatchNorm's batch noise, effective lr), `spectrum` (weight spectra), `pruning` (sparsity) and `trajectory` (the path for the
 landscape's PCA plane). Probes call the analyses in `trainlab.analysis`; a new lab adds its own module.
 """
 from .base import Columns, Probe, default_probes
 from .boundary import DecisionBoundary
 from .internals import ScaleInvariantNorm, SecondMoment, scale_invariant_layers, second_moments
+from .normalization import BatchStatNoise, EffectiveLR
 from .steps import DeadUnits, EffectiveStep, GradNorm, UpdateRatio
 
 
@@ -22,6 +23,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Columns", "DeadUnits", "DecisionBoundary", "EffectiveStep", "GradNorm", "GradientNoise", "GroupLoss", "Probe",
+__all__ = ["BatchStatNoise", "Columns", "DeadUnits", "DecisionBoundary", "EffectiveLR", "EffectiveStep", "GradNorm", "GradientNoise", "GroupLoss", "Probe",
            "ScaleInvariantNorm", "SecondMoment", "Sharpness", "SparsityProbe", "SpectrumProbe", "TrajectoryProbe", "UpdateRatio",
            "default_probes", "scale_invariant_layers", "second_moments"]
