@@ -1,0 +1,104 @@
+"""One experiment: a configuration (plain data) in, a result row out. Every study trains through `train`:
+the μ-Transfer and depth sweeps, the normalization comparisons, the pruning study and the Dask sweeps,
+which ship configurations, never pickled objects, to their workers.
+
+A configuration is a dict of `Run` keyword arguments (model as a name or (name, {options}), data likewise,
+optimizer, lr, batch_size, seed, schedule, pruning, optimizer hyperparameters) plus `steps`, how long to train.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable
+
+import pandas as pd
+
+CONTROL = ("steps",)  # keys of a configuration that are not Run arguments
+
+
+def build(config: dict[str, Any], **extra):
+    """The Run a configuration describes (no step taken); a bad setting raises ValueError naming it."""
+    from .run import Run
+
+    kwargs = {k: v for k, v in config.items() if k not in CONTROL}
+    return Run(**kwargs, **extra)
+
+
+def _steps(config: dict[str, Any]) -> int:
+    steps = config.get("steps")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps={steps!r} rejected: a configuration says how long to train, a whole number >= 1")
+    return steps
+
+
+def train(config: dict[str, Any], *, stop: Callable[[], bool] | None = None, chunk: int = 50,
+          on_progress: Callable[[int, dict[str, float]], None] | None = None, keep_history: bool = True,
+          run_hook: Callable | None = None) -> dict[str, Any]:
+    """Train `config["steps"]` steps and return the result row: `status` ("done", "diverged" or "cancelled"),
+    `steps`, `seconds`, `train_loss` (the mean of the last tenth of the steps), `val_loss`/`val_acc` at the end,
+    `best_val_loss`, `best_step` and (with `keep_history`) `history`, the run's history as a DataFrame.
+
+    `stop()` is asked every `chunk` steps (a sweep's cancellation); `on_progress(step, metrics)` is told then
+    too (live metrics). `run_hook(run)` sees the Run once built (a store that records it live)."""
+    steps = _steps(config)
+    run = build(config, probes=[])  # the default probes would measure what nobody asked for
+    if run_hook is not None:
+        run_hook(run)
+    t0, status = time.perf_counter(), "done"
+    while run.steps < steps:
+        if stop is not None and stop():
+            status = "cancelled"
+            break
+        n = min(chunk, steps - run.steps)
+        if run.step(n) < n:
+            status = "diverged"
+            break
+        if on_progress is not None:
+            on_progress(run.steps, _last(run))
+    seconds = time.perf_counter() - t0
+    frame = run.history.frame()
+    row: dict[str, Any] = {"status": status, "steps": run.steps, "seconds": seconds}
+    if "train_loss" in frame and len(frame):
+        tail = frame["train_loss"].iloc[-max(1, len(frame) // 10):]
+        row["train_loss"] = float(tail.mean())
+    if run.data.has_val and status != "diverged":
+        row.update(run.evaluate())
+    if "val_loss" in frame and frame["val_loss"].notna().any():
+        best = frame["val_loss"].idxmin()
+        row["best_val_loss"], row["best_step"] = float(frame.loc[best, "val_loss"]), int(frame.loc[best, "step"])
+    for key in ("train_loss", "val_loss", "best_val_loss"):
+        if key in row and not math.isfinite(row[key]):
+            row["status"] = "diverged"
+    if keep_history:
+        row["history"] = frame
+    run.close()
+    return row
+
+
+def _last(run) -> dict[str, float]:
+    """The newest logged row's numbers (rows since the step before the last)."""
+    rows = run.history.since(run.history.last_step - 1)
+    if not len(rows):
+        return {}
+    return {k: float(v) for k, v in rows.iloc[-1].items() if isinstance(v, (int, float)) and math.isfinite(v)}
+
+
+def results(rows: list[dict[str, Any]], configs: list[dict[str, Any]]) -> pd.DataFrame:
+    """A tidy frame: each configuration's settings (model options as `model.<option>`) beside its result."""
+    out = []
+    for config, row in zip(configs, rows):
+        flat = flatten(config)
+        out.append({**flat, **{k: v for k, v in row.items() if k != "history"}})
+    return pd.DataFrame(out)
+
+
+def flatten(config: dict[str, Any]) -> dict[str, Any]:
+    """{"model": ("mlp", {"width": 64})} → {"model": "mlp", "model.width": 64}, for tables and grids."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, (tuple, list)) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], dict):
+            flat[key] = value[0]
+            flat.update({f"{key}.{k}": v for k, v in value[1].items()})
+        else:
+            flat[key] = value
+    return flat

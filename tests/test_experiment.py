@@ -1,0 +1,42 @@
+"""trainlab.experiment: a configuration trains to the same result as the Run it describes."""
+import pytest
+
+from trainlab import Run
+from trainlab.experiment import flatten, results, train
+
+CONFIG = {"model": ("mlp", {"width": 16}), "data": "moons", "optimizer": "adam", "lr": 0.01, "seed": 3, "steps": 120}
+
+
+def test_a_configuration_trains_like_its_run():
+    row = train(CONFIG)
+    run = Run(model=("mlp", {"width": 16}), data="moons", optimizer="adam", lr=0.01, seed=3, probes=[])
+    run.step(120)
+    direct = run.history.frame()
+    assert row["status"] == "done" and row["steps"] == 120
+    assert row["history"]["train_loss"].tolist() == direct["train_loss"].tolist()
+    assert row["val_loss"] == pytest.approx(run.evaluate()["val_loss"])
+    best = direct["val_loss"].min()
+    assert row["best_val_loss"] == pytest.approx(best)
+    assert row["train_loss"] == pytest.approx(direct["train_loss"].iloc[-12:].mean())
+
+
+def test_stop_progress_and_divergence():
+    seen = []
+    row = train(CONFIG, chunk=20, stop=lambda: len(seen) >= 2, on_progress=lambda s, m: seen.append((s, m)))
+    assert row["status"] == "cancelled" and row["steps"] == 40 and [s for s, _ in seen] == [20, 40]
+    assert "train_loss" in seen[-1][1]
+    wild = train({**CONFIG, "optimizer": "sgd", "lr": 1e6, "steps": 200}, keep_history=False)
+    assert wild["status"] == "diverged" and wild["steps"] < 200 and "history" not in wild
+
+
+def test_bad_configurations_name_the_setting():
+    with pytest.raises(ValueError, match="steps"):
+        train({**CONFIG, "steps": 0})
+    with pytest.raises(ValueError, match="lr"):
+        train({**CONFIG, "lr": -1.0})
+
+
+def test_results_are_tidy():
+    assert flatten(CONFIG)["model.width"] == 16 and flatten(CONFIG)["model"] == "mlp"
+    frame = results([{"status": "done", "val_loss": 0.5, "history": None}], [CONFIG])
+    assert list(frame.columns)[:3] == ["model", "model.width", "data"] and "history" not in frame
