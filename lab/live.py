@@ -153,3 +153,39 @@ def compact_preview(run: Run, *, progress: bool | Progress = True, ratio: float 
                       "latency": r.latency, "latency_dense": r.latency_dense, "latency_ratio": r.latency_ratio,
                       "unstructured": {"params": u.params, "zeros": u.zeros, "sparsity": u.sparsity,
                                        "speedup": u.speedup}}}
+
+
+# ---- normalization ------------------------------------------------------------------------------
+NORM_COMPARISON = "norm_comparison"
+
+
+def norm_comparison(run: Run, *, progress: bool | Progress = True, norms: tuple[str, ...] = ("batchnorm", "groupnorm",
+                    "layernorm", "none"), steps: int = 300) -> Iterator[dict[str, Any]]:
+    """The run's model trained afresh with each normalization at the run's batch size and settings, one
+    `trainlab.experiment` configuration each: their training-loss curves, published as each one finishes
+    (BatchNorm's loss falls behind the batch-independent norms as the batch shrinks: the micro-batch effect)."""
+    from .experiment import train
+    from .norms import norms as registry
+
+    if run.model_spec is None or "norm" not in run.model_spec[1]:
+        raise ValueError("norm_comparison rebuilds the model with each normalization: it needs a registered "
+                         "model with a norm option (Run(model=('mlp', {...}))), not the user's own nn.Module")
+    unknown = [n for n in norms if n not in registry.names()]
+    if unknown:
+        raise ValueError(f"norms={unknown!r}: not registered normalizations; valid: {', '.join(registry.names())}")
+    if run.data.spec is None:
+        raise ValueError("norm_comparison trains fresh runs on the same data: it needs registered data (a name)")
+    p = as_progress(progress, len(norms), "training one model per normalization")
+    name, options = run.model_spec
+    base = {"model": (name, options), "data": run.data.spec, "seed": run.seed, "steps": int(steps),
+            **run.settings(), **run.optimizer_settings()}
+    curves: dict[str, Any] = {}
+    for norm in norms:
+        row = train({**base, "model": (name, {**options, "norm": norm})}, stop=lambda: p.cancelled)
+        if row["status"] == "cancelled":
+            return  # the curves finished so far stay published
+        h = row["history"]
+        curves[norm] = {"step": h["step"].to_numpy(float), "train_loss": h["train_loss"].to_numpy(float),
+                        "status": row["status"], "val_loss": row.get("val_loss", float("nan"))}
+        p.update()
+        yield {NORM_COMPARISON: {"batch_size": int(run.batch_size), "curves": dict(curves)}}

@@ -58,3 +58,22 @@ def test_effective_lr_is_lr_over_the_weight_norm(optimizer, power):
     for layer in ("fc1", "fc2"):
         norm = math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in run.layers[layer]))
         assert out[f"effective_lr/{layer}"] == pytest.approx(0.01 / norm ** power, rel=1e-9)
+
+
+def test_norm_comparison_trains_one_configuration_per_norm():
+    from trainlab import live
+    from trainlab.experiment import train
+
+    run = Run(model=("mlp", {"width": 16, "norm": "batchnorm"}), data="moons", batch_size=4, optimizer="adam", lr=0.01)
+    out = live.compute(live.norm_comparison, run, progress=False, norms=("batchnorm", "none"), steps=60)
+    snap = out[live.NORM_COMPARISON]
+    assert snap["batch_size"] == 4 and list(snap["curves"]) == ["batchnorm", "none"]
+    direct = train({"model": ("mlp", {**run.model_spec[1], "norm": "none"}), "data": "moons", "seed": run.seed,
+                    "steps": 60, **run.settings(), **run.optimizer_settings()})
+    assert snap["curves"]["none"]["train_loss"].tolist() == direct["history"]["train_loss"].tolist()
+    assert run.history.snapshot(live.NORM_COMPARISON)[1] is not None
+    with pytest.raises(ValueError, match="not registered"):
+        live.compute(live.norm_comparison, run, progress=False, norms=("battchnorm",))
+    own = Run(model=nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2)), data="moons")
+    with pytest.raises(ValueError, match="registered model"):
+        live.compute(live.norm_comparison, own, progress=False)
