@@ -5,10 +5,11 @@ from .dashboard import TrainingDashboard
 from .feed import Feed
 from .labs import LABS, Lab
 from .landscape import LandscapePanel
+from .normalization import NormalizationPanel
 from .optimizer_panel import OptimizerPanel
 from .playground import Playground2D
 from .pruning import PruningPanel
 from .spectrum import SpectrumPanel
 
-__all__ = ["LABS", "CurvaturePanel", "Feed", "Lab", "LabPanel", "LandscapePanel", "OptimizerPanel", "Playground2D",
+__all__ = ["LABS", "CurvaturePanel", "Feed", "Lab", "LabPanel", "LandscapePanel", "NormalizationPanel", "OptimizerPanel", "Playground2D",
            "PruningPanel", "SpectrumPanel", "TrainingDashboard"]

@@ -38,4 +38,5 @@ LABS = (
     Lab("Curvature", "curvature", "CurvaturePanel", fills="sharpness", press="Sharpness"),
     Lab("Spectrum", "spectrum", "SpectrumPanel", fills="right"),
     Lab("Pruning", "pruning", "PruningPanel", fills="all layers", press="Turn pruning on"),
+    Lab("Normalization", "normalization", "NormalizationPanel", fills="xs", press="Compare norms"),
 )

@@ -94,7 +94,8 @@ def per_layer(title: str, ylabel: str, source: ColumnDataSource, layers: list[st
     fig = figure(title, "step", ylabel, log_y=log, hover=True, width=SIZE["width"] - 80)
     for i, layer in enumerate(layers):
         fig.line("step", layer, source=source, color=Category10_10[i % 10], legend_label=layer, line_width=1.5)
-    legend(fig, "top_right", outside=True)
+    if layers:  # a model without such layers gets an empty plot (its panel says why), not an empty legend
+        legend(fig, "top_right", outside=True)
     return fig
 
 

@@ -95,7 +95,7 @@ class BatchStatNoise(Probe):
 
     def columns(self, run: Run) -> Columns:
         layers = batchnorm_layers(run.model)
-        cols = {f"bn_mean_noise/{n}": n for n in layers} | {f"bn_var_noise/{n}": n for n in layers}
+        cols = {f"bn_mean_noise/{n}": n for n in layers} | {f"bn_var_noise/{n}": f"{n} (variance)" for n in layers}
         if layers:
             cols |= {"bn_mean_noise_theory": "1/√B", "bn_var_noise_theory": "√(2(B−1))/B"}
         return Columns(cols)
