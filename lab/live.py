@@ -189,3 +189,21 @@ def norm_comparison(run: Run, *, progress: bool | Progress = True, norms: tuple[
                         "status": row["status"], "val_loss": row.get("val_loss", float("nan"))}
         p.update()
         yield {NORM_COMPARISON: {"batch_size": int(run.batch_size), "curves": dict(curves)}}
+
+
+FLUCTUATIONS = "fluctuations"
+
+
+def fluctuations(run: Run, *, progress: bool | Progress = True, depths: tuple[int, ...] = (1, 2, 4, 8),
+                 inits: tuple[str, ...] = ("kaiming", "orthogonal"), seeds: int = 8, m: int = 16) -> dict[str, Any]:
+    """Across-seed fluctuations at initialization of the run's model family (its width and activation) against
+    depth, for each initializer: the empirical NTK's and the last hidden pre-activations' relative variance."""
+    from .analysis.fluctuations import depth_study
+
+    if run.model_spec is None or "depth" not in run.model_spec[1]:
+        raise ValueError("fluctuations rebuilds the model at several depths: it needs a registered model with a "
+                         "depth option (Run(model=('mlp', {...})))")
+    name, options = run.model_spec
+    frame = depth_study(name, run.data, list(depths), list(inits), seeds=seeds, m=m, progress=progress,
+                        **{k: v for k, v in options.items() if k not in ("depth", "init")})
+    return {FLUCTUATIONS: {c: frame[c].to_numpy() for c in frame.columns}}
