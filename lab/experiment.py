@@ -102,3 +102,73 @@ def flatten(config: dict[str, Any]) -> dict[str, Any]:
         else:
             flat[key] = value
     return flat
+
+
+def declared(setting: str, config: dict[str, Any] | None = None):
+    """The declared parameter behind a (flattened) setting name, or None: `lr` and `batch_size` are the Run's,
+    `model.width` the model entry's option, `momentum` the configuration's optimizer's."""
+    from .data import datasets
+    from .models import models
+    from .optimizers import optimizers
+    from .run import Run
+
+    config = config or {}
+    if "." in setting:
+        kind, option = setting.split(".", 1)
+        registry = {"model": models, "data": datasets}.get(kind)
+        name = config.get(kind)
+        name = name[0] if isinstance(name, (tuple, list)) else name
+        if registry is None or not isinstance(name, str) or name not in registry.names():
+            return None
+        return registry[name].params.get(option)
+    if setting in Run.param:
+        return Run.param[setting]
+    optimizer = config.get("optimizer", "sgd")
+    return optimizers[optimizer].params.get(setting) if optimizer in optimizers.names() else None
+
+
+def axis_kind(setting: str, values, config: dict[str, Any] | None = None) -> str:
+    """How a setting's axis is drawn: "log" (a LogNumber/LogInteger such as lr, batch size, width, or positive
+    numbers spanning two decades), "linear" (other numbers) or "category" (names, flags)."""
+    from .registry import LogInteger, LogNumber
+
+    series = pd.Series(list(values))
+    numeric = pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
+    if not numeric:
+        return "category"
+    p = declared(setting, config)
+    positive = bool((series.dropna() > 0).all()) and len(series.dropna())
+    if isinstance(p, (LogNumber, LogInteger)) and positive:
+        return "log"
+    if p is None and positive and series.max() / series.min() >= 100:
+        return "log"
+    return "linear"
+
+
+def parallel_axes(frame: pd.DataFrame, columns: list[str], config: dict[str, Any] | None = None) -> dict[str, dict]:
+    """Each column mapped to [0, 1] for a parallel-coordinates plot: {column: {"kind", "values" (normalized,
+    NaN where missing), "ticks" (normalized positions), "labels"}}. Log axes for lr-like settings; categories
+    evenly spaced in the order first seen."""
+    import numpy as np
+
+    out = {}
+    for c in columns:
+        col = frame[c]
+        kind = axis_kind(c, col.dropna(), config)
+        if kind == "category":
+            cats = list(dict.fromkeys(col.dropna().astype(str)))
+            pos = {v: (i / (len(cats) - 1) if len(cats) > 1 else 0.5) for i, v in enumerate(cats)}
+            values = np.array([pos.get(str(v), np.nan) if pd.notna(v) else np.nan for v in col], float)
+            out[c] = {"kind": kind, "values": values, "ticks": list(pos.values()), "labels": cats}
+            continue
+        x = col.to_numpy(float)
+        t = np.log10(x) if kind == "log" else x
+        finite = t[np.isfinite(t)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        span = hi - lo or 1.0
+        values = (t - lo) / span if hi > lo else np.where(np.isfinite(t), 0.5, np.nan)
+        ticks = np.linspace(lo, hi, 3) if hi > lo else np.array([lo])
+        labels = [f"{(10 ** v if kind == 'log' else v):.3g}" for v in ticks]
+        out[c] = {"kind": kind, "values": values, "ticks": [float((v - lo) / span) if hi > lo else 0.5 for v in ticks],
+                  "labels": labels}
+    return out

@@ -40,3 +40,21 @@ def test_results_are_tidy():
     assert flatten(CONFIG)["model.width"] == 16 and flatten(CONFIG)["model"] == "mlp"
     frame = results([{"status": "done", "val_loss": 0.5, "history": None}], [CONFIG])
     assert list(frame.columns)[:3] == ["model", "model.width", "data"] and "history" not in frame
+
+
+def test_parallel_axes_are_log_for_lr_like_settings_and_keep_categories():
+    import numpy as np
+    import pandas as pd
+
+    from trainlab.experiment import axis_kind, parallel_axes
+
+    frame = pd.DataFrame({"lr": [1e-3, 1e-2, 1e-1], "model.width": [16, 64, 256], "momentum": [0.0, 0.5, 0.9],
+                          "optimizer": ["sgd", "adam", "sgd"], "val_loss": [0.3, 0.2, np.nan]})
+    config = {"model": ("mlp", {}), "optimizer": "sgd"}
+    assert [axis_kind(c, frame[c], config) for c in frame] == ["log", "log", "linear", "category", "linear"]
+    axes = parallel_axes(frame, list(frame), config)
+    np.testing.assert_allclose(axes["lr"]["values"], [0, 0.5, 1])
+    np.testing.assert_allclose(axes["model.width"]["values"], [0, 0.5, 1])
+    np.testing.assert_allclose(axes["momentum"]["values"], [0, 5 / 9, 1])
+    assert axes["optimizer"]["labels"] == ["sgd", "adam"] and list(axes["optimizer"]["values"]) == [0, 1, 0]
+    assert np.isnan(axes["val_loss"]["values"][2]) and axes["lr"]["labels"] == ["0.001", "0.01", "0.1"]
