@@ -92,16 +92,43 @@ def results(rows: list[dict[str, Any]], configs: list[dict[str, Any]]) -> pd.Dat
     return pd.DataFrame(out)
 
 
+def _is_spec(value: Any) -> bool:
+    return isinstance(value, (tuple, list)) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], dict)
+
+
 def flatten(config: dict[str, Any]) -> dict[str, Any]:
-    """{"model": ("mlp", {"width": 64})} → {"model": "mlp", "model.width": 64}, for tables and grids."""
+    """{"model": ("mlp", {"width": 64}), "pruning": {"method": "snip"}} → {"model": "mlp", "model.width": 64,
+    "pruning.method": "snip"}: the dotted names tables and grids use."""
     flat: dict[str, Any] = {}
     for key, value in config.items():
-        if isinstance(value, (tuple, list)) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], dict):
+        if _is_spec(value):
             flat[key] = value[0]
             flat.update({f"{key}.{k}": v for k, v in value[1].items()})
+        elif isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
         else:
             flat[key] = value
     return flat
+
+
+def with_setting(config: dict[str, Any], setting: str, value: Any) -> dict[str, Any]:
+    """A copy of `config` with one (dotted) setting changed: "lr", "model.width" (an option of the model's
+    (name, {options}); a model given as a bare name becomes (name, {width: ...})), "pruning.sparsity"."""
+    out = dict(config)
+    if "." not in setting:
+        out[setting] = value
+        return out
+    key, option = setting.split(".", 1)
+    current = out.get(key)
+    if isinstance(current, str):
+        out[key] = (current, {option: value})
+    elif _is_spec(current):
+        out[key] = (current[0], {**current[1], option: value})
+    elif isinstance(current, dict) or current is None:
+        out[key] = {**(current or {}), option: value}
+    else:
+        raise ValueError(f"{setting!r}: {key}={current!r} has no options to set")
+    return out
 
 
 def declared(setting: str, config: dict[str, Any] | None = None):

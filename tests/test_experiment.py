@@ -58,3 +58,16 @@ def test_parallel_axes_are_log_for_lr_like_settings_and_keep_categories():
     np.testing.assert_allclose(axes["momentum"]["values"], [0, 5 / 9, 1])
     assert axes["optimizer"]["labels"] == ["sgd", "adam"] and list(axes["optimizer"]["values"]) == [0, 1, 0]
     assert np.isnan(axes["val_loss"]["values"][2]) and axes["lr"]["labels"] == ["0.001", "0.01", "0.1"]
+
+
+def test_dotted_settings_round_trip():
+    from trainlab.experiment import with_setting
+
+    c = with_setting(CONFIG, "model.width", 64)
+    assert c["model"] == ("mlp", {"width": 64}) and CONFIG["model"] == ("mlp", {"width": 16})
+    assert with_setting({"model": "mlp"}, "model.depth", 3)["model"] == ("mlp", {"depth": 3})
+    p = with_setting(with_setting(CONFIG, "pruning.method", "snip"), "pruning.sparsity", 0.5)
+    assert p["pruning"] == {"method": "snip", "sparsity": 0.5}
+    assert flatten(p)["pruning.sparsity"] == 0.5 and "pruning" not in flatten(p)
+    with pytest.raises(ValueError, match="no options"):
+        with_setting(CONFIG, "lr.x", 1)
