@@ -78,8 +78,18 @@ class Job:
         self._thread.start()
 
     def _run(self, fn, args, kwargs) -> None:
+        from . import share
+
+        shared = share.current()
         try:
-            self.result = fn(*args, progress=self.progress, **kwargs)
+            if shared is None:
+                self.result = fn(*args, progress=self.progress, **kwargs)
+                return
+            self.progress.desc = f"waiting for one of the server's {shared.job_slots} analysis slots"
+            with shared.job(cancelled=lambda: self.progress.cancelled) as got:
+                if not got:
+                    raise Cancelled("cancelled while waiting for an analysis slot")
+                self.result = fn(*args, progress=self.progress, **kwargs)
         except BaseException as e:  # reported to the UI through `error`; nothing else would see it
             self.error = e
 

@@ -16,7 +16,7 @@ import param
 import torch
 from torch import nn
 
-from . import checkpoint
+from . import checkpoint, share
 from .adaptive_batch import AdaptiveBatch
 from .data import Data, as_data, batches, val_batches
 from .divergence import Guard
@@ -666,25 +666,57 @@ class Run(param.Parameterized):
 
     def _loop(self, steps: int | None) -> None:
         torch.set_num_threads(self.threads)  # this thread's own setting: the caller's is untouched
-        done = 0
-        while not self._halt.is_set() and (steps is None or done < steps):
+        left = [steps]  # steps still to take (None: until stopped)
+        while not self._halt.is_set() and (left[0] is None or left[0] > 0):
             if not self._go.wait(0.05):
                 continue
-            with self._lock:
-                if self._halt.is_set() or not self._go.is_set():
-                    continue
-                self._since = time.perf_counter()
-                try:
-                    ok = self._step_once()
-                except Exception as e:  # a probe or a user's model/loss failed: pause and say so
-                    self._go.clear()
-                    self._set_state("paused", f"error at step {self._stepping}: {type(e).__name__}: {e}")
-                    ok = False
-                finally:
-                    self.elapsed += time.perf_counter() - self._since
-            done += ok
+            shared = share.current()
+            if shared is None:
+                self._loop_step(left)
+            else:
+                self._take_turn(shared, left)
         if not self._halt.is_set():
             self._set_state("stopped")
+
+    def _stepping_allowed(self) -> bool:
+        return self._go.is_set() and not self._halt.is_set()
+
+    def _loop_step(self, left: list) -> bool:
+        """One step of the background loop; an error in a probe or the user's model pauses and says so."""
+        with self._lock:
+            if not self._stepping_allowed():
+                return False
+            self._since = time.perf_counter()
+            try:
+                ok = self._step_once()
+            except Exception as e:
+                self._go.clear()
+                self._set_state("paused", f"error at step {self._stepping}: {type(e).__name__}: {e}")
+                ok = False
+            finally:
+                self.elapsed += time.perf_counter() - self._since
+        if ok and left[0] is not None:
+            left[0] -= 1
+        return ok
+
+    def _take_turn(self, shared: share.Share, left: list) -> None:
+        """Train for one turn of the process's Share (a changed setting asks for the next turn), then let
+        the next run go; past the Share's steps-per-second cap, wait outside the turn."""
+        with shared.turn(self, urgent=self._dirty, cancelled=lambda: not self._stepping_allowed()) as until:
+            if until is None:
+                return
+            t0, n = time.perf_counter(), 0
+            cap = None if shared.max_rate is None else max(1, int(shared.max_rate * shared.slice))
+            while (time.perf_counter() < until and (cap is None or n < cap)
+                   and (left[0] is None or left[0] > 0) and self._loop_step(left)):
+                n += 1
+        shared.pace(t0, n)
+
+    @property
+    def waiting(self) -> int | None:
+        """Runs ahead of this one for a turn at training (a served lab shares the machine), or None."""
+        shared = share.current()
+        return None if shared is None else shared.waiting(self)
 
     def pause(self) -> None:
         """Stop stepping after the current step; returns once no step is in progress."""

@@ -1,0 +1,143 @@
+"""One machine shared by many runs: turns at training, a step-rate cap, and slots for analysis jobs.
+
+A served lab runs every session's training thread in the server's process, beside the event loop that
+answers every page. Twenty threads stepping at once take the GIL from that loop (measured on the landed
+main: 45 s for a page to show its Start button, minutes for a click to act). `Share` gives runs turns:
+at most `concurrent` runs step at a time, each for a `slice` of seconds before the next waiting run's
+turn (first come, first served), and a run whose settings just changed goes to the front, so the change
+shows within a slice. `max_rate` caps any one run's steps per second. Jobs (landscapes, Hessians) wait
+for one of `jobs` slots.
+
+Nothing is shared unless installed: `trainlab serve` installs one (`install(Share(...))`); a notebook's runs
+train as fast as they can.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from contextlib import contextmanager
+from typing import Iterator
+
+_installed: Share | None = None
+
+
+class Share:
+    """Turns at training for the runs of one process (see the module's doc)."""
+
+    def __init__(self, concurrent: int = 2, slice: float = 0.05, max_rate: float | None = None, jobs: int = 2):
+        for name, value, lo in (("concurrent", concurrent, 1), ("jobs", jobs, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+                raise ValueError(f"{name}={value!r} rejected: a whole number >= {lo}")
+        if not 0 < slice <= 10:
+            raise ValueError(f"slice={slice!r} rejected: seconds in (0, 10]")
+        if max_rate is not None and not max_rate > 0:
+            raise ValueError(f"max_rate={max_rate!r} rejected: steps per second > 0, or None for no cap")
+        self.concurrent, self.slice, self.max_rate = concurrent, float(slice), max_rate
+        self._cond = threading.Condition()
+        self._queue: deque[int] = deque()  # ids of runs waiting for a turn, in order
+        self._holding: set[int] = set()
+        self._jobs = threading.BoundedSemaphore(jobs)
+        self.job_slots = jobs
+        self._jobs_waiting = 0
+
+    # ---- training turns --------------------------------------------------------------------
+    def waiting(self, run) -> int | None:
+        """How many runs are ahead of `run` in the queue (0: next), or None when it is not waiting."""
+        with self._cond:
+            try:
+                return self._queue.index(id(run))
+            except ValueError:
+                return None
+
+    @property
+    def training(self) -> int:
+        """Runs holding a turn now."""
+        return len(self._holding)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def _wait_turn(self, key: int, urgent: bool, cancelled) -> bool:
+        with self._cond:
+            if urgent:
+                self._queue.appendleft(key)
+            else:
+                self._queue.append(key)
+            try:
+                while True:
+                    free = len(self._holding) < self.concurrent
+                    ahead = self._queue.index(key)
+                    if free and ahead < self.concurrent - len(self._holding):
+                        self._queue.remove(key)
+                        self._holding.add(key)
+                        return True
+                    if cancelled():
+                        self._queue.remove(key)
+                        return False
+                    self._cond.wait(0.05)
+            except BaseException:
+                if key in self._queue:
+                    self._queue.remove(key)
+                raise
+
+    def _release(self, key: int) -> None:
+        with self._cond:
+            self._holding.discard(key)
+            self._cond.notify_all()
+
+    @contextmanager
+    def turn(self, run, urgent: bool = False, cancelled=lambda: False) -> Iterator[float | None]:
+        """Wait for a turn (at the front when `urgent`); yields the time the turn ends (None if `cancelled()`
+        said to stop waiting: the run was paused meanwhile)."""
+        key = id(run)
+        got = self._wait_turn(key, urgent, cancelled)
+        try:
+            yield time.perf_counter() + self.slice if got else None
+        finally:
+            if got:
+                self._release(key)
+
+    def pace(self, started: float, steps: int) -> None:
+        """Sleep as long as `steps` steps since `started` ran ahead of `max_rate`."""
+        if self.max_rate is None:
+            return
+        ahead = started + steps / self.max_rate - time.perf_counter()
+        if ahead > 0:
+            time.sleep(ahead)
+
+    # ---- analysis jobs ---------------------------------------------------------------------
+    @contextmanager
+    def job(self, cancelled=lambda: False) -> Iterator[bool]:
+        """Hold one of the job slots while a job runs (yields False if cancelled while waiting)."""
+        with self._cond:
+            self._jobs_waiting += 1
+        got = False
+        try:
+            while not (got := self._jobs.acquire(timeout=0.05)):
+                if cancelled():
+                    break
+        finally:
+            with self._cond:
+                self._jobs_waiting -= 1
+        try:
+            yield got
+        finally:
+            if got:
+                self._jobs.release()
+
+    @property
+    def jobs_waiting(self) -> int:
+        return self._jobs_waiting
+
+
+def install(share: Share | None) -> Share | None:
+    """Make `share` the process's (None: no sharing); returns the one it replaces."""
+    global _installed
+    old, _installed = _installed, share
+    return old
+
+
+def current() -> Share | None:
+    return _installed
