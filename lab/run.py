@@ -94,6 +94,23 @@ def _options(entry, values: dict) -> param.Parameterized:
     return entry.options(**_settings_of(entry, values))
 
 
+def _check_size(name: str, data: Data, options: dict) -> None:
+    """On a shared server, refuse a registered model past its size cap before allocating it: counted on
+    torch's meta device, which holds shapes and no memory (an initializer the meta device cannot run is
+    counted after the real build instead)."""
+    shared = share.current()
+    if shared is None or shared.max_params is None:
+        return
+    try:
+        with torch.device("meta"):
+            model = models.build(name, data, **options)
+    except ValueError:
+        raise
+    except Exception:
+        return
+    shared.check_model(sum(p.numel() for p in model.parameters() if p.requires_grad))
+
+
 def _layers(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """Modules that own trainable parameters, by name: the 'layers' of per-layer probes."""
     out = {}
@@ -188,6 +205,7 @@ class Run(param.Parameterized):
             torch.manual_seed(self.seed)  # the same seed gives the same initial weights
             if self.model_spec is not None:
                 name, options = self.model_spec
+                _check_size(name, self.data, options)
                 self.model = models.build(name, self.data, **options)
                 self.model_spec = (name, {**models[name].defaults(), **options})
             elif isinstance(model, nn.Module):
@@ -205,6 +223,8 @@ class Run(param.Parameterized):
 
         self.layers = _layers(self.model)
         self.params = [p for ps in self.layers.values() for p in ps]  # trainable, in layer order
+        if share.current() is not None:  # a shared server's cap on model size
+            share.current().check_model(sum(p.numel() for p in self.params))
         # the examples a step sees, not the nominal batch size (full-batch runs ask for 100,000 of 320)
         self.threads = choose_threads(threads, sum(p.numel() for p in self.params),
                                       min(self.batch_size, self.data.n_examples))

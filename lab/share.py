@@ -6,7 +6,7 @@ main: 45 s for a page to show its Start button, minutes for a click to act). `Sh
 at most `concurrent` runs step at a time, each for a `slice` of seconds before the next waiting run's
 turn (first come, first served), and a run whose settings just changed goes to the front, so the change
 shows within a slice. `max_rate` caps any one run's steps per second. Jobs (landscapes, Hessians) wait
-for one of `jobs` slots.
+for one of `jobs` slots. `max_params` caps the size of a model a run may build.
 
 Nothing is shared unless installed: `trainlab serve` installs one (`install(Share(...))`); a notebook's runs
 train as fast as they can.
@@ -25,7 +25,8 @@ _installed: Share | None = None
 class Share:
     """Turns at training for the runs of one process (see the module's doc)."""
 
-    def __init__(self, concurrent: int = 2, slice: float = 0.05, max_rate: float | None = None, jobs: int = 2):
+    def __init__(self, concurrent: int = 2, slice: float = 0.05, max_rate: float | None = None, jobs: int = 2,
+                 max_params: int | None = None):
         for name, value, lo in (("concurrent", concurrent, 1), ("jobs", jobs, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
                 raise ValueError(f"{name}={value!r} rejected: a whole number >= {lo}")
@@ -33,13 +34,21 @@ class Share:
             raise ValueError(f"slice={slice!r} rejected: seconds in (0, 10]")
         if max_rate is not None and not max_rate > 0:
             raise ValueError(f"max_rate={max_rate!r} rejected: steps per second > 0, or None for no cap")
-        self.concurrent, self.slice, self.max_rate = concurrent, float(slice), max_rate
+        if max_params is not None and (isinstance(max_params, bool) or not isinstance(max_params, int) or max_params < 1):
+            raise ValueError(f"max_params={max_params!r} rejected: a whole number >= 1, or None for no cap")
+        self.concurrent, self.slice, self.max_rate, self.max_params = concurrent, float(slice), max_rate, max_params
         self._cond = threading.Condition()
         self._queue: deque[int] = deque()  # ids of runs waiting for a turn, in order
         self._holding: set[int] = set()
         self._jobs = threading.BoundedSemaphore(jobs)
         self.job_slots = jobs
         self._jobs_waiting = 0
+
+    def check_model(self, parameters: int) -> None:
+        """Refuse a model larger than this server allows (before it trains)."""
+        if self.max_params is not None and parameters > self.max_params:
+            raise ValueError(f"model rejected: it has {parameters:,} parameters and this server allows at most "
+                             f"{self.max_params:,} (trainlab serve --max-params); choose a smaller width or depth")
 
     # ---- training turns --------------------------------------------------------------------
     def waiting(self, run) -> int | None:

@@ -128,3 +128,23 @@ def test_listeners_run_on_every_tick():
     feed.tick()
     feed.tick()
     assert calls == [3, 3]
+
+
+def test_plots_go_out_every_tick_for_a_while_after_a_change():
+    h = History()
+    feed = Feed(h, plot_every=5)
+    src = feed.source(["train_loss"])
+    fill(h, 1, 3)
+    feed._periodic()  # tick 1 of 5: plots wait for the slower beat
+    assert steps(src) == []
+    feed.soon(ticks=2)
+    feed._periodic()
+    assert steps(src) == [1, 2]
+    fill(h, 3, 4)
+    feed._periodic()
+    assert steps(src) == [1, 2, 3]
+    fill(h, 4, 5)
+    feed._periodic()  # tick 4: the burst is over
+    assert steps(src) == [1, 2, 3]
+    feed._periodic()  # tick 5: the beat
+    assert steps(src) == [1, 2, 3, 4]

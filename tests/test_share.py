@@ -122,3 +122,16 @@ def test_bad_shares_are_refused():
                      ({"max_rate": -1}, "max_rate")):
         with pytest.raises(ValueError, match=name):
             share.Share(**kw)
+
+
+def test_a_model_past_the_servers_cap_is_refused(shared):
+    shared(max_params=1000)
+    with pytest.raises(ValueError, match=r"--max-params"):
+        Run(model=("mlp", {"width": 64}), data="digits")
+    assert Run(model=("mlp", {"width": 8}), data="moons").steps == 0
+
+
+def test_a_huge_model_is_refused_before_it_is_allocated(shared):
+    shared(max_params=10_000)
+    with pytest.raises(ValueError, match=r"401,520,010 parameters"):  # 20k x 20k: 1.6 GB were it built
+        Run(model=("mlp", {"width": 20_000, "depth": 2}), data="digits")

@@ -212,6 +212,7 @@ class LabPanel(Viewer):
         except ValueError as e:
             self.report(str(e))
             return False
+        self.feed.soon()
         self.report("")
         return True
 

@@ -196,6 +196,7 @@ class TrainingDashboard(Viewer):
         try:
             self.run.set(**{name: value}, **extra)
             self.error = self.notice = ""
+            self.feed.soon()
         except ValueError as e:
             self.error = str(e)
         self._refresh()

@@ -78,6 +78,7 @@ class Feed:
         self._listeners: list[Callable[[], None]] = []
         self.cursor, self.generation = -1, history.generation
         self._callback, self._ticks, self._group, self._heard = None, 0, None, False
+        self._soon = -1  # plots go out on every tick up to this one (a setting just changed)
         self.visible: set[str | None] | None = None  # the groups shown (None: all)
 
     # ---- what follows the history --------------------------------------------------------------
@@ -160,9 +161,14 @@ class Feed:
             return
         self._ticks += 1
         with pn.io.hold():
-            if self._ticks % self.plot_every == 0:
+            if self._ticks % self.plot_every == 0 or self._ticks <= self._soon:
                 self._plots()
             self._listen()
+
+    def soon(self, ticks: int = 10) -> None:
+        """Plot on every tick for the next `ticks` (a setting changed: its effect is drawn within a tick of the
+        step that applies it, not at the next of the plots' slower beats)."""
+        self._soon = self._ticks + ticks
 
     def _listen(self) -> None:
         for fn in self._listeners:
