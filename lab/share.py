@@ -40,6 +40,7 @@ class Share:
         self._cond = threading.Condition()
         self._queue: deque[int] = deque()  # ids of runs waiting for a turn, in order
         self._holding: set[int] = set()
+        self._asked: dict[int, float] = {}  # run id -> when it last asked for a turn
         self._jobs = threading.BoundedSemaphore(jobs)
         self.job_slots = jobs
         self._jobs_waiting = 0
@@ -68,8 +69,17 @@ class Share:
     def queued(self) -> int:
         return len(self._queue)
 
+    def contending(self, within: float = 2.0) -> int:
+        """Runs that asked for a turn in the last `within` seconds: the ones training on this machine now."""
+        now = time.monotonic()
+        with self._cond:
+            for k in [k for k, t in self._asked.items() if now - t > 10 * within]:
+                del self._asked[k]  # runs long gone
+            return sum(now - t <= within for t in self._asked.values())
+
     def _wait_turn(self, key: int, urgent: bool, cancelled) -> bool:
         with self._cond:
+            self._asked[key] = time.monotonic()
             if urgent:
                 self._queue.appendleft(key)
             else:

@@ -135,3 +135,11 @@ def test_a_huge_model_is_refused_before_it_is_allocated(shared):
     shared(max_params=10_000)
     with pytest.raises(ValueError, match=r"401,520,010 parameters"):  # 20k x 20k: 1.6 GB were it built
         Run(model=("mlp", {"width": 20_000, "depth": 2}), data="digits")
+
+
+def test_contending_counts_the_runs_asking_for_turns():
+    s = share.Share(concurrent=1)
+    for name in ("a", "b", "c"):
+        with s.turn(name):
+            pass
+    assert s.contending() == 3 and s.contending(within=0) == 0

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import re
 import threading
+from dataclasses import dataclass
 
 import panel as pn
 import tornado.web
 
 from trainlab import Run
+from trainlab.share import Share, install
+from trainlab.threads import available_cpus
 
 from .dashboard import TrainingDashboard
 from .labs import LABS
@@ -22,12 +25,56 @@ from .quiet import quiet_closed_connections
 LOCAL = ("localhost", "127.0.0.1", "[::1]")
 
 
-def create_app(**run_options) -> TrainingDashboard:
-    """One session's app: a fresh Run (an MLP on digits by default) and its dashboard."""
+@dataclass(frozen=True)
+class Limits:
+    """What one served lab allows, with defaults fit for a public teaching server on a small machine
+    (`trainlab serve --help` sets each). A session past a limit is told so on its page."""
+
+    sessions: int = 30                  # browser sessions at once; the next page says the lab is full
+    training: int | None = None         # runs stepping at once (default: this process's CPUs); others wait a turn
+    params: int = 2_000_000             # parameters of a model a session may build
+    steps_per_second: float = 2_000     # per session
+    jobs: int | None = None             # analyses (landscapes, Hessians...) at once (default: CPUs); others wait
+    idle_minutes: float = 20            # a run nobody has touched for this long is paused (0: never)
+
+    def share(self) -> Share:
+        cpus = available_cpus()
+        return Share(concurrent=self.training or cpus, max_rate=self.steps_per_second, jobs=self.jobs or cpus,
+                     max_params=self.params)
+
+
+_LIVE: set[int] = set()  # the served sessions' dashboards (ids), for the session limit
+_LIVE_LOCK = threading.Lock()
+
+
+def full_page(limits: Limits):
+    return pn.pane.Alert(f"### This lab is full\n{limits.sessions} people are using it now, the most this server "
+                         f"takes. Try again in a few minutes (a closed tab frees its place).", alert_type="warning")
+
+
+def create_app(limits: Limits | None = None, **run_options):
+    """One session's app: a fresh Run (an MLP on digits by default) and its dashboard; past the session
+    limit, a page saying so (nothing built)."""
     quiet_closed_connections()  # here, so `panel serve binder/app.py` is as quiet as `trainlab serve`
-    dashboard = TrainingDashboard(Run(**run_options))
+    if limits is not None:
+        with _LIVE_LOCK:
+            if len(_LIVE) >= limits.sessions:
+                return full_page(limits)
+    dashboard = TrainingDashboard(Run(**run_options), idle_timeout=60 * limits.idle_minutes if limits else 0)
+    key = id(dashboard)
+    with _LIVE_LOCK:
+        _LIVE.add(key)
+
+    def ended(context) -> None:
+        with _LIVE_LOCK:
+            _LIVE.discard(key)
+        dashboard.close()
+
     # the session's periodic callback and training thread end with the session (a closed tab)
-    pn.state.on_session_destroyed(lambda context: dashboard.close())
+    pn.state.on_session_destroyed(ended)
+    doc = pn.state.curdoc
+    if doc is not None:  # any change a person makes in the page counts as activity (server-side ones have no setter)
+        doc.on_change(lambda event: dashboard.touch() if getattr(event, "setter", None) is not None else None)
     return dashboard
 
 
@@ -70,12 +117,18 @@ def warm_up() -> None:
 
 
 def serve(port: int = 5006, address: str = "localhost", show: bool = False, origins: list[str] | None = None,
-          **kwargs):
-    """Serve the lab with Panel's server; blocks until interrupted."""
+          limits: Limits | None = None, **kwargs):
+    """Serve the lab with Panel's server; blocks until interrupted. `kwargs` go to `panel.serve` (basic_auth,
+    oauth_provider, cookie_secret, num_procs, ...)."""
+    limits = limits or Limits()
+    install(limits.share())
     threading.Thread(target=warm_up, name="trainlab-warm-up", daemon=True).start()
     origins = [f"{address}:{port}", f"localhost:{port}", f"127.0.0.1:{port}", *(origins or [])]
-    server = pn.serve(create_app, port=port, address=address, show=show, title="trainlab", start=False,
-                      websocket_origin=["*"] if "*" in origins else origins, **kwargs)
+    def app():  # a plain function: Panel serves a partial as text
+        return create_app(limits)
+
+    server = pn.serve(app, port=port, address=address, show=show, title="trainlab",
+                      start=False, websocket_origin=["*"] if "*" in origins else origins, **kwargs)
     refuse_other_hosts(server, allowed_hosts(address, origins))
     server.start()
     server.io_loop.start()

@@ -23,6 +23,23 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--torch-threads", type=int, default=1, metavar="N",
                        help="torch intra-op threads (default 1: each session trains on its own thread, and "
                             "small models run fastest on one; raise it for large models)")
+    limits = serve.add_argument_group("limits of a shared server (defaults fit a class on a small machine)")
+    for flag, kind, default, text in (
+            ("--max-sessions", int, 30, "browser sessions at once; the next page says the lab is full"),
+            ("--max-training", int, None, "runs stepping at once (default: the CPUs this process may use); the "
+                                          "others take turns"),
+            ("--max-params", int, 2_000_000, "parameters of a model a session may build"),
+            ("--max-steps-per-second", float, 2000.0, "training steps per second of each session"),
+            ("--max-jobs", int, None, "analyses (landscapes, Hessians, ...) at once (default: CPUs); others wait"),
+            ("--idle-minutes", float, 20.0, "pause a run nobody has touched for this long (0: never)")):
+        limits.add_argument(flag, type=kind, default=default, help=text if default is None else f"{text} (default {default:g})")
+    access = serve.add_argument_group("access (passed to Panel's server)")
+    access.add_argument("--basic-auth", metavar="PASSWORD|FILE", help="one password, or a JSON file of users")
+    access.add_argument("--cookie-secret", help="the secret that signs cookies (required with --oauth-provider)")
+    access.add_argument("--oauth-provider", help="an OAuth provider Panel knows (github, google, generic, ...)")
+    access.add_argument("--oauth-key", help="the OAuth client id")
+    access.add_argument("--oauth-secret", help="the OAuth client secret")
+    access.add_argument("--num-procs", type=int, default=1, help="server processes (each with its own limits)")
     args = parser.parse_args(argv)
     if not 0 < args.port < 65536:
         parser.error(f"--port must be between 1 and 65535, got {args.port}")
@@ -30,11 +47,27 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--torch-threads must be at least 1, got {args.torch_threads}")
     import torch
 
+    for name in ("max_sessions", "max_training", "max_params", "max_jobs", "num_procs"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.max_steps_per_second <= 0 or args.idle_minutes < 0:
+        parser.error("--max-steps-per-second must be > 0 and --idle-minutes >= 0")
+    if args.oauth_provider and not args.cookie_secret:
+        parser.error("--oauth-provider needs --cookie-secret")
     torch.set_num_threads(args.torch_threads)
+    from .app import Limits
     from .app import serve as run_server
 
+    limits = Limits(sessions=args.max_sessions, training=args.max_training, params=args.max_params,
+                    steps_per_second=args.max_steps_per_second, jobs=args.max_jobs, idle_minutes=args.idle_minutes)
+    access = {k: getattr(args, k) for k in ("basic_auth", "cookie_secret", "oauth_provider", "oauth_key",
+                                            "oauth_secret") if getattr(args, k)}
+    if args.num_procs > 1:
+        access["num_procs"] = args.num_procs
     print(f"trainlab {__version__}: serving the dashboard at http://{args.address}:{args.port}/", flush=True)
-    run_server(port=args.port, address=args.address, show=args.show, origins=args.allow_websocket_origin)
+    run_server(port=args.port, address=args.address, show=args.show, origins=args.allow_websocket_origin,
+               limits=limits, **access)
     return 0
 
 

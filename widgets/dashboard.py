@@ -1,6 +1,7 @@
 """The training dashboard: choosers, live settings, and plots that stream while the run trains."""
 from __future__ import annotations
 
+import time
 from functools import partial
 from typing import Any
 
@@ -10,7 +11,7 @@ import param
 from bokeh.models import ColumnDataSource
 from panel.viewable import Viewer
 
-from trainlab import Run, datasets, models
+from trainlab import Run, datasets, models, share
 from trainlab.optimizers import optimizers
 from trainlab.probes import DeadUnits, DecisionBoundary, GradNorm
 
@@ -47,6 +48,8 @@ class TrainingDashboard(Viewer):
     period = param.Integer(100, bounds=(20, 5000), doc="milliseconds between plot updates (10 a second)")
     error = param.String("", doc="the last rejected change, shown until the next accepted one")
     notice = param.String("", doc="what the last button did (a rollback), shown until the next change")
+    idle_timeout = param.Number(0, bounds=(0, None), doc="seconds without anyone touching the page after which a "
+                                                          "training run is paused (a served lab's limit; 0: never)")
 
     def __init__(self, run: Run | None = None, **params):
         super().__init__(run=run if run is not None else Run(), **params)
@@ -62,7 +65,8 @@ class TrainingDashboard(Viewer):
         self.rollback_button = pn.widgets.Button(label="Roll back", width=90,
                                                  description="weights and optimizer state back to the newest restore "
                                                              "point (before the last settings change, or 100 steps back)")
-        self.start_button.on_click(lambda e: self.run.start())
+        self._touched = time.monotonic()
+        self.start_button.on_click(lambda e: (self.touch(), self.run.start()))
         self.pause_button.on_click(lambda e: self.run.pause())
         self.reset_button.on_click(lambda e: self.reset())
         self.rollback_button.on_click(lambda e: self.rollback())
@@ -276,8 +280,30 @@ class TrainingDashboard(Viewer):
         self.notice = f"Weights and optimizer state rolled back to step {self.run.rollback()}."
         self._refresh()
 
+    def touch(self) -> None:
+        """Someone used the page: the idle clock starts again."""
+        self._touched = time.monotonic()
+
+    def _pause_if_idle(self) -> None:
+        idle = time.monotonic() - self._touched
+        if self.idle_timeout and self.run.status == "running" and idle > self.idle_timeout:
+            self.run.pause()
+            self.notice = (f"Paused: nobody has used this page for {idle / 60:.0f} minutes (this server pauses idle "
+                           f"runs to keep the machine for the others). Press Start to go on.")
+
+    def _sharing(self) -> str:
+        """On a shared server, how many runs take turns at training, when some are waiting."""
+        shared = share.current()
+        if shared is None or self.run.status != "running":
+            return ""
+        n = shared.contending()
+        if n <= shared.concurrent:
+            return ""
+        return f" · {n} runs take turns at this server's {shared.concurrent} training slots"
+
     def _refresh(self) -> None:
         """On the UI's tick: show the run's status and move controls to its current settings."""
+        self._pause_if_idle()
         run = self.run
         if run.optimizer != self._opt_shown:  # switched: this optimizer has other knobs
             self._offer_usual_lr(self._opt_shown)
@@ -289,7 +315,7 @@ class TrainingDashboard(Viewer):
         self.usual_lr_button.visible = not 1 / 3 <= run.lr / usual <= 3
         self.usual_lr_button.label = f"use {run.optimizer}'s usual lr {usual:g}"
         # the lr the optimizer steps with now (a schedule moves it; the slider shows the base lr)
-        text = f"**{run.status}** · step {run.steps} · lr {run.current_lr:.4g}"
+        text = f"**{run.status}** · step {run.steps} · lr {run.current_lr:.4g}{self._sharing()}"
         kind = {"running": "success", "paused": "warning", "stopped": "secondary", "idle": "secondary"}[run.status]
         if run.message:
             text += f" · {plain(run.message)}"
