@@ -131,13 +131,15 @@ def test_post_ln_fails_at_depth_without_warmup_and_recovers_with_it():
     warm-up over 100 steps (the wsd schedule, its decay past the end) learns it too."""
     data = as_data(("modular_addition", {"p": 23, "fraction": 0.8}))
 
-    def final_acc(placement, schedule="constant"):
-        run = Run(model=("transformer", {"width": 32, "depth": 8, "placement": placement}), data=data, seed=0,
+    def final_acc(placement, schedule="constant", seed=0):
+        run = Run(model=("transformer", {"width": 32, "depth": 8, "placement": placement}), data=data, seed=seed,
                   optimizer="adam", lr=3e-3, batch_size=64, device="cpu", schedule=schedule, probes=[],
                   diverge_factor=0)
         run.step(200)
         return run.history.frame().train_acc.iloc[-30:].mean()
 
-    assert final_acc("pre_ln") > 0.9
-    assert final_acc("post_ln") < 0.2
-    assert final_acc("post_ln", ("wsd", {"warmup": 100, "total": 10**6, "decay_fraction": 0.01})) > 0.9
+    warmup = ("wsd", {"warmup": 100, "total": 10**6, "decay_fraction": 0.01})
+    for seed in (0, 3):  # measured for seeds 0-3: Pre-LN 0.83-0.99, Post-LN 0.05, Post-LN warmed up 0.99-1.00
+        assert final_acc("pre_ln", seed=seed) > 0.75
+        assert final_acc("post_ln", seed=seed) < 0.2
+        assert final_acc("post_ln", warmup, seed=seed) > 0.9
