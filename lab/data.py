@@ -44,6 +44,7 @@ class Data:
     task: str = "classification"  # or "regression"
     n_out: int = 1
     image_shape: tuple[int, ...] | None = None
+    vocab: int | None = None  # token data: inputs are integer token ids in [0, vocab), (N, sequence length)
     spec: tuple[str, dict] | None = None  # (registry name, options) when rebuilt from a name
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -58,7 +59,7 @@ class Data:
     @property
     def is_2d(self) -> bool:
         """True for points in the plane, where a decision boundary can be drawn."""
-        return self.X is not None and self.X.ndim == 2 and self.X.shape[1] == 2
+        return self.X is not None and self.X.ndim == 2 and self.X.shape[1] == 2 and self.X.is_floating_point()
 
     @property
     def has_val(self) -> bool:
@@ -495,3 +496,6 @@ def eval_batches(data: Any, device: torch.device | str | None = None, dtype: tor
     if not out:
         raise ValueError(f"{what} is empty: an analysis needs at least one example")
     return out
+
+
+from . import sequences  # noqa: E402,F401  (the token tasks register themselves in `datasets`)

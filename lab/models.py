@@ -1,4 +1,4 @@
-"""Models by name (an MLP and a small CNN), each with a normalization and an initializer by name."""
+"""Models by name (an MLP, a small CNN and a tiny transformer), each with a normalization and an initializer by name."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -10,8 +10,10 @@ from torch import nn
 from .data import Data
 from .functional import eval_mode
 from .inits import inits
-from .norms import norms
-from .registry import LogInteger, Registry
+from .norms import follow, norms, replaces_activation
+from .norms import spec as norm_spec
+from .registry import Choice, LogInteger, Registry
+from .transformer import Attention, FeedForward, Layer, Transformer
 
 models = Registry("model")
 
@@ -19,7 +21,8 @@ ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "linear": nn.I
 
 _common = dict(
     activation=param.Selector(default="relu", objects=list(ACTIVATIONS), doc="nonlinearity between layers"),
-    norm=param.Selector(default="none", objects=norms.names(), doc="normalization after each hidden layer"),
+    norm=Choice(norms, default="none", doc="normalization after each hidden layer: a name, or (name, {options}) "
+                                          "such as ('groupnorm', {'groups': 8})"),
     init=param.Selector(default="default", objects=inits.names(), doc="weight initialization"),
 )
 
@@ -32,12 +35,13 @@ _common = dict(
 )
 def mlp(data: Data, width=128, depth=2, activation="relu", norm="none", init="default") -> nn.Module:
     """A multilayer perceptron: depth x (linear, norm, activation), then a linear read-out."""
+    _real_valued(data, "mlp")
     layers: dict[str, nn.Module] = {"flatten": nn.Flatten()}
     fan_in = data.n_features
+    act = ACTIVATIONS["linear" if replaces_activation(norm) else activation]
     for i in range(1, depth + 1):  # named, so per-layer columns read "grad_norm/fc1", not "grad_norm/1"
-        layers[f"fc{i}"] = nn.Linear(fan_in, width)
-        layers[f"norm{i}"] = norms.build(norm, width, 1)
-        layers[f"act{i}"] = ACTIVATIONS[activation]()
+        layers[f"fc{i}"], layers[f"norm{i}"] = follow(norm, nn.Linear(fan_in, width), 1, activation, "mlp")
+        layers[f"act{i}"] = act()
         fan_in = width
     layers["out"] = nn.Linear(fan_in, data.n_out)
     model = nn.Sequential(OrderedDict(layers))
@@ -52,20 +56,77 @@ def mlp(data: Data, width=128, depth=2, activation="relu", norm="none", init="de
 )
 def cnn(data: Data, channels=16, activation="relu", norm="none", init="default") -> nn.Module:
     """Two 3x3 convolutions (c, 2c channels), a 2x2 max-pool and a linear read-out; for image data."""
+    _real_valued(data, "cnn")
     if data.image_shape is None:
         raise ValueError(f"cnn needs image data (digits, or a Dataset of images); {data.name!r} has none. Use model='mlp'.")
     c_in, h, w = data.image_shape
-    act = ACTIVATIONS[activation]
+    act = ACTIVATIONS["linear" if replaces_activation(norm) else activation]
+    conv1, norm1 = follow(norm, nn.Conv2d(c_in, channels, 3, padding=1), 2, activation, "cnn")
+    conv2, norm2 = follow(norm, nn.Conv2d(channels, 2 * channels, 3, padding=1), 2, activation, "cnn")
     model = nn.Sequential(OrderedDict(
         unflatten=nn.Unflatten(1, data.image_shape) if data.X is not None and data.X.ndim == 2 else nn.Identity(),
-        conv1=nn.Conv2d(c_in, channels, 3, padding=1), norm1=norms.build(norm, channels, 2), act1=act(),
-        conv2=nn.Conv2d(channels, 2 * channels, 3, padding=1), norm2=norms.build(norm, 2 * channels, 2), act2=act(),
+        conv1=conv1, norm1=norm1, act1=act(),
+        conv2=conv2, norm2=norm2, act2=act(),
         pool=nn.MaxPool2d(2),
         flatten=nn.Flatten(),
         out=nn.Linear(2 * channels * (h // 2) * (w // 2), data.n_out),
     ))
     inits.build(init, model, activation)
     return model
+
+
+PLACEMENTS = ("pre_ln", "post_ln", "pre_rmsnorm", "mix_ln")
+
+
+@models.register(
+    "transformer",
+    width=LogInteger(64, bounds=(1, None), softbounds=(8, 512), doc="d_model: features per token"),
+    depth=param.Integer(2, bounds=(1, None), softbounds=(1, 12), doc="number of layers (attention + MLP each)"),
+    heads=LogInteger(4, bounds=(1, None), softbounds=(1, 16), doc="attention heads; must divide width"),
+    placement=param.Selector(default="pre_ln", objects=list(PLACEMENTS),
+                             doc="where the norm goes: before each branch (pre), after the residual sum (post), "
+                                 "Post-LN in the early layers and Pre-LN in the later ones (mix_ln); "
+                                 "pre_rmsnorm is Pre-LN with RMSNorm"),
+    mix_fraction=param.Number(0.25, bounds=(0, 1), softbounds=(0, 1), step=0.05,
+                              doc="mix_ln: the fraction of layers, from the first, in Post-LN (Li et al. 2024: 0.25)"),
+    **{**_common, "norm": Choice(norms, default="layernorm",
+                                 doc="the norm at each placement (a name or (name, {options})), per token")},
+)
+def transformer(data: Data, width=64, depth=2, heads=4, placement="pre_ln", mix_fraction=0.25, activation="relu",
+                norm="layernorm", init="default") -> nn.Module:
+    """A tiny transformer encoder for token data: embeddings, depth x (attention, MLP), the last token read out."""
+    if data.vocab is None:
+        raise ValueError(f"transformer needs token data (modular_addition, majority); {data.name!r} has real-valued "
+                         f"inputs: use model='mlp' or 'cnn'")
+    if width % heads:
+        raise ValueError(f"heads={heads} rejected for transformer: it must divide width={width}")
+    name, options = norm_spec(norm)
+    if placement == "pre_rmsnorm":
+        if name not in ("layernorm", "rmsnorm"):
+            raise ValueError(f"placement='pre_rmsnorm' is Pre-LN with RMSNorm; norm={name!r} contradicts it: use "
+                             f"placement='pre_ln' with norm={name!r}")
+        name, options = "rmsnorm", {}
+    info = norms[name].meta
+    if 1 not in info.dims or info.weight is not None:
+        why = info.why if 1 not in info.dims else "it standardizes the weight before it, and a transformer's norms sit on the residual stream"
+        ok = [e.name for e in norms if 1 in e.meta.dims and e.meta.weight is None]
+        raise ValueError(f"norm={name!r} rejected for transformer: {why}; allowed here: {', '.join(ok)}")
+    post_layers = {"post_ln": depth, "mix_ln": int(mix_fraction * depth)}.get(placement, 0)
+
+    def make_norm():
+        return norms.build(name, width, 1, **options)
+
+    layers = [Layer(Attention(width, heads, make_norm(), i < post_layers),
+                    FeedForward(width, ACTIVATIONS[activation](), make_norm(), i < post_layers)) for i in range(depth)]
+    final = make_norm() if post_layers < depth else nn.Identity()  # Pre-LN's last layer leaves its sum unnormalized
+    model = Transformer(data.vocab, data.input_shape[0], data.n_out, width, layers, final)
+    inits.build(init, model, activation)
+    return model
+
+
+def _real_valued(data: Data, model: str) -> None:
+    if data.vocab is not None:
+        raise ValueError(f"{model} takes real-valued inputs; {data.name!r} gives integer tokens: use model='transformer'")
 
 
 def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -170,3 +170,30 @@ class Registry:
         entry = self[name]
         opts = entry.options(**options)
         return entry.build(*args, **option_values(opts))
+
+
+class Choice(param.Selector):
+    """A registry name, or a (name, {options}) pair whose options the entry declares: a model's norm
+    ("groupnorm" or ("groupnorm", {"groups": 8})). The names are its objects, so a control shows them
+    as a choice; options are checked against the entry when the value is set."""
+
+    __slots__ = ["registry"]
+
+    def __init__(self, registry: Registry | None = None, default: Any = None, **params):
+        self.registry = registry  # before the Selector checks its default
+        super().__init__(default=default, objects=registry.names() if registry is not None else [], **params)
+
+    def _validate_value(self, value, allow_None=None):
+        spec = parse_spec(value)
+        if spec is None:
+            raise ValueError(f"{self.name} must be a name or a (name, {{options}}) pair; got {value!r}")
+        super()._validate_value(spec[0], allow_None)
+        if getattr(self, "registry", None) is not None and spec[1]:
+            entry = self.registry[spec[0]]
+            try:
+                entry.options(**spec[1])
+            except ValueError as e:
+                raise ValueError(f"{self.name}={value!r}: {e}") from None
+
+    def _ensure_value_is_in_objects(self, val):
+        pass  # a (name, options) pair is never one of the names

@@ -23,6 +23,7 @@ from .divergence import Guard
 from .functional import eval_mode
 from .history import History
 from .models import check_fits, default_loss, models
+from .norms import batch_dependent
 from .optimizers import (carry_state, check_hparams, check_step, flipped, optimizers, reconcile_state, unknown_setting,
                          write_groups)
 from .optimizers import entry as optimizer_entry
@@ -220,6 +221,7 @@ class Run(param.Parameterized):
             with param.parameterized.discard_events(self):
                 self.batch_size = self.data.source.batch_size or batch_size
             self._check_live_batch(self.adaptive_batch, None)
+        self._check_batch_statistics(self.batch_size)
 
         self.layers = _layers(self.model)
         self.params = [p for ps in self.layers.values() for p in ps]  # trainable, in layer order
@@ -292,6 +294,19 @@ class Run(param.Parameterized):
             raise ValueError("batch_size is fixed by the DataLoader you passed; pass its Dataset instead "
                              "to change the batch size live")
 
+    def _check_batch_statistics(self, batch_size: int | None) -> None:
+        """A layer normalizing by the batch's statistics needs two examples a step: refused here, not a
+        failure (BatchNorm1d) or a silent zero output later."""
+        if batch_size is None or min(batch_size, self.data.n_examples) >= 2:
+            return
+        layers = batch_dependent(self.model)
+        if layers:
+            kind = type(self.model.get_submodule(layers[0])).__name__
+            raise ValueError(f"batch_size={batch_size} rejected: {layers[0]} ({kind}) normalizes by the batch's "
+                             "statistics in training, which a single example does not have; "
+                             f"use batch_size >= 2, or a norm independent of the batch (layernorm, groupnorm, rmsnorm, "
+                             f"powernorm, evonorm_s0)")
+
     def set(self, state: str | None = None, **values) -> None:
         """Change settings while the run trains; they apply at the next step.
 
@@ -323,6 +338,7 @@ class Run(param.Parameterized):
         if state is not None and not switching:
             raise ValueError("state= only applies when switching optimizer (run.set(optimizer=..., state='keep'))")
         self._check_live_batch(own.get("adaptive_batch", "off"), own.get("batch_size"))
+        self._check_batch_statistics(own.get("batch_size"))
         entry = optimizers[name]
         if switching:
             opt_params = _options(entry, rest)

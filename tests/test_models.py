@@ -208,7 +208,7 @@ def test_unknown_model_lists_valid_ones(moons):
     ({"width": 0}, ["width", "[1, inf)"]),
     ({"depth": -1}, ["depth", "[0, inf)"]),
     ({"activation": "swish"}, ["activation", "'relu'", "'tanh'"]),
-    ({"norm": "groupnorm"}, ["norm", "'batchnorm'", "'layernorm'"]),
+    ({"norm": "switchnorm"}, ["norm", "'batchnorm'", "'groupnorm'"]),
     ({"init": "lecun"}, ["init", "'kaiming'", "'orthogonal'"]),
     ({"dropout": 0.5}, ["dropout", "width", "depth"]),
 ])
@@ -223,7 +223,7 @@ def test_bad_model_options(moons, options, words):
 
 def test_unknown_norm_and_init_names():
     with pytest.raises(ValueError) as e:
-        norms["rmsnorm"]
+        norms["switchnorm"]
     assert all(n in str(e.value) for n in norms.names())
     with pytest.raises(ValueError) as e:
         inits["lecun"]

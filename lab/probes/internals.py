@@ -35,7 +35,7 @@ def scale_invariant_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
     """
     order: list[nn.Module] = []
     twin = copy.deepcopy(model).double()  # float64 and a tiny eps: invariance holds to rounding
-    x = x.double()
+    x = x.double() if x.is_floating_point() else x  # token ids stay integers
     for m in twin.modules():
         if isinstance(m, _NORMS):
             m.eps = 1e-12

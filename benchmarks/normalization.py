@@ -1,0 +1,104 @@
+"""What the normalization lab costs: (a) each norm written here against torch's LayerNorm on the same tensor.
+
+(a) Forward + backward (the gradient of the input and of every parameter) of PowerNorm, EvoNorm-B0,
+EvoNorm-S0 and RMSNorm2d against `nn.LayerNorm` over the same tensor's (C[, H, W]) axes, in training mode,
+for features (N, C) and feature maps (N, C, H, W). The weight-standardizing norms (WS + BCN, scaled WS)
+act on the layer before them, so theirs is "layer with standardized weight + its norm" against "the
+same plain layer + LayerNorm". Each pair runs in alternating chunks in one process (one torch thread);
+the ratio is the median over chunks. Target: <= 1.5x LayerNorm for every norm written here.
+
+Further parts (the coordinate check's time, the μ-Transfer sweep on all cores) come with the
+parametrization lab.
+
+    python benchmarks/normalization.py [--parts a] [--repeats 15] [--chunk 20]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from trainlab.norms import follow
+from trainlab.normlayers import EvoNormB0, EvoNormS0, PowerNorm, RMSNorm2d
+
+SHAPES = {"features (1024, 256)": (1024, 256), "maps (32, 32, 16, 16)": (32, 32, 16, 16)}
+
+
+def _fwd_bwd(module, x, gy):
+    def f():
+        y = module(x)
+        y.backward(gy)
+    return f
+
+
+def _chunked(fns: dict, repeats: int, chunk: int) -> dict[str, float]:
+    """Median seconds per call of each fn, run in alternating chunks (the order rotating)."""
+    times = {k: [] for k in fns}
+    names = list(fns)
+    for f in fns.values():  # warm-up
+        f()
+    for r in range(repeats):
+        for k in names[r % len(names):] + names[: r % len(names)]:
+            t = time.perf_counter()
+            for _ in range(chunk):
+                fns[k]()
+            times[k].append((time.perf_counter() - t) / chunk)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _layer(dims: int, c: int) -> nn.Module:
+    return nn.Linear(c, c) if dims == 1 else nn.Conv2d(c, c, 3, padding=1)
+
+
+def part_a(repeats: int, chunk: int) -> dict[str, float]:
+    print("\n(a) forward + backward against torch's LayerNorm on the same tensor, training mode")
+    ratios = {}
+    for label, shape in SHAPES.items():
+        dims, c = (1 if len(shape) == 2 else 2), shape[1]
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(shape, generator=g).requires_grad_()
+        gy = torch.randn(shape, generator=g)
+        ln = nn.LayerNorm(shape[1:])
+        ours = {"powernorm": PowerNorm(c), "evonorm_s0": EvoNormS0(c, groups=4)}
+        if dims == 2:
+            ours.update(evonorm_b0=EvoNormB0(c), rmsnorm2d=RMSNorm2d(c))
+        print(f"  {label}: LayerNorm", end="")
+        for name, module in ours.items():
+            t = _chunked({"ln": _fwd_bwd(ln, x, gy), name: _fwd_bwd(module, x, gy)}, repeats, chunk)
+            ratios[f"{name} {label}"] = t[name] / t["ln"]
+            print(f"\n    {name:12s} {t[name] * 1e6:8.0f} us   LayerNorm {t['ln'] * 1e6:8.0f} us   ratio {t[name] / t['ln']:.2f}",
+                  end="")
+        for name in ("ws_bcn", "scaled_ws"):
+            torch.manual_seed(0)
+            plain = nn.Sequential(_layer(dims, c), nn.LayerNorm(shape[1:]))
+            torch.manual_seed(0)
+            layer, norm = follow(name, _layer(dims, c), dims, "relu", "benchmark")
+            t = _chunked({"ln": _fwd_bwd(plain, x, gy), name: _fwd_bwd(nn.Sequential(layer, norm), x, gy)}, repeats, chunk)
+            ratios[f"{name} {label}"] = t[name] / t["ln"]
+            print(f"\n    {name:12s} {t[name] * 1e6:8.0f} us   layer+LN  {t['ln'] * 1e6:8.0f} us   ratio {t[name] / t['ln']:.2f}"
+                  "  (the layer included)", end="")
+        print()
+    worst = max(ratios, key=ratios.get)
+    print(f"  worst: {worst} at {ratios[worst]:.2f}x (target <= 1.5x)")
+    return ratios
+
+
+PARTS = {"a": part_a}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--parts", default="".join(PARTS), help="which parts to run")
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--chunk", type=int, default=20)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    if "a" in args.parts:
+        part_a(args.repeats, args.chunk)
+
+
+if __name__ == "__main__":
+    main()

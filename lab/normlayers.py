@@ -1,0 +1,231 @@
+"""Normalization layers torch does not have, written here from their papers' equations.
+
+Layouts: features (N, C), or feature maps (N, C, H, W); the statistics' axes follow from x.ndim.
+PowerNorm and EvoNorm are norm layers; weight standardization (WS, and the scaled WS of
+normalizer-free networks) acts on the weight of the Linear/Conv before the norm's place, so it is a
+layer class of its own (`WSLinear`, `WSConv2d`): the same parameters under the same names (per-layer
+probes, pruning masks and checkpoints see `fc1.weight` as before), the weight standardized in forward.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def _axes(x: torch.Tensor) -> list[int]:
+    """The batch axis and the positions: what a per-channel (batch) statistic reduces over."""
+    return [0, *range(2, x.ndim)]
+
+
+def _per_channel(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A (C,) vector shaped to broadcast against x's channel axis."""
+    return t.view(1, -1, *([1] * (x.ndim - 2)))
+
+
+def check_groups(groups: int, channels: int, what: str) -> None:
+    if channels % groups:
+        divisors = [d for d in range(1, channels + 1) if channels % d == 0]
+        raise ValueError(f"groups={groups} rejected for {what}: it must divide the {channels} channels; "
+                         f"allowed: {', '.join(map(str, divisors))}")
+
+
+class RMSNorm2d(nn.Module):
+    """RMSNorm over channels and positions together with a gain per channel: the feature-map form of
+    nn.RMSNorm, which needs (C, H, W) fixed at build time (as LayerNorm's entry uses GroupNorm(1, C))."""
+
+    def __init__(self, features: int, eps: float | None = None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, x.shape[1:], eps=self.eps) * _per_channel(self.weight, x)
+
+
+class _PowerNormFunction(torch.autograd.Function):
+    """PowerNorm's training step (Shen et al. 2020, Algorithm 1) with the paper's approximate backward.
+
+    Forward: X̂ = X / ψ_{t-1}, Y = γ X̂ + β, ψ_t² = α ψ_{t-1}² + (1-α) mean_B(X²).
+    Backward: ∂L/∂X = (γ ∂L/∂Y - ν_{t-1} X̂) / ψ_{t-1}, ν_t = ν_{t-1}(1 - (1-α)Γ) + (1-α)Λ,
+    Γ = mean_B(X̂ X̂), Λ = mean_B(∂L/∂X̂ X̂). The ν term stands in for the gradient through the
+    running statistic, which autograd cannot see (it was computed at earlier steps).
+    Per-channel factors are folded so that each pass over the tensor does one job (X̂ is never stored:
+    Γ = mean_B(X²)/ψ², Λ = γ mean_B(∂L/∂Y X)/ψ): a third of the passes of the written-out formula.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, module):
+        axes = _axes(x)
+        n = x.numel() // x.shape[1]
+        inv = (module.running_psi2 + module.eps).rsqrt()  # 1 / ψ_{t-1}
+        y = torch.addcmul(_per_channel(bias, x), x, _per_channel(inv * weight, x))
+        sq = torch.linalg.vector_norm(x, dim=axes).square_() / n  # ψ_B², one pass
+        with torch.no_grad():
+            module.running_psi2.mul_(module.alpha).add_(sq, alpha=1 - module.alpha)
+        ctx.save_for_backward(x, inv, weight, sq)
+        ctx.module, ctx.axes, ctx.n = module, axes, n
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, inv, weight, sq = ctx.saved_tensors
+        m, axes, n = ctx.module, ctx.axes, ctx.n
+        nu = m.running_nu
+        gyx = (gy * x).sum(axes)  # Σ ∂L/∂Y X: γ's gradient and Λ from one pass
+        gx = torch.addcmul(gy * _per_channel(weight * inv, gy), x, _per_channel(-nu * inv * inv, gy))
+        gamma, lam = sq * inv * inv, weight * inv * gyx / n
+        nu.mul_(1 - (1 - m.alpha) * gamma).add_((1 - m.alpha) * lam)
+        return gx, gyx * inv, gy.sum(axes), None
+
+
+class PowerNorm(nn.Module):
+    """Power normalization (Shen et al. 2020): no centering, a running quadratic mean ψ² instead of the
+    batch's statistics, and an approximate backward. Eval: Y = γ X / ψ + β. (The paper's optional group
+    scaling before it is left out.)"""
+
+    batch_statistics = False  # the running mean is fed by batches, but one example is a valid batch
+
+    def __init__(self, features: int, alpha: float = 0.9, eps: float = 1e-5):
+        super().__init__()
+        self.alpha, self.eps = alpha, eps
+        self.weight = nn.Parameter(torch.ones(features))
+        self.bias = nn.Parameter(torch.zeros(features))
+        self.register_buffer("running_psi2", torch.ones(features))  # ψ²
+        self.register_buffer("running_nu", torch.zeros(features))  # ν, the backward's running estimate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and torch.is_grad_enabled():
+            return _PowerNormFunction.apply(x, self.weight, self.bias, self)
+        if self.training:  # a no-grad forward in training still moves ψ
+            with torch.no_grad():
+                out = x * _per_channel((self.running_psi2 + self.eps).rsqrt(), x)
+                self.running_psi2.mul_(self.alpha).add_(x.square().mean(_axes(x)), alpha=1 - self.alpha)
+        else:
+            out = x * _per_channel((self.running_psi2 + self.eps).rsqrt(), x)
+        return out * _per_channel(self.weight, x) + _per_channel(self.bias, x)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.numel()}, alpha={self.alpha}, eps={self.eps}"
+
+
+class EvoNormB0(nn.Module):
+    """EvoNorm-B0 (Liu et al. 2020), a normalization-activation layer for feature maps:
+    y = x / max(sqrt(s²_b(x) + ε), v₁ x + sqrt(s²_{h,w}(x) + ε)) γ + β, with s²_b the batch variance of
+    each channel (a moving average of it in eval, as BatchNorm) and s²_{h,w} each example's variance
+    over positions."""
+
+    batch_statistics = True
+
+    def __init__(self, features: int, momentum: float = 0.1, eps: float = 1e-5):
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.weight = nn.Parameter(torch.ones(features))
+        self.bias = nn.Parameter(torch.zeros(features))
+        self.v1 = nn.Parameter(torch.ones(features))
+        self.register_buffer("running_var", torch.ones(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            var = x.var(_axes(x), unbiased=False)
+            with torch.no_grad():
+                self.running_var.lerp_(var.detach(), self.momentum)
+        else:
+            var = self.running_var
+        inst = x.var(list(range(2, x.ndim)), unbiased=False, keepdim=True)
+        den = torch.maximum(_per_channel((var + self.eps).sqrt(), x),
+                            torch.addcmul((inst + self.eps).sqrt(), x, _per_channel(self.v1, x)))
+        return torch.addcmul(_per_channel(self.bias, x), x / den, _per_channel(self.weight, x))
+
+
+class EvoNormS0(nn.Module):
+    """EvoNorm-S0 (Liu et al. 2020), batch-independent: y = x σ(v₁ x) / sqrt(s²_{g}(x) + ε) γ + β, with
+    s²_g each example's variance over its group of channels (and positions)."""
+
+    batch_statistics = False
+
+    def __init__(self, features: int, groups: int = 4, eps: float = 1e-5):
+        super().__init__()
+        check_groups(groups, features, "evonorm_s0")
+        self.groups, self.eps = groups, eps
+        self.weight = nn.Parameter(torch.ones(features))
+        self.bias = nn.Parameter(torch.zeros(features))
+        self.v1 = nn.Parameter(torch.ones(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        var = x.reshape(n, self.groups, -1).var(-1, unbiased=False, keepdim=True)
+        num = x * torch.sigmoid(x * _per_channel(self.v1, x))
+        out = (num.reshape(n, self.groups, -1) * (var + self.eps).rsqrt()).reshape(x.shape)
+        return torch.addcmul(_per_channel(self.bias, x), out, _per_channel(self.weight, x))
+
+
+def activation_gain(activation: str) -> float:
+    """γ = 1 / std(g(z)) for z ~ N(0, 1): what keeps a scaled-WS layer's output variance at one through
+    the nonlinearity g (Brock et al. 2021a; ReLU's closed form sqrt(2 / (1 - 1/π)))."""
+    if activation == "relu":
+        return math.sqrt(2.0 / (1.0 - 1.0 / math.pi))
+    if activation == "linear":
+        return 1.0
+    g = {"tanh": torch.tanh, "gelu": F.gelu}[activation]
+    z, w = np.polynomial.hermite_e.hermegauss(200)  # Gauss quadrature for the weight exp(-z²/2)
+    w = w / w.sum()
+    y = g(torch.as_tensor(z, dtype=torch.float64)).numpy()
+    return float(1.0 / math.sqrt(w @ y**2 - (w @ y) ** 2))
+
+
+class _Standardized:
+    """The layer's weight standardized per output unit over its fan-in at every forward.
+
+    WS (Qiao et al. 2019): Ŵ = (W - μ) / sqrt(σ² + ε).
+    Scaled WS (Brock et al. 2021): Ŵ = g γ (W - μ) / (σ sqrt(N)), N the fan-in, g a learned gain per
+    output unit, γ the activation's gain; sqrt(N σ²) is floored at sqrt(ε) as in the NFNet code.
+    """
+
+    def standardize(self, scaled: bool, gamma: float = 1.0, eps: float | None = None) -> None:
+        self.scaled, self.gamma = scaled, gamma
+        self.ws_eps = (1e-4 if scaled else 1e-5) if eps is None else eps
+        self.fan_in = self.weight[0].numel()
+        if scaled:
+            self.gain = nn.Parameter(torch.ones(self.weight.shape[0], device=self.weight.device))
+
+    def standardized_weight(self) -> torch.Tensor:
+        w = self.weight
+        dims = list(range(1, w.ndim))
+        var, mean = torch.var_mean(w, dims, unbiased=False, keepdim=True)
+        if self.scaled:
+            scale = (var * self.fan_in).clamp_min(self.ws_eps).rsqrt() * (self.gamma * self.gain).view(-1, *[1] * len(dims))
+        else:
+            scale = (var + self.ws_eps).rsqrt()
+        return (w - mean) * scale
+
+    def extra_repr(self) -> str:
+        kind = f"scaled WS, gamma={self.gamma:.4f}" if self.scaled else "WS"
+        return f"{super().extra_repr()}, {kind}"
+
+
+class WSLinear(_Standardized, nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.standardized_weight(), self.bias)
+
+
+class WSConv2d(_Standardized, nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.standardized_weight(), self.bias)
+
+
+_WS = {nn.Linear: WSLinear, nn.Conv2d: WSConv2d}
+
+
+def standardized(layer: nn.Module, scaled: bool, gamma: float = 1.0) -> nn.Module:
+    """`layer` (a Linear or Conv2d) with its weight standardized from now on: the same module and
+    parameters, its class switched (no copy, no new random draws), plus the gain of scaled WS."""
+    cls = _WS.get(type(layer))
+    if cls is None:
+        raise ValueError(f"weight standardization applies to a Linear or Conv2d layer, not {type(layer).__name__}")
+    layer.__class__ = cls
+    layer.standardize(scaled, gamma)
+    return layer
