@@ -107,3 +107,22 @@ def test_the_variance_collapses_without_the_rescaling_and_stays_flat_with_it():
     rescaled = P.activation_variance(_pruned(model, "eoc"), x)
     assert all(q / 1.5 < rescaled[k] < 1.5 * q for k in hidden[3:])  # past the first layers' approach to q*
     assert all(plain[k] < q / 5 for k in hidden[2:])
+
+
+def test_a_run_publishes_the_activation_variance_before_and_after_its_pruning():
+    import trainlab
+    from trainlab.prune.masks import load_state
+
+    spec = {"method": "random", "sparsity": 0.9, "scope": "layer", "rescale": "eoc"}
+    run = trainlab.Run(model=("mlp", {"width": 64, "depth": 4}), data="digits", seed=0, probes=[], pruning=spec)
+    run.step(10)
+    step, snap = run.history.snapshot("activation_variance")
+    x = run.data.fixed_sample(256, run.seed, run.device)[0]  # the calibration batch the run measures on
+    model = copy.deepcopy(run.model)
+    load_state(model, run.initial_state)  # the dense initial weights, no masks
+    before = P.activation_variance(model, x)
+    P.Sparsifier(model, **spec).apply()
+    after = P.activation_variance(model, x)
+    assert step == 10 and snap["layers"] == list(before)
+    np.testing.assert_allclose(snap["before"], [before[k] for k in snap["layers"]], rtol=1e-5)
+    np.testing.assert_allclose(snap["after"], [after[k] for k in snap["layers"]], rtol=1e-5)

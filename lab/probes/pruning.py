@@ -40,7 +40,7 @@ class SparsityProbe(Probe):
         super().__init__(every)
         if bins < 2:
             raise ValueError(f"bins must be >= 2, got {bins}")
-        self.bins, self._seen, self._variance = bins, 0, None
+        self.bins, self._seen, self._variance = bins, (0, 0), None
 
     def before(self, run: Run) -> None:
         if run.pruning_state is not None:
@@ -62,7 +62,7 @@ class SparsityProbe(Probe):
             if pruning.pruned_norm is not None:
                 out["pruned_grad_norm"], pruning.pruned_norm = pruning.pruned_norm, None
             out["collapsed_layers"] = pruning.collapsed
-            updates = pruning.sparsifier.updates
+            updates = (pruning.sparsifier.updates, pruning.repairs)
             if updates != self._seen and pruning.churn is not None:
                 out["mask_churn"] = pruning.churn
             self._seen = updates

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .masks import Masked, remove_masks
+from .masks import Masked, masks, remove_masks, set_mask
 from .rescale import activation_variance
 from .sparsifier import Sparsifier, as_sparsifier
 
@@ -34,6 +34,7 @@ class Pruning:
         self.collapsed = 0               # layers keeping < 1 % of their weights after the newest update
         self.dense: dict[str, torch.Tensor] | None = None  # the prunable weights right before the newest pruning
         self.variance: tuple[int, dict] | None = None  # (step, per-layer activation variance before/after it)
+        self.repairs = 0                 # repairs applied (`apply_repair`): mask updates of their own
 
     @classmethod
     def of(cls, run: Run, spec: Any) -> Pruning | None:
@@ -78,6 +79,28 @@ class Pruning:
         if collapsed:  # the failure of pruning at init made visible: a layer that keeps (almost) nothing
             note += "; LAYER COLLAPSE: " + ", ".join(f"{k} keeps {100 * v:.2g} %" for k, v in collapsed.items())
         self.collapsed = len(collapsed)
+        run.note(note)
+
+    def apply_repair(self, run: Run, seen: dict[str, torch.Tensor], new: dict[str, torch.Tensor], note: str) -> None:
+        """Repaired masks onto the live run; call inside `run.between_steps()`. Refused, the run untouched, when its
+        masks are no longer the `seen` ones the repair started from. Regrown weights take their values from before
+        the newest pruning (`dense`), as DSnoT's do; the others keep their trained values."""
+        now = masks(run.model)
+        if run.pruning_state is not self or set(now) != set(seen) or any(not torch.equal(now[k], v)
+                                                                          for k, v in seen.items()):
+            raise ValueError("repair not applied: the masks changed while it ran (the schedule pruned, or the "
+                             "pruning was changed or reset); the run trains on as it was: repair again")
+        params = dict(run.model.named_parameters())
+        changed = 0
+        with torch.no_grad():
+            for k, keep in new.items():
+                grown = keep & ~seen[k]
+                params[k].copy_(torch.where(grown, self.dense[k].to(params[k].dtype), params[k].detach()))
+                changed += int((keep != seen[k]).sum())
+                set_mask(run.model, k, keep)
+        total = sum(v.numel() for v in now.values())
+        self.churn, self.repairs = changed / total, self.repairs + 1
+        self.refresh(run)  # momentum and Adam state at 0 where pruned, as after any mask update
         run.note(note)
 
     def grads(self, run: Run) -> None:
