@@ -26,6 +26,7 @@ LANDSCAPE, LINE = "landscape", "landscape/line"
 INTRINSIC = "intrinsic"
 RANGE_TEST = "lr_range_test"
 COMPACT = "compact_preview"
+REPAIR = "prune_repair"
 
 
 def compute(fn: Callable[..., Any], run: Run, *, progress: bool | Progress = True, **options) -> dict[str, Any]:
@@ -153,6 +154,75 @@ def compact_preview(run: Run, *, progress: bool | Progress = True, ratio: float 
                       "latency": r.latency, "latency_dense": r.latency_dense, "latency_ratio": r.latency_ratio,
                       "unstructured": {"params": u.params, "zeros": u.zeros, "sparsity": u.sparsity,
                                        "speedup": u.speedup}}}
+
+
+REPAIR_APPLY = ("better", "always", "never")
+
+
+def repair(run: Run, *, progress: bool | Progress = True, cycles: int = 50, apply: str = "better") -> dict[str, Any]:
+    """DSnoT-style repair (`trainlab.prune.repair`) of the run's pruned Linear layers, against their weights right
+    before the newest pruning, on a copy: the expected reconstruction error per layer, the calibration loss and the
+    outputs' error against those weights, before and after. Then the repaired masks go to the live run between
+    two steps: `apply="better"` only if the calibration loss fell (DSnoT shrinks its expected error, which is not
+    the loss), "always", or "never" (a preview). Refused, the run as it was, if its masks changed meanwhile; a
+    cancelled repair changes nothing."""
+    import copy
+
+    import torch
+
+    from .functional import eval_mode
+    from .jobs import Cancelled
+    from .prune.masks import masks, remove_masks
+    from .prune.repair import repair as dsnot
+    from .prune.runtime import CALIBRATION
+
+    if apply not in REPAIR_APPLY:
+        raise ValueError(f"apply={apply!r} rejected: one of {', '.join(map(repr, REPAIR_APPLY))}")
+    p = as_progress(progress, 3, "repairing the masks (DSnoT)")
+    with run.between_steps():  # the model, its masks and the weights before the pruning, all of one moment
+        pruning = run.pruning_state
+        if pruning is None or not masks(run.model):
+            raise ValueError("repair needs a pruned run: turn pruning on first")
+        if pruning.dense is None:
+            raise ValueError("repair needs the weights from right before the pruning, which the run keeps from its "
+                             "newest pruning in this session (a loaded run has none): prune again, then repair")
+        if pruning.sparsifier.beta:
+            raise ValueError("repair waits for the mask decay to end (β > 0: the pruned weights still count)")
+        model, dense = copy.deepcopy(run.model), {k: v.clone() for k, v in pruning.dense.items()}
+        seen = {k: v.clone() for k, v in masks(run.model).items()}
+        copied = run.steps
+    x, y = run.data.fixed_sample(CALIBRATION, run.seed, run.device)
+    reference = copy.deepcopy(model)  # the weights before the pruning, unmasked
+    remove_masks(reference)
+    reference.load_state_dict({**reference.state_dict(), **dense})
+
+    def measure(m):
+        with torch.no_grad(), eval_mode(m), eval_mode(reference):
+            out = m(x)
+            return float(run.loss_fn(out, y)), float((out - reference(x)).pow(2).mean())
+
+    loss_before, mse_before = measure(model)
+    p.update()
+    ratio = dsnot(model, dense, x, cycles=cycles)
+    p.update()
+    if not ratio:
+        raise ValueError("repair works on pruned nn.Linear layers (DSnoT's setting); this run prunes none")
+    loss_after, mse_after = measure(model)
+    new = {k: v.clone() for k, v in masks(model).items() if k in ratio}
+    swapped = sum(int((new[k] & ~seen[k]).sum()) for k in new)
+    result = {"step": copied, "layers": list(ratio), "error_ratio": np.array(list(ratio.values())),
+              "loss_before": loss_before, "loss_after": loss_after, "mse_before": mse_before, "mse_after": mse_after,
+              "swapped": swapped, "applied": False, "apply": apply}
+    if p.cancelled:
+        raise Cancelled("repair cancelled: nothing applied")
+    if apply == "always" or (apply == "better" and loss_after < loss_before):
+        note = (f"repair (DSnoT): {swapped} weights regrown and as many pruned; calibration loss "
+                f"{loss_before:.4g} -> {loss_after:.4g} (computed at step {copied})")
+        with run.between_steps():
+            pruning.apply_repair(run, seen, new, note)
+        result["applied"] = True
+    p.update()
+    return {REPAIR: result}
 
 
 # ---- normalization ------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ This file holds the settings and the thread API. How one step is taken for each 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -534,6 +535,13 @@ class Run(param.Parameterized):
     def initial_state(self) -> dict[str, torch.Tensor]:
         """The model's state dict at step 0 (what reset() returns to): the start of interpolations and subspaces."""
         return self._initial_state
+
+    @contextlib.contextmanager
+    def between_steps(self):
+        """Hold the run between two steps for the block (a training thread waits at its next step): to read or
+        change the model as a whole from another thread, as `rollback` and `live.repair` do."""
+        with self._lock:
+            yield self
 
     def model_copy(self) -> nn.Module:
         """A copy of the model between two steps, for analyses that run beside training (eval mode kept as is)."""

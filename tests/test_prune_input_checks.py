@@ -30,6 +30,13 @@ BAD = [
     ({"schedule": "cubic"}, ["unknown pruning schedule 'cubic'", "oneshot", "gradual"]),
     ({"schedule": ("imp", {"period": 10, "rewind": 10})}, ["rewind=10", "period=10"]),
     ({"method": ("random", {"seed": -1})}, ["seed=-1"]),
+    ({"schedule": ("mask_decay", {"at": 50, "end": 50})}, ["end=50", "at=50"]),
+    ({"schedule": "mask_decay"}, ["schedule 'mask_decay'", "pattern='nm'", "pattern='unstructured'"]),
+    ({"method": "random", "pattern": "nm", "n": 1, "m": 2, "schedule": "mask_decay"},
+     ["method='random'", "'mask_decay'", "method='magnitude'"]),
+    ({"rescale": "variance"}, ["unknown rescaling 'variance'", "norm", "eoc"]),
+    ({"rescale": ("eoc", {"activation": "swish"})}, ["activation", "swish"]),
+    ({"rescale": 2}, ["rescale=2", "True (= 'norm')"]),
     (42, ["pruning=42", "method name"]),
 ]
 

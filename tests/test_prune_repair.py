@@ -59,3 +59,19 @@ def test_repair_of_a_pruned_model():
         assert (w[~keep] == 0).all()
         grown = keep & ~before[k]
         assert grown.any() and torch.equal(w[grown], dense[k][grown])
+
+
+def test_the_live_repair_refuses_what_it_cannot_do():
+    import pytest
+    from conftest import small_run
+
+    from trainlab import live
+
+    run = small_run()
+    with pytest.raises(ValueError, match="needs a pruned run"):
+        live.repair(run, progress=False)
+    run = small_run(pruning={"sparsity": 0.5, "scope": "layer"})
+    with pytest.raises(ValueError, match="apply='maybe' rejected: one of 'better', 'always', 'never'"):
+        live.repair(run, progress=False, apply="maybe")
+    r = live.repair(run, progress=False, apply="never")[live.REPAIR]  # a preview: the run's masks untouched
+    assert not r["applied"] and r["layers"] == ["fc1.weight", "out.weight"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy.testing as npt
 import pytest
+import torch
 from conftest import wait_until
 
 import trainlab
@@ -54,6 +55,12 @@ def test_turning_on_and_moving_the_slider_prune_the_run(run):
     assert P.sparsity(run.model)["global"] == pytest.approx(0.6, abs=1e-3)  # counted from the weights
     assert panel.measured.data[panel.measured_name][-1] == pytest.approx(0.6, abs=1e-3)
     assert set(panel.per_layer.data) == {"step", "fc1", "fc2", "out"}
+    assert panel.mask_measured.data[panel.mask_name][-1] == pytest.approx(0.6, abs=1e-3)  # the masks agree
+    # the pre-activation variance per layer right before and after the pruning: the probe's snapshot, drawn
+    _, snap = run.history.snapshot("activation_variance")
+    assert list(panel.variance.data["name"]) == snap["layers"] == ["fc1", "fc2", "out"]
+    npt.assert_allclose(panel.variance.data["after"], snap["after"])
+    assert (snap["after"] < snap["before"]).all()  # pruning without a rescaling shrinks every layer's variance
     # the histogram's columns are the ones its figure draws, and they count every surviving weight
     drawn = {r.glyph.y for r in panel.surviving_figure.renderers}
     assert drawn == {"fc1", "fc2", "out"} and drawn <= set(panel.surviving.data)
@@ -125,3 +132,97 @@ def test_compact_preview_publishes_its_table(run):
     assert table["compact"][0] == f"{ref.params:,}" and table["dense"][0] == f"{ref.params_dense:,}"
     assert r["latency"] > 0 and r["latency_dense"] > 0
     assert "latency" in panel.slots["compact"].status.object and "Unstructured zeros" in panel.compact_note.object
+
+
+def _pruned_run():
+    r = trainlab.Run(model=("mlp", {"width": 32}), data="digits", lr=0.1, momentum=0.9, seed=0, probes=[])
+    r.step(150)
+    r.set(pruning={"method": "magnitude", "sparsity": 0.8, "scope": "layer", "schedule": "oneshot"})
+    r.step(1)
+    return r
+
+
+def _state(run):
+    return {k: v.clone() for k, v in run.model.state_dict().items()}
+
+
+def test_repair_is_one_click_and_reaches_the_run_between_steps():
+    import copy
+
+    from trainlab.prune.repair import repair as dsnot
+
+    run = _pruned_run()
+    panel = PruningPanel(run)
+    panel.repair_control.widget.value = "always"
+    # the reference: DSnoT on a copy of the same moment, against the weights kept from right before the pruning
+    ref, dense = copy.deepcopy(run.model), run.pruning_state.dense
+    x = run.data.fixed_sample(256, run.seed, run.device)[0]
+    ratio = dsnot(ref, dense, x)
+    before = {k: v.clone() for k, v in P.masks(run.model).items()}
+    panel.repair_button.clicks += 1
+    assert panel.slots["repair"].running or panel.slots["repair"].job.done
+    wait_until(lambda: (panel.feed.tick(), not panel.slots["repair"].running)[1], 60, "the repair")
+    panel.feed.tick()
+    _, r = run.history.snapshot(live.REPAIR)
+    assert r["applied"] and r["layers"] == list(ratio)
+    npt.assert_allclose(r["error_ratio"], list(ratio.values()))
+    live_w = dict(run.model.named_parameters())
+    for k, keep in P.masks(run.model).items():
+        assert torch.equal(keep, P.masks(ref)[k]), k                      # the repaired masks, on the live run
+        grown = keep & ~before[k]
+        assert grown.any() and torch.equal(live_w[k].detach()[grown], dense[k][grown])  # regrown at their values
+        assert (live_w[k].detach()[~keep] == 0).all()
+    status = panel.slots["repair"].status.object
+    assert "calibration loss" in status and "applied" in status and "×" in status
+    run.step(1)
+    assert "repair (DSnoT)" in run.history.frame()["event"].dropna().iloc[-1]
+    assert P.sparsity(run.model)["global"] == pytest.approx(0.8, abs=1e-3)  # each row keeps its count
+
+
+def test_repair_by_default_only_if_the_loss_fell():
+    run = _pruned_run()
+    panel = PruningPanel(run)
+    kept = _state(run)
+    job = panel.repair()
+    job.wait(60)
+    _, r = run.history.snapshot(live.REPAIR)
+    assert r["apply"] == "better" and r["applied"] == (r["loss_after"] < r["loss_before"])
+    if not r["applied"]:
+        assert all(torch.equal(v, kept[k]) for k, v in run.model.state_dict().items())
+        panel.feed.tick()
+        assert "not applied: the loss rose" in panel.slots["repair"].status.object
+
+
+@pytest.mark.parametrize("interrupt", ["masks changed", "cancelled"])
+def test_a_refused_or_cancelled_repair_leaves_the_run_as_it_was(monkeypatch, interrupt):
+    import sys
+    import threading
+
+    R = sys.modules["trainlab.prune.repair"]  # the module (trainlab.prune.repair, the attribute, is its function)
+
+    run = _pruned_run()
+    panel = PruningPanel(run)
+    panel.repair_apply = "always"
+    started, go, dsnot = threading.Event(), threading.Event(), R.repair
+
+    def held(*a, **kw):  # the repair computed while the test changes the run or cancels
+        started.set()
+        go.wait(30)
+        return dsnot(*a, **kw)
+
+    monkeypatch.setattr(R, "repair", held)
+    job = panel.repair()
+    assert started.wait(30)
+    if interrupt == "masks changed":
+        run.set(sparsity=0.9)  # a new final sparsity: the schedule prunes again before the next step
+        run.step(1)
+    else:
+        panel.slots["repair"].cancel()
+    kept = _state(run)
+    go.set()
+    wait_until(lambda: job.done, 60, "the repair job")
+    assert all(torch.equal(v, kept[k]) for k, v in run.model.state_dict().items())  # nothing applied
+    panel.feed.tick()
+    status = panel.slots["repair"].status.object
+    assert ("masks changed while it ran" in status) if interrupt == "masks changed" else ("cancelled" in status)
+    assert run.step(2) == 2

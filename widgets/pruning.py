@@ -14,7 +14,7 @@ from bokeh.palettes import Category10_10
 from trainlab import Run, live
 from trainlab import prune as P
 from trainlab.probes import SparsityProbe
-from trainlab.probes.pruning import SURVIVING
+from trainlab.probes.pruning import SURVIVING, VARIANCE
 from trainlab.prune.sparsifier import PATTERNS, SCOPES
 
 from . import plots
@@ -51,6 +51,14 @@ def _histogram(snap: dict | None) -> dict[str, np.ndarray]:
     return {"x": (edges[:-1] + edges[1:]) / 2, **{k: np.asarray(v, float) for k, v in snap["counts"].items()}}
 
 
+def _variance(snap: dict | None) -> dict[str, Any]:
+    """The activation-variance snapshot as columns: layer position, name, variance before and after the pruning."""
+    if not snap:
+        return {"layer": _EMPTY, "name": [], "before": _EMPTY, "after": _EMPTY}
+    return {"layer": np.arange(1, len(snap["layers"]) + 1), "name": list(snap["layers"]),
+            "before": np.asarray(snap["before"], float), "after": np.asarray(snap["after"], float)}
+
+
 def _ms(seconds: float) -> str:
     return f"{1000 * seconds:.3g} ms"
 
@@ -77,9 +85,13 @@ class PruningPanel(LabPanel):
     plan from `trainlab.prune.preview`, and the probe's histogram of the surviving weights. "Compact" previews
     the model with whole channels removed
     (`live.compact_preview`: `Compactor(run.model_copy()).preview(ratio)`, then latency measured against
-    the dense model) as a job.
+    the dense model) as a job. "Repair" runs `live.repair` (DSnoT-style, training-free) as a job: the repaired
+    masks reach the run between two steps, if the calibration loss fell (or always, as `repair_apply` says).
     """
 
+    repair_apply = param.Selector(default="better", objects=list(live.REPAIR_APPLY),
+                                  doc="when Repair hands its masks to the run: if the calibration loss fell, always, "
+                                      "or never (a preview)")
     compact_ratio = param.Number(0.5, bounds=(0, 1), inclusive_bounds=(True, False), softbounds=(0, 0.9), step=0.05,
                                  doc="fraction of each hidden layer's channels (neurons) removed by compaction")
 
@@ -115,6 +127,12 @@ class PruningPanel(LabPanel):
         self.compact_note = pn.pane.Markdown("", sizing_mode="stretch_width")
         self.compact_source = self.feed.snapshot(live.COMPACT, self._receive, None)
 
+        # repair: one click, a job that hands its masks to the run between two steps
+        self.repair_button = pn.widgets.Button(label="Repair (DSnoT)", color="primary", width=130)
+        self.repair_button.on_click(lambda e: self.repair())
+        self.repair_control = self.control("repair_apply")
+        repair_slot = self.job_slot("repair", "Repair", [self.repair_button], describe=self._describe_repair)
+
         self.figures = self._figures()
         self.feed.on_tick(self._tick)
         self._tick()
@@ -122,6 +140,7 @@ class PruningPanel(LabPanel):
             [pn.pane.Markdown("### Pruning"), self.toggle, self.state,
              *(self.controls[n].widget for n in ("method", "scope", "allocation", "pattern", "n", "m", "sparsity",
                                                   "schedule")), self._options, self.collapse,
+             pn.pane.Markdown("### Repair without training"), self.repair_control.widget, repair_slot.panel(),
              pn.pane.Markdown("### Compact: remove whole channels"), self.ratio_control.widget, slot.panel(),
              self.table, self.compact_note],
             self.figures)
@@ -134,7 +153,7 @@ class PruningPanel(LabPanel):
         layers = {k: v for k, v in cols.items() if k.startswith("sparsity/")}
         self.measured_name = cols["sparsity"]
 
-        self.preview_source = ColumnDataSource({"step": _EMPTY, "sparsity": _EMPTY})
+        self.preview_source = ColumnDataSource({"step": _EMPTY, "sparsity": _EMPTY, "beta": _EMPTY})
         self._preview_key: tuple | None = None
         self.measured = feed.source({"sparsity": self.measured_name}, sparse=True)
         self._now = Span(location=run.steps, dimension="height", line_color="#555555", line_dash="dashed")
@@ -142,7 +161,14 @@ class PruningPanel(LabPanel):
         plan.line("step", "sparsity", source=self.preview_source, color="#999999", line_width=2, line_dash="dotted",
                   legend_label="planned")
         plan.line("step", self.measured_name, source=self.measured, color=plots.TRAIN, line_width=2,
-                  legend_label="measured")
+                  legend_label="measured (weights)")
+        # a mask decay: the masks' sparsity is planned, the weights' own zeros wait for β to reach 0
+        self.mask_name = cols["mask_sparsity"]
+        self.mask_measured = feed.source({"mask_sparsity": self.mask_name}, sparse=True)
+        plan.line("step", self.mask_name, source=self.mask_measured, color="#ff7f0e", line_width=1.5,
+                  line_dash="dashed", legend_label="measured (masks)")
+        plan.line("step", "beta", source=self.preview_source, color="#2ca02c", line_width=1.5, line_dash="dotdash",
+                  legend_label="β (mask decay)")
         plan.add_layout(self._now)
         plots.legend(plan, "bottom_right")
         self.hint(plan, self.preview_source, "turn pruning on: its plan is drawn ahead here")
@@ -167,13 +193,23 @@ class PruningPanel(LabPanel):
         self.surviving_figure = hist
         self.hint(hist, self.surviving, "turn pruning on: its probe draws it")
 
+        self.variance = feed.snapshot(VARIANCE, _variance, None)
+        var = plots.figure("Activation variance per layer, at the newest pruning", "layer", "variance", log_y=True,
+                           tooltips=[("layer", "@name"), ("before", "@before"), ("after", "@after")])
+        var.line("layer", "before", source=self.variance, color="#999999", line_width=2, legend_label="before")
+        var.scatter("layer", "before", source=self.variance, color="#999999", size=6)
+        var.line("layer", "after", source=self.variance, color=plots.VAL, line_width=2, legend_label="after")
+        var.scatter("layer", "after", source=self.variance, color=plots.VAL, size=6)
+        plots.legend(var, "bottom_left")
+        self.hint(var, self.variance, "at each pruning: pre-activation variance through depth (rescale keeps it)")
+
         y, label = ("val_acc", "validation accuracy") if run.data.task == "classification" else ("val_loss",
                                                                                                   "validation loss")
         self.quality = feed.source({"sparsity": "sparsity", y: y}, sparse=True)
         quality = plots.figure(f"{label.capitalize()} against sparsity", "sparsity", label)
         quality.scatter("sparsity", y, source=self.quality, color=plots.VAL, size=5, alpha=0.6)
         self.hint(quality, self.quality, f"turn pruning on: a point per validation (every {run.eval_every} steps)")
-        return [plan, per, churn, hist, quality]
+        return [plan, per, churn, hist, var, quality]
 
     def _receive(self, snap: dict | None) -> dict[str, list]:
         """A compact preview arrived (on the UI's tick): its table; the carrier source holds the ratio."""
@@ -300,6 +336,24 @@ class PruningPanel(LabPanel):
         return (f"Ratio {r['ratio']:g}: {r['params'] / r['params_dense']:.2f}× the parameters, "
                 f"latency {r['latency_ratio']:.2f}× dense (median of interleaved pairs, batch {r['batch']}).")
 
+    # ---- repair -------------------------------------------------------------------------------
+    def repair(self):
+        """DSnoT-style repair of the run's masks (`live.repair`) as a job; its masks reach the run between two steps."""
+        return self.run_job(live.repair, "repair", apply=self.repair_apply)
+
+    @staticmethod
+    def _describe_repair(job) -> str:
+        r = job.result.get(live.REPAIR) if job.result else None
+        if r is None:
+            return "No result."
+        ratios = ", ".join(f"{k.rsplit('.', 1)[0]} ×{v:.2g}" for k, v in zip(r["layers"], r["error_ratio"]))
+        verdict = (f"applied: {r['swapped']} weights regrown and as many pruned" if r["applied"] else
+                   "not applied: the loss rose (set 'always' to apply it anyway)" if r["apply"] == "better" else
+                   "not applied (a preview)")
+        return (f"Repair at step {r['step']}: expected reconstruction error {ratios}; calibration loss "
+                f"{r['loss_before']:.4g} → {r['loss_after']:.4g}; output error against the weights before the "
+                f"pruning {r['mse_before']:.4g} → {r['mse_after']:.4g}. {verdict}.")
+
     # ---- ticks ------------------------------------------------------------------------------
     def _horizon(self, start: int) -> int:
         """Steps the plan is drawn over: past its last declared step, doubled when the run gets near the end."""
@@ -351,10 +405,12 @@ class PruningPanel(LabPanel):
             key = (repr(spec), start, steps)
             if key != self._preview_key:  # the core's preview does the math; the panel hands it to the plot
                 self._preview_key = key
-                self.preview_source.data = P.preview(run.model, spec, steps, start=start)
+                data = P.preview(run.model, spec, steps, start=start)
+                data.setdefault("beta", np.full(len(data["step"]), np.nan))  # β only for a mask decay
+                self.preview_source.data = data
         elif self._preview_key is not None:
             self._preview_key = None
-            self.preview_source.data = {"step": _EMPTY, "sparsity": _EMPTY}
+            self.preview_source.data = {"step": _EMPTY, "sparsity": _EMPTY, "beta": _EMPTY}
         collapsed = state.sparsifier.collapsed() if state is not None and state.collapsed else {}
         note = ("LAYER COLLAPSE: " + ", ".join(f"{plain(k)} keeps {100 * v:.2g} %" for k, v in collapsed.items())
                 + ". A layer that keeps (almost) nothing cuts the signal: lower the sparsity, or choose an "

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainlab.prune.masks import prunable, sparsity
+from trainlab.prune.masks import mask_sparsity, masks, prunable, sparsity
 
 from .base import Columns, Probe
 
@@ -13,7 +13,8 @@ if TYPE_CHECKING:
     from trainlab.run import Run
 
 
-SURVIVING = "surviving_weights"  # the snapshot's name
+SURVIVING = "surviving_weights"  # the snapshots' names
+VARIANCE = "activation_variance"
 
 
 def _layer(weight_name: str) -> str:
@@ -25,9 +26,13 @@ class SparsityProbe(Probe):
     `sparsity` (all of them together), `mask_churn` (fraction of mask entries the newest mask update
     changed, on the first measured step after it) and `pruned_grad_norm` (‖g‖ over pruned entries,
     before the step masks it: how hard training pushes to regrow them), `collapsed_layers` (layers keeping
-    under 1 % of their weights: layer collapse). Snapshot `surviving_weights`: a histogram of the nonzero
-    weights per layer over shared bin edges, {"edges": (bins+1,), "counts": {layer: (bins,)}} (magnitude
-    pruning carves a gap around 0 that training fills or keeps). Added by a run that prunes."""
+    under 1 % of their weights: layer collapse), `mask_sparsity` (what the masks say; the weights' own
+    zeros match it except while a mask decays) and `mask_decay` (that decay's β). Snapshots
+    `surviving_weights`: a histogram of the nonzero weights per layer over shared bin edges, {"edges":
+    (bins+1,), "counts": {layer: (bins,)}} (magnitude pruning carves a gap around 0 that training fills or
+    keeps); `activation_variance`: each layer's pre-activation variance on the calibration batch right before
+    and after the newest pruning, {"layers", "before", "after"} (pruning at init shrinks it layer after
+    layer; a rescaling keeps it). Added by a run that prunes."""
 
     name = "sparsity"
 
@@ -35,7 +40,7 @@ class SparsityProbe(Probe):
         super().__init__(every)
         if bins < 2:
             raise ValueError(f"bins must be >= 2, got {bins}")
-        self.bins, self._seen = bins, 0
+        self.bins, self._seen, self._variance = bins, (0, 0), None
 
     def before(self, run: Run) -> None:
         if run.pruning_state is not None:
@@ -46,11 +51,18 @@ class SparsityProbe(Probe):
         out = {f"sparsity/{_layer(k)}": v for k, v in s.items() if k != "global"}
         out["sparsity"] = s["global"]
         pruning = run.pruning_state
+        if masks(run.model):
+            out["mask_sparsity"] = mask_sparsity(run.model)["global"]
         if pruning is not None:
+            if pruning.sparsifier.beta is not None:
+                out["mask_decay"] = pruning.sparsifier.beta
+            if pruning.variance is not None and pruning.variance[0] != self._variance:
+                self._variance = pruning.variance[0]
+                out[VARIANCE] = pruning.variance[1]
             if pruning.pruned_norm is not None:
                 out["pruned_grad_norm"], pruning.pruned_norm = pruning.pruned_norm, None
             out["collapsed_layers"] = pruning.collapsed
-            updates = pruning.sparsifier.updates
+            updates = (pruning.sparsifier.updates, pruning.repairs)
             if updates != self._seen and pruning.churn is not None:
                 out["mask_churn"] = pruning.churn
             self._seen = updates
@@ -66,5 +78,6 @@ class SparsityProbe(Probe):
     def columns(self, run: Run) -> Columns:
         scalars = {f"sparsity/{_layer(k)}": _layer(k) for k in prunable(run.model)}
         scalars.update(sparsity="all layers", mask_churn="mask churn", pruned_grad_norm="‖g‖ on pruned weights",
-                       collapsed_layers="layers keeping < 1 %")
-        return Columns(scalars, snapshots=(SURVIVING,))
+                       collapsed_layers="layers keeping < 1 %", mask_sparsity="the masks' sparsity",
+                       mask_decay="β (mask decay)")
+        return Columns(scalars, snapshots=(SURVIVING, VARIANCE))

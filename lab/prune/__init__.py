@@ -9,9 +9,10 @@ from .compact import (Compactor, CompactReport, Preview, UnstructuredReport, cha
                       report, unstructured_report)
 from .export import to_torch
 from .criteria import criteria
-from .masks import apply_masks, load_state, masks, prunable, remove_masks, set_mask, sparsity
+from .masks import apply_masks, load_state, mask_sparsity, masks, prunable, remove_masks, set_mask, sparsity
 from .repair import repair
-from .rescale import activation_variance
+from .eoc import edge_of_chaos
+from .rescale import activation_variance, rescalings
 from .schedules import prune_schedules
 from .sparsifier import Sparsifier, as_sparsifier
 from .structured import nm_mask
@@ -28,7 +29,7 @@ def preview(model, spec, steps: int = 2000, points: int = 400, start: int = 0):
 
 
 __all__ = ["CompactReport", "Compactor", "Preview", "Sparsifier", "UnstructuredReport", "activation_variance",
-           "allocations", "apply_masks", "as_sparsifier", "channel_masks", "compact", "count", "criteria",
-           "erk_densities", "lamp_scores", "load_state", "masks", "measure", "nm_mask", "preview", "prunable",
-           "prune_schedules", "remove_masks", "repair", "report", "schedules", "set_mask", "sparsity", "to_torch",
+           "allocations", "apply_masks", "as_sparsifier", "channel_masks", "compact", "count", "criteria", "edge_of_chaos",
+           "erk_densities", "lamp_scores", "load_state", "mask_sparsity", "masks", "measure", "nm_mask", "preview", "prunable",
+           "prune_schedules", "remove_masks", "repair", "report", "rescalings", "schedules", "set_mask", "sparsity", "to_torch",
            "unstructured_report"]

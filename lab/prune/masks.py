@@ -1,8 +1,10 @@
 """The mask contract: a pruned parameter `<module>.<p>` has a bool buffer `<p>_keep` on its module.
 
 Same shape as the weight, True = kept, so masks travel with `state_dict`, `copy.deepcopy`, save and
-load. The weight's pruned entries are exactly 0. The forward pass stays the dense module's own: no
-hooks, no parametrizations (`torch.nn.utils.prune`'s forward pre-hook cost +62 % step time here).
+load. The weight's pruned entries are exactly 0, except while a mask decays (schedule `mask_decay`,
+`decay.py`): then they hold β times their latent value, β falling to 0. The forward pass stays the
+dense module's own: no hooks, no parametrizations (`torch.nn.utils.prune`'s forward pre-hook cost +62 %
+step time here).
 """
 from __future__ import annotations
 
@@ -24,8 +26,9 @@ def _owner(model: nn.Module, qualified: str) -> tuple[nn.Module, str]:
     return (model.get_submodule(module_name) if module_name else model), p
 
 
-def set_mask(model: nn.Module, qualified: str, keep: torch.Tensor) -> None:
-    """Register (or overwrite) the `<p>_keep` buffer of `qualified` and zero its pruned weights."""
+def set_mask(model: nn.Module, qualified: str, keep: torch.Tensor, pruned: float = 0.0) -> None:
+    """Register (or overwrite) the `<p>_keep` buffer of `qualified` and zero its pruned weights (multiply them
+    by `pruned`: a mask decay's β)."""
     module, p = _owner(model, qualified)
     weight = getattr(module, p)
     if keep.shape != weight.shape:
@@ -36,7 +39,7 @@ def set_mask(model: nn.Module, qualified: str, keep: torch.Tensor) -> None:
     else:
         module.register_buffer(p + SUFFIX, keep.clone())
     with torch.no_grad():
-        weight.mul_(keep)
+        weight.mul_(keep if pruned == 0 else keep.to(weight.dtype) * (1 - pruned) + pruned)
 
 
 def remove_masks(model: nn.Module) -> None:
@@ -68,6 +71,16 @@ def sparsity(model: nn.Module) -> dict[str, float]:
             out[name] = z / w.numel()
             zeros, total = zeros + z, total + w.numel()
     out["global"] = zeros / total if total else 0.0
+    return out
+
+
+def mask_sparsity(model: nn.Module) -> dict[str, float]:
+    """Fraction of pruned (False) mask entries per masked weight and "global" over every prunable weight (an
+    unmasked one counts as kept): what the masks say, which the weights' zeros match except during a mask decay."""
+    ms, weights = masks(model), prunable(model)
+    out = {k: float((~m).sum()) / m.numel() for k, m in ms.items()}
+    total = sum(w.numel() for w in weights.values()) + sum(m.numel() for k, m in ms.items() if k not in weights)
+    out["global"] = sum(float((~m).sum()) for m in ms.values()) / total if total else 0.0
     return out
 
 
@@ -111,15 +124,20 @@ class Masked:
     """The masks of a model as tensors aligned for the step: grads and weights multiplied in one call each.
 
     Float copies of the bool buffers (a float x float multiply is the fastest kernel); the flat
-    gradient buffer, when the run has one, is masked by one flat multiply.
+    gradient buffer, when the run has one, is masked by one flat multiply. With `pruned` > 0 (a mask
+    decay) pruned gradients are multiplied by `pruned` instead of 0 and the weights and optimizer state
+    are left alone: the decay itself rescales them, every k steps.
     """
 
-    def __init__(self, model: nn.Module, params: list[nn.Parameter], flat: torch.Tensor | None = None):
+    def __init__(self, model: nn.Module, params: list[nn.Parameter], flat: torch.Tensor | None = None,
+                 pruned: float = 0.0):
         named = dict(model.named_parameters())
         by_id = {id(p): i for i, p in enumerate(params)}
         pairs = [(named[k], m) for k, m in masks(model).items() if k in named and id(named[k]) in by_id]
         self.params = [p for p, _ in pairs]
-        self.keep = [m.to(p.dtype) for p, m in pairs]
+        self.bools = [m for _, m in pairs]
+        self.decaying = pruned > 0
+        self.keep = [m.to(p.dtype) * (1 - pruned) + pruned for p, m in pairs]
         self.flat_keep = None
         if flat is not None and pairs:
             self.flat_keep = torch.ones_like(flat)
@@ -147,11 +165,15 @@ class Masked:
                     p.grad.mul_(k)
 
     def weights(self) -> None:
+        if self.decaying:
+            return
         with torch.no_grad():
             torch._foreach_mul_(self.params, self.keep)
 
     def state(self, optimizer: torch.optim.Optimizer) -> None:
         """Zero the optimizer's per-parameter tensors (momentum, Adam's moments) at pruned entries."""
+        if self.decaying:
+            return
         with torch.no_grad():
             for p, k in zip(self.params, self.keep):
                 for v in optimizer.state.get(p, {}).values():

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
-from .masks import Masked, remove_masks
+from .masks import Masked, masks, remove_masks, set_mask
+from .rescale import activation_variance
 from .sparsifier import Sparsifier, as_sparsifier
 
 if TYPE_CHECKING:
@@ -30,6 +32,9 @@ class Pruning:
         self.pruned_norm: float | None = None
         self.churn: float | None = None  # fraction of mask entries changed by the newest update
         self.collapsed = 0               # layers keeping < 1 % of their weights after the newest update
+        self.dense: dict[str, torch.Tensor] | None = None  # the prunable weights right before the newest pruning
+        self.variance: tuple[int, dict] | None = None  # (step, per-layer activation variance before/after it)
+        self.repairs = 0                 # repairs applied (`apply_repair`): mask updates of their own
 
     @classmethod
     def of(cls, run: Run, spec: Any) -> Pruning | None:
@@ -38,7 +43,8 @@ class Pruning:
 
     def refresh(self, run: Run) -> None:
         """Align the step's masks with the model's buffers (after pruning, loading or an optimizer rebuild)."""
-        self.masked = Masked(run.model, run.params, run.grads.flat)
+        b = self.sparsifier.beta  # a mask decay under way: pruned gradients scaled by β², not zeroed
+        self.masked = Masked(run.model, run.params, run.grads.flat, pruned=b * b if b else 0.0)
         if self.masked:
             self.masked.state(run.torch_optimizer)
             self.masked.weights()
@@ -49,10 +55,19 @@ class Pruning:
         if sp.due(run.steps) is None:
             return
         before = {k: v.clone() for k, v in sp.masks.items()} if sp.updates else {}
-        note = sp.step(run.steps, batch=lambda: run.data.fixed_sample(CALIBRATION, run.seed, run.device),
-                       loss_fn=run.loss_fn)
+        batch = _Once(lambda: run.data.fixed_sample(CALIBRATION, run.seed, run.device))
+        pruning = not sp.reshapes(run.steps)  # to a new sparsity: its weights and activations kept to compare
+        if pruning:
+            self.dense = {k: w.detach().clone() for k, w in sp.weights.items()}
+            variance = activation_variance(run.model, batch()[0])
+        note = sp.step(run.steps, batch=batch, loss_fn=run.loss_fn)
         if note is None:
             return
+        if pruning:
+            after = activation_variance(run.model, batch()[0])
+            layers = [k for k in variance if k in after]
+            self.variance = (run.steps + 1, {"layers": layers, "before": np.array([variance[k] for k in layers]),
+                                             "after": np.array([after[k] for k in layers])})
         after = sp.masks
         changed = sum(int((after[k] != before[k]).sum()) for k in after if k in before)
         total = sum(v.numel() for v in after.values())
@@ -66,6 +81,28 @@ class Pruning:
         self.collapsed = len(collapsed)
         run.note(note)
 
+    def apply_repair(self, run: Run, seen: dict[str, torch.Tensor], new: dict[str, torch.Tensor], note: str) -> None:
+        """Repaired masks onto the live run; call inside `run.between_steps()`. Refused, the run untouched, when its
+        masks are no longer the `seen` ones the repair started from. Regrown weights take their values from before
+        the newest pruning (`dense`), as DSnoT's do; the others keep their trained values."""
+        now = masks(run.model)
+        if run.pruning_state is not self or set(now) != set(seen) or any(not torch.equal(now[k], v)
+                                                                          for k, v in seen.items()):
+            raise ValueError("repair not applied: the masks changed while it ran (the schedule pruned, or the "
+                             "pruning was changed or reset); the run trains on as it was: repair again")
+        params = dict(run.model.named_parameters())
+        changed = 0
+        with torch.no_grad():
+            for k, keep in new.items():
+                grown = keep & ~seen[k]
+                params[k].copy_(torch.where(grown, self.dense[k].to(params[k].dtype), params[k].detach()))
+                changed += int((keep != seen[k]).sum())
+                set_mask(run.model, k, keep)
+        total = sum(v.numel() for v in now.values())
+        self.churn, self.repairs = changed / total, self.repairs + 1
+        self.refresh(run)  # momentum and Adam state at 0 where pruned, as after any mask update
+        run.note(note)
+
     def grads(self, run: Run) -> None:
         m = self.masked
         if not m:
@@ -73,7 +110,8 @@ class Pruning:
         if self.want_pruned_norm:
             self.want_pruned_norm = False
             with torch.no_grad():
-                sq = sum(float(((1 - k) * p.grad).pow(2).sum()) for p, k in zip(m.params, m.keep) if p.grad is not None)
+                sq = sum(float(p.grad.masked_fill(b, 0).pow(2).sum()) for p, b in zip(m.params, m.bools)
+                         if p.grad is not None)
             self.pruned_norm = sq ** 0.5
         m.grads(run.grads.flat if run.grads.intact else None)
 
@@ -92,3 +130,15 @@ class Pruning:
     def remove(self, run: Run) -> None:
         remove_masks(run.model)
         self.masked = None
+
+
+class _Once:
+    """A calibration batch drawn on first use only, then the same one."""
+
+    def __init__(self, draw):
+        self.draw, self.value = draw, None
+
+    def __call__(self):
+        if self.value is None:
+            self.value = self.draw()
+        return self.value

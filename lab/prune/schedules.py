@@ -113,3 +113,25 @@ def nm_decay(at: int = 0, first_n: int = 7, every: int = 500):
 
     f.n_at, f.first_n = n_at, first_n
     return f
+
+
+@prune_schedules.register(
+    "mask_decay",
+    at=_step(0, "step of the first N:M masks (the decay starts there, β = 1)"),
+    end=_step(1000, "step at which β reaches 0: the pruned weights exactly 0, the masks fixed from then on", lo=1),
+    every=_step(50, "steps between two recomputations of the N:M masks (and of β)", lo=1),
+    shape=param.Selector(default="linear", objects=["linear", "cosine", "exponential"],
+                         doc="how β falls from 1 to 0: linearly, as a half cosine, or exponentially to 0.01 (then 0)"),
+)
+def mask_decay(at: int = 0, end: int = 1000, every: int = 50, shape: str = "linear"):
+    """Mask decay for N:M training (Bambhaniya et al. 2024, Progressive Gradient Flow's MDGF): pruned weights are
+    scaled by β_t, decaying from 1 at `at` to 0 at `end`, instead of being zeroed, and the N:M masks are
+    recomputed every `every` steps from the dense weights' magnitudes, so they can change (`decay.py`)."""
+    if end <= at:
+        raise ValueError(f"pruning schedule 'mask_decay' rejected: end={end} must come after at={at}")
+
+    def f(t: int) -> float:
+        return 1.0 if t >= at else 0.0
+
+    f.decay, f.at, f.end, f.every, f.shape = True, at, end, every, shape
+    return f

@@ -19,10 +19,11 @@ from torch import nn
 
 from ..registry import option_values, parse_spec
 from .allocations import allocations
+from . import decay
 from .criteria import criteria
 from .masks import masks as _masks
 from .masks import prunable, set_mask
-from .rescale import rescale_rows, row_norms_sq
+from .rescale import rescalings, row_norms_sq
 from .schedules import prune_schedules
 from .structured import block_scores, check_block, check_nm, expand_blocks, nm_mask
 
@@ -53,11 +54,12 @@ class Sparsifier:
     def __init__(self, model: nn.Module, method: Any = "magnitude", sparsity: float = 0.9, scope: str | None = None,
                  allocation: str | None = None, schedule: Any = "oneshot", pattern: str = "unstructured",
                  n: int = 2, m: int = 4, block: tuple[int, int] = (1, 4), weights: list[str] | None = None,
-                 rescale: bool = False):
+                 rescale: Any = False):
         self.model = model
-        if not isinstance(rescale, bool):
-            raise ValueError(f"rescale={rescale!r} rejected: True or False")
-        self.rescale = rescale
+        self.rescale = _rescale(rescale)  # None or (name, options) of `rescalings`
+        if self.rescale is not None and self.rescale[1].get("activation") == "auto":
+            from .eoc import model_activation
+            model_activation(model)  # a model with no single activation is refused now, not at the pruning
         self.sparsity = _sparsity(sparsity)
         self.method, self.method_options = _spec(method, "method", criteria)
         criteria[self.method].options(**self.method_options)
@@ -103,12 +105,16 @@ class Sparsifier:
             first = getattr(self.plan, "first_n", None)
             if first is not None and not n <= first <= m:
                 raise ValueError(f"first_n={first} rejected for schedule 'nm_decay': between n={n} and m={m}")
-        elif hasattr(self.plan, "n_at"):
-            raise ValueError(f"schedule 'nm_decay' goes with pattern='nm', not pattern={pattern!r}")
+        elif hasattr(self.plan, "n_at") or getattr(self.plan, "decay", False):
+            raise ValueError(f"schedule {self.schedule_name!r} goes with pattern='nm', not pattern={pattern!r}")
+        if getattr(self.plan, "decay", False) and self.method != "magnitude":
+            raise ValueError(f"method={self.method!r} rejected for schedule 'mask_decay': it recomputes the masks "
+                             f"from the dense weights' magnitudes (method='magnitude')")
 
         self.start = 0          # the run's step the schedule counts from
         self.applied = 0.0      # the sparsity last pruned to
         self.updates = 0
+        self.beta: float | None = None  # a mask decay's factor on pruned weights (None: not begun, 0: done)
         self._rewind_state: dict[str, torch.Tensor] | None = None
 
     # ---- the plan ---------------------------------------------------------------------------
@@ -129,7 +135,20 @@ class Sparsifier:
 
         As for the lr preview, the step number is steps taken + 1: pruning at t steps taken shapes step t + 1."""
         t = np.unique(np.linspace(0, steps - 1, min(points, steps)).round().astype(int))
-        return {"step": t + 1 + self.start, "sparsity": np.array([self.planned(int(k)) for k in t])}
+        out = {"step": t + 1 + self.start, "sparsity": np.array([self.planned(int(k)) for k in t])}
+        if getattr(self.plan, "decay", False):  # the weights' own sparsity follows β: 0 until β reaches 0
+            out["beta"] = np.array([self.planned_beta(int(k)) for k in t])
+        return out
+
+    def planned_beta(self, t: int) -> float:
+        """A mask decay's β after t steps since the schedule began (NaN before its masks exist), held between
+        two recomputations."""
+        f = self.plan
+        if t < f.at:
+            return float("nan")
+        if t >= f.end:
+            return 0.0
+        return decay.beta(f.shape, ((t - f.at) // f.every * f.every) / (f.end - f.at))
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -141,8 +160,9 @@ class Sparsifier:
             out.update(n=self.n, m=self.m)
         if self.pattern == "block":
             out["block"] = list(self.block)
-        if self.rescale:
-            out["rescale"] = True
+        if self.rescale is not None:
+            name, opts = self.rescale
+            out["rescale"] = True if name == "norm" else [name, dict(opts)]
         if self._chosen is not None:
             out["weights"] = list(self._chosen)
         return out
@@ -156,6 +176,8 @@ class Sparsifier:
         """Between training steps: prune if the plan at run step t asks for a new sparsity; what was done, or None."""
         if self._regrow_due(t - self.start):
             return self.drop_and_regrow(t - self.start, batch, loss_fn)
+        if self._decay_due(t - self.start):
+            return self.decay_step(t - self.start)
         target = self.due(t)
         if target is None:
             return None
@@ -172,6 +194,8 @@ class Sparsifier:
         rel = t - self.start
         if self._regrow_due(rel):
             return self.applied
+        if self._decay_due(rel):
+            return self.sparsity
         if getattr(self.plan, "geometric", False) and rel == self.plan.rewind and self._rewind_state is None:
             self._rewind_state = copy.deepcopy({k: v.detach() for k, v in self.model.state_dict().items()})
         target = self.planned(rel)
@@ -183,6 +207,28 @@ class Sparsifier:
         """Layers keeping less than `below` of their weights (layer collapse, Tanaka et al. 2020): name -> kept."""
         kept = {k: float(m.float().mean()) for k, m in self.masks.items()}
         return {k: v for k, v in kept.items() if v < below}
+
+    def reshapes(self, t: int) -> bool:
+        """The update due before run step t + 1 changes which weights are kept at the same sparsity (SET/RigL,
+        a mask decay), rather than pruning to a new sparsity."""
+        return self._regrow_due(t - self.start) or self._decay_due(t - self.start)
+
+    def _decay_due(self, rel: int) -> bool:
+        """A mask decay's recomputation is due: from `at` on, every `every` steps, and once more at `end` (β = 0)."""
+        f = self.plan
+        if not getattr(f, "decay", False) or self.beta == 0.0 or rel < f.at:
+            return False
+        return self.beta is None or rel >= f.end or (rel - f.at) % f.every == 0
+
+    def decay_step(self, rel: int) -> str:
+        """New N:M masks from the dense weights, the pruned ones written at the new β (`decay.recompute`)."""
+        f = self.plan
+        b = decay.beta(f.shape, (rel - f.at) / (f.end - f.at))
+        old = None if self.beta is None else self.masks
+        changed = decay.recompute(self.model, self.weights, old, self.beta or 1.0, b, self.n, self.m)
+        self.beta, self.applied, self.updates = b, self.sparsity, self.updates + 1
+        what = "pruned weights now exactly 0, masks fixed" if b == 0 else f"{changed} mask entries changed"
+        return f"mask decay {self.n}:{self.m}: β {b:.3g}, {what}"
 
     def _regrow_due(self, rel: int) -> bool:
         """A SET/RigL update is due at this step: pruned already, on the ΔT grid, before T_end."""
@@ -243,11 +289,12 @@ class Sparsifier:
                                  **self.method_options, **({"density": 1 - target} if self.method == "synflow" else {}))
         context = {"model": self.model, "weights": self.weights, "batch": batch}
         new = self._select(shapes, context)(scores, 1 - target)
-        dense = {k: row_norms_sq(self.weights[k]) for k in new} if self.rescale else {}
+        dense = {k: row_norms_sq(self.weights[k]) for k in new} if self.rescale is not None else {}
         for k, keep in new.items():
             set_mask(self.model, k, keep)
-            if self.rescale:  # each unit's kept weights back to its incoming squared norm (Hayou et al. 2021)
-                rescale_rows(self.weights[k], dense[k])
+        if self.rescale is not None:  # the kept weights rescaled per unit (`rescale.py`, Hayou et al. 2021)
+            name, opts = self.rescale
+            rescalings[name].build(self.model, {k: self.weights[k] for k in new}, dense, **opts)
         self.applied, self.updates = target, self.updates + 1
 
     def _select(self, shapes, context=None):
@@ -280,15 +327,30 @@ class Sparsifier:
 
     # ---- persistence ------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {"start": self.start, "applied": self.applied, "updates": self.updates,
+        return {"start": self.start, "applied": self.applied, "updates": self.updates, "beta": self.beta,
                 "rewind_state": self._rewind_state}
 
     def load(self, state: dict[str, Any]) -> None:
         self.start, self.applied, self.updates = state["start"], state["applied"], state["updates"]
+        self.beta = state.get("beta")
         self._rewind_state = state.get("rewind_state")
 
     def __repr__(self) -> str:
         return f"Sparsifier({self.spec})"
+
+
+def _rescale(value) -> tuple[str, dict] | None:
+    """`rescale=`: False/None (off), True (= "norm"), or a name or (name, {options}) of `rescalings`, validated."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return ("norm", {})
+    parsed = parse_spec(value)
+    if parsed is None:
+        raise ValueError(f"rescale={value!r} rejected: False, True (= 'norm') or a rescaling's name "
+                         f"({', '.join(rescalings.names())}) or (name, {{options}}) pair")
+    name, opts = parsed
+    return name, option_values(rescalings[name].options(**opts))
 
 
 def as_sparsifier(model: nn.Module, spec: Any) -> Sparsifier | None:
