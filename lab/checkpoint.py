@@ -59,6 +59,9 @@ def state(run: Run) -> dict[str, Any]:
         "event": run.pending_event,
         "pruning": run.pruning,  # None, or the Sparsifier's arguments; masks are buffers in model_state
         "pruning_state": run.pruning_state.sparsifier.state() if run.pruning_state is not None else None,
+        "pruning_runtime": {"churn": run.pruning_state.churn, "collapsed": run.pruning_state.collapsed}
+        if run.pruning_state is not None else None,
+        "probes": [[type(p).__name__, p.state()] for p in run.probes],
     })
 
 

@@ -816,8 +816,21 @@ class Run(param.Parameterized):
                 self._pruning.sparsifier.load(ckpt["pruning_state"])
             if self._pruning is not None:
                 self._pruning.refresh(self)
+                for k, v in (ckpt.get("pruning_runtime") or {}).items():
+                    setattr(self._pruning, k, v)
+            self._load_probe_states(ckpt.get("probes") or [])
             self._guard.points.clear()
             self._restore_point()  # the loaded state is the first place to come back to
+
+    def _load_probe_states(self, saved: list) -> None:
+        """Each saved probe's state to the probe of the same class in the same order (others: nothing to take)."""
+        used: set[int] = set()
+        for cls, state in saved:
+            probe = next((p for p in self.probes if type(p).__name__ == cls and id(p) not in used), None)
+            if probe is not None:
+                used.add(id(probe))
+                if state:
+                    probe.load_state(state, self)
 
     def close(self) -> None:
         """Stop training; for sessions and notebooks that are done with the run."""

@@ -13,9 +13,7 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+,@-]{0,127}")
 
 def check_name(name, what: str = "name") -> str:
     """A run's name: letters, digits and `_.=+,@-`, not starting with a dot (hidden) or holding `..` or a slash."""
-    if not isinstance(name, str):
-        raise ValueError(f"{what}={name!r} rejected: a string")
-    if not NAME.fullmatch(name) or ".." in name:
+    if not isinstance(name, str) or not NAME.fullmatch(name) or ".." in name:
         raise ValueError(f"{what}={name!r} rejected: 1-128 letters, digits or _ . = + , @ -, starting with a letter "
                          f"or digit, without '..' or a path separator")
     return name
