@@ -208,7 +208,7 @@ def decode(get: Callable[[str], bytes | None], m: dict, where: str) -> dict[str,
         settings = unpack(json.loads(data["settings.json"]), state, where)
         weights = safetensors.torch.load(data["weights.safetensors"])
         opt = unpack(json.loads(data["optimizer.json"]), safetensors.torch.load(data["optimizer.safetensors"]), where)
-        history = table_columns(pq.read_table(io.BytesIO(data["history.parquet"])))
+        history = table_columns(pq.ParquetFile(pa.BufferReader(data["history.parquet"])).read(use_threads=False))
         changes = [e for e in unpack(json.loads(data["events.json"]), {}, where) if "set" in e]
     except ValueError as e:
         if "trainlab run" in str(e):
