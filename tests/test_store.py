@@ -116,7 +116,13 @@ def test_saving_again_goes_to_the_same_name_and_a_taken_name_is_not_overwritten_
     assert store.load(name, device="cpu").steps == 6
     store.save(other, name, overwrite=True)
     assert store.load(name, device="cpu").steps == 0
-    assert [p.name for p in store.path(name).iterdir() if p.name.startswith("ckpt")] == ["ckpt-3"]  # old ones gone
+    third = small_run(seed=2)
+    with store.track(third, name, overwrite=True):  # recorded afresh: the replaced run's checkpoint is not its own
+        with pytest.raises(ValueError, match="never saved"):
+            store.load(name)
+        third.step(2)
+    assert store.load(name, device="cpu").seed == 2
+    assert [p.name for p in store.path(name).iterdir() if p.name.startswith("ckpt")] == ["ckpt-4"]  # old ones gone
 
 
 def test_snapshots_survive_a_save(store):

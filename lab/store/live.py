@@ -205,6 +205,8 @@ class Recorder:
         self.run.history.unlisten(self._queue.append)
 
     def close(self) -> None:
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._thread.join()
         self.detach()

@@ -226,8 +226,9 @@ class Store:
                 raise ValueError(f"name={name!r}: already recorded live in this process")
             folder = self.path(name)
             m = self._manifest(folder)
+            continuing = m is not None and name == _names.get(run, {}).get(self.root)  # saved or loaded here
             base = None
-            if m is not None and name == _names.get(run, {}).get(self.root):
+            if continuing:
                 table = self._table(folder, m)
                 base = _rows(table) if table is not None else None
             shutil.rmtree(folder / "live", ignore_errors=True)
@@ -235,7 +236,7 @@ class Store:
             tracked = _tracked[(self.root, name)] = Tracked(self, run, name, recorder)
         summary = fmt.summary(_light(run))
         running = {"status": "running", "writer": {"pid": os.getpid(), "host": HOST}}
-        if m is not None and self._checkpoint_dir(folder, m) is not None:
+        if continuing and self._checkpoint_dir(folder, m) is not None:
             write_atomic(folder / fmt.MANIFEST, fmt.dumps({**m, **running}), sync_folder=True)
         else:
             write_atomic(folder / fmt.MANIFEST, fmt.dumps({"format": fmt.FORMAT, "step": run.steps, "saved": time.time(),
@@ -270,6 +271,7 @@ class Store:
         try:
             self._save_live(t, final=True)
         finally:
+            t.recorder.close()  # no thread left behind, even if the save failed (the live record stays)
             with _tracked_lock:
                 _tracked.pop(found[0], None)
         shutil.rmtree(self.path(t.name) / "live", ignore_errors=True)
