@@ -113,7 +113,7 @@ def main():
             tp, pp = statistics.median(times[(w, "torch")]), statistics.median(times[(w, "pickle")])
             print(f"{w:8s} trainlab.store {lab:.3f} s {shapes[(w, 'trainlab')]}  (target <= {target:.0f} s: "
                   f"{'met' if lab <= target else 'MISSED'})")
-            print(f"{'':8s} torch.load     {tp:.3f} s {shapes[(w, 'torch')]}  ratio trainlab/torch  {lab / tp:.2f}")
+            print(f"{'':8s} torch.load     {tp:.3f} s {shapes[(w, 'torch')]}  ratio trainlab/torch  {lab / tp:.3f}")
             print(f"{'':8s} pandas pickles {pp:.3f} s {shapes[(w, 'pickle')]}  ratio trainlab/pickle {lab / pp:.2f}")
 
 
