@@ -1,32 +1,34 @@
-"""A run on disk: weights, optimizer state, settings, history and sampling state in one file.
+"""A run on disk: weights, optimizer state, settings, events, history and sampling state.
 
-Written atomically (a temporary file in the same folder, then a rename) with `torch.save`, read with
-`torch.load(weights_only=True)`, so loading never unpickles anything but tensors and plain data. A
-checksum over everything in the file is stored with it: a file damaged after it was written (flipped
-bytes inside a weight tensor load without any error from torch) is refused, naming the file. A
-temporary file left by a process killed mid-save is removed by the next save to the same place.
+The files are those of a run in `trainlab.store` (see `trainlab.store.format`): JSON, safetensors and
+Parquet, so loading never unpickles anything. `Run.save(path)` puts them in one zip file (stored, not
+compressed: a weight's bytes sit in the file as they are) with the manifest, written atomically (a
+temporary file in the same folder, fsync, then a rename); a run folder of a store loads too. The
+manifest holds every file's hash: a file damaged after it was written (flipped bytes inside a weight
+tensor load without any error from safetensors) is refused, naming the file. A temporary file left by a
+process killed mid-save is removed by the next save to the same place.
 """
 from __future__ import annotations
 
 import copy
-import glob
-import hashlib
+import io
+import json
 import os
-import tempfile
+import zipfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 
 from . import __version__
+from .store import format as fmt
+from .store.files import remove_stale, write_atomic
 
 if TYPE_CHECKING:
     from .run import Run
 
-FORMAT = "trainlab-run/1"
-REQUIRED = ("model_spec", "data_spec", "settings", "optimizer_hparams", "seed", "model_state", "initial_state",
-            "optimizer_state", "history", "step", "elapsed", "generator", "batches")
+FORMAT = fmt.FORMAT
 
 
 def state(run: Run) -> dict[str, Any]:
@@ -39,11 +41,14 @@ def state(run: Run) -> dict[str, Any]:
         "data_spec": list(run.data.spec) if run.data.spec else None,
         "settings": {k: getattr(run, k) for k in run.SETTABLE},
         "optimizer_hparams": run.optimizer_settings(),
+        "initial_settings": run.initial_settings,
+        "changes": run.changes,
         "seed": run.seed,
         "model_state": run.model.state_dict(),
         "initial_state": run.initial_state,
         "optimizer_state": run.torch_optimizer.state_dict(),
         "history": run.history.columns(),
+        "snapshots": _snapshots(run),
         "step": run.steps,
         "elapsed": run.elapsed,
         "generator": run.sampler_generator.get_state(),
@@ -54,109 +59,87 @@ def state(run: Run) -> dict[str, Any]:
         "event": run.pending_event,
         "pruning": run.pruning,  # None, or the Sparsifier's arguments; masks are buffers in model_state
         "pruning_state": run.pruning_state.sparsifier.state() if run.pruning_state is not None else None,
+        "pruning_runtime": {"churn": run.pruning_state.churn, "collapsed": run.pruning_state.collapsed}
+        if run.pruning_state is not None else None,
+        "probes": [[type(p).__name__, p.state()] for p in run.probes],
     })
 
 
-def _feed(h, obj: Any) -> None:
-    """Everything in a checkpoint, in order, into a hash: tensors by their bytes, the rest by value."""
-    if torch.is_tensor(obj):
-        t = obj.detach().cpu().contiguous()
-        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    elif isinstance(obj, dict):
-        h.update(b"{%d" % len(obj))
-        for k, v in obj.items():
-            _feed(h, k)
-            _feed(h, v)
-    elif isinstance(obj, (list, tuple)):
-        numeric = obj and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in obj)
-        h.update(b"[%d" % len(obj))
-        if numeric:  # history columns: thousands of floats, hashed as one array
-            h.update(np.asarray(obj, dtype=np.float64).tobytes())
-        else:
-            for v in obj:
-                _feed(h, v)
-    else:
-        h.update(repr(obj).encode())
-
-
-def checksum(ckpt: dict[str, Any]) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    _feed(h, {k: v for k, v in ckpt.items() if k != "checksum"})
-    return h.hexdigest()
-
-
-def _stale(path: str) -> list[str]:
-    """Temporary files of earlier saves to `path` whose writer is gone (killed mid-save)."""
-    folder, base = os.path.split(os.path.abspath(path))
-    out = []
-    for tmp in glob.glob(os.path.join(folder, glob.escape(f".trainlab-{base}.") + "*.tmp")):
+def _snapshots(run: Run) -> dict[str, list]:
+    """The history's snapshots that are arrays of numbers (or dicts and lists of them): [step, value] by name.
+    Others (a live job's objects) are measurements to redo, not state: they are left out."""
+    out = {}
+    for name in run.history.snapshot_names():
+        step, value = run.history.snapshot(name)
         try:
-            pid = int(os.path.basename(tmp)[len(f".trainlab-{base}."):].split(".")[0])
+            fmt.pack(value, {}, name)
         except ValueError:
             continue
-        if pid != os.getpid() and not _alive(pid):
-            out.append(tmp)
+        out[name] = [step, value]
     return out
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def files(ckpt: dict[str, Any], history=None) -> tuple[dict[str, bytes], dict]:
+    """The files of a checkpoint and its manifest (as a dict)."""
+    out = fmt.encode(ckpt, history)
+    return out, fmt.manifest(out, ckpt, history, status="complete")
 
 
 def write(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
-    """`ckpt` (with its checksum) to `path` atomically: a reader sees the old file or the new one, never half."""
+    """`ckpt` to the zip file `path` atomically: a reader sees the old file or the new one, never half."""
     path = os.fspath(path)
-    for tmp in _stale(path):
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-    ckpt = {**ckpt, "checksum": checksum(ckpt)}
-    folder, base = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".trainlab-{base}.{os.getpid()}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder: Run.save writes one file (a store keeps folders: trainlab.store)")
+    remove_stale(path)
+    contents, manifest = files(ckpt)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        for name, data in contents.items():
+            z.writestr(name, data)
+        z.writestr(fmt.MANIFEST, fmt.dumps(manifest))  # last, as in a store's folder
+    write_atomic(path, buf.getvalue())
 
 
 def read(path: str | os.PathLike) -> dict[str, Any]:
     """A checkpoint's contents, refused with a ValueError naming the file and what is wrong with it."""
+    where = os.fspath(path)
+    if os.path.isdir(where):
+        from .store import Store
+        folder = Path(where).resolve()
+        return Store(folder.parent, create=False).checkpoint(folder.name)
     try:
-        ckpt = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        z = zipfile.ZipFile(where)
+    except (FileNotFoundError, PermissionError):
         raise
-    except Exception as e:  # truncated, damaged, not a torch file, or holding objects other than tensors and data
-        what = "damaged or not a trainlab run" if not isinstance(e, __import__("pickle").UnpicklingError) else \
-            "not a trainlab run"
-        raise ValueError(f"{path} is {what} (expected format {FORMAT!r}); it was not loaded: "
-                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a trainlab run (expected format {FORMAT!r})")
-    missing = [k for k in REQUIRED if k not in ckpt]
-    if missing:
-        raise ValueError(f"{path} is not a whole trainlab run: it lacks {', '.join(missing)}")
-    if "checksum" in ckpt and checksum(ckpt) != ckpt["checksum"]:
-        raise ValueError(f"{path} is damaged: its contents do not match the checksum written with them "
-                         f"(changed after it was saved); it was not loaded")
-    _consistent(ckpt, path)
+    except (zipfile.BadZipFile, OSError, ValueError) as e:  # truncated, damaged or another kind of file
+        raise ValueError(f"{where} is damaged or not a trainlab run (expected format {FORMAT!r}); it was not "
+                         f"loaded: {type(e).__name__}: {e}") from e
+    with z:
+        names = set(z.namelist())
+        if fmt.MANIFEST not in names:
+            hint = " (a torch.save/pickle file: trainlab never unpickles)" if any(
+                n.endswith(".pkl") for n in names) else ""
+            raise ValueError(f"{where} is not a trainlab run{hint} (expected format {FORMAT!r})")
+
+        def get(name: str) -> bytes | None:
+            try:
+                return z.read(name) if name in names else None
+            except zipfile.BadZipFile as e:  # the zip's own CRC caught it before the manifest's hash could
+                raise ValueError(f"{where} is damaged: its contents do not match the checksum written with them "
+                                 f"({name} changed after it was saved); it was not loaded") from e
+            except (OSError, ValueError, EOFError) as e:
+                raise ValueError(f"{where} is damaged or not a trainlab run: {name}: {e}") from e
+
+        try:
+            manifest = json.loads(get(fmt.MANIFEST))
+        except ValueError as e:
+            raise ValueError(f"{where} is damaged or not a trainlab run: its manifest is not JSON ({e})") from e
+        ckpt = fmt.decode(get, fmt.check_manifest(manifest, where), where)
+    consistent(ckpt, where)
     return ckpt
 
 
-def _consistent(ckpt: dict[str, Any], path) -> None:
+def consistent(ckpt: dict[str, Any], path) -> None:
     step, history = ckpt["step"], ckpt["history"]
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise ValueError(f"{path} is not a consistent run: step={step!r} (a whole number >= 0)")
@@ -169,17 +152,16 @@ def _consistent(ckpt: dict[str, Any], path) -> None:
                          f"rows ending at step {last}")
 
 
-def load(cls: type[Run], path: str | os.PathLike, model: nn.Module | None = None, data: Any = None,
-         loss: Callable | None = None, device: str | torch.device = "auto", **kwargs) -> Run:
-    """A Run rebuilt from a checkpoint, ready to continue where it stopped."""
-    ckpt = read(path)
+def build(cls: type[Run], ckpt: dict[str, Any], where, model: nn.Module | None = None, data: Any = None,
+          loss: Callable | None = None, device: str | torch.device = "auto", **kwargs) -> Run:
+    """A Run rebuilt from a checkpoint's contents, ready to continue where it stopped."""
     if model is None:
         if ckpt["model_spec"] is None:
-            raise ValueError(f"{path}: this run trained your own model: pass model=<a fresh instance of it>")
+            raise ValueError(f"{where}: this run trained your own model: pass model=<a fresh instance of it>")
         model = tuple(ckpt["model_spec"])
     if data is None:
         if ckpt["data_spec"] is None:
-            raise ValueError(f"{path}: this run trained on your own data: pass data=<the same data>")
+            raise ValueError(f"{where}: this run trained on your own data: pass data=<the same data>")
         data = tuple(ckpt["data_spec"])
     run = cls(model=model, data=data, loss=loss, seed=ckpt["seed"], device=device,
               **ckpt["settings"], **ckpt["optimizer_hparams"],
@@ -187,5 +169,11 @@ def load(cls: type[Run], path: str | os.PathLike, model: nn.Module | None = None
     try:
         run.restore(ckpt)
     except (RuntimeError, KeyError, ValueError) as e:
-        raise ValueError(f"{path} does not fit this model: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+        raise ValueError(f"{where} does not fit this model: {type(e).__name__}: {str(e).splitlines()[0]}") from e
     return run
+
+
+def load(cls: type[Run], path: str | os.PathLike, model: nn.Module | None = None, data: Any = None,
+         loss: Callable | None = None, device: str | torch.device = "auto", **kwargs) -> Run:
+    """A Run rebuilt from a file written by `Run.save` (or a store's run folder)."""
+    return build(cls, read(path), os.fspath(path), model=model, data=data, loss=loss, device=device, **kwargs)

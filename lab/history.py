@@ -29,6 +29,7 @@ class History:
         self.max_rows, self.keep_recent = max_rows, keep_recent
         self._lock = threading.Lock()
         self._snapshots: dict[str, tuple[int, np.ndarray]] = {}
+        self._listeners: list = []
         self.generation = 0
         self._reset([])
 
@@ -37,8 +38,22 @@ class History:
         self._recent: deque[dict[str, Any]] = deque(rows[-self.keep_recent :] if rows else [])
         self._stride, self._counts = 1, {}
 
+    def listen(self, fn) -> list[dict[str, Any]]:
+        """Call `fn(row)` with every row appended from now on, and `fn(None)` when the record is cleared or
+        replaced (then with each row it holds); returns the rows held now. For a follower that must miss
+        nothing (the store's live recording): nothing is appended between the two."""
+        with self._lock:
+            self._listeners = [*self._listeners, fn]
+            return [*self._old, *self._recent]
+
+    def unlisten(self, fn) -> None:
+        with self._lock:
+            self._listeners = [f for f in self._listeners if f is not fn]
+
     def append(self, row: dict[str, Any]) -> None:
         with self._lock:
+            for fn in self._listeners:
+                fn(row)
             self._recent.append(row)
             if len(self._recent) > self.keep_recent:
                 leaving = self._recent.popleft()
@@ -55,6 +70,10 @@ class History:
         with self._lock:
             self._snapshots[name] = (step, value)
 
+    def snapshot_names(self) -> list[str]:
+        with self._lock:
+            return list(self._snapshots)
+
     def snapshot(self, name: str) -> tuple[int, np.ndarray] | None:
         """(step, array) of the newest snapshot under `name`, or None."""
         with self._lock:
@@ -62,6 +81,8 @@ class History:
 
     def clear(self) -> None:
         with self._lock:
+            for fn in self._listeners:
+                fn(None)
             self._reset([])
             self._snapshots = {}
             self.generation += 1
@@ -104,6 +125,10 @@ class History:
         df = pd.DataFrame(columns)
         rows = [{k: v for k, v in r.items() if not (isinstance(v, float) and np.isnan(v))} for r in df.to_dict("records")]
         with self._lock:
+            for fn in self._listeners:
+                fn(None)
+                for r in rows:
+                    fn(r)
             self._reset(rows)
             self._snapshots = {}
             self.generation += 1

@@ -352,6 +352,7 @@ class Run(param.Parameterized):
         if not switching:
             check_step(name, own.get("lr", self.lr), hp, self.optimizer_settings(), self.params)
         with self._settings_lock:
+            before = self.settings()
             if switching:
                 # the event is written when it applies; a switch not yet applied names the optimizer that last stepped
                 self._switch = (self._switch[0] or self.optimizer, state == "keep")
@@ -370,6 +371,15 @@ class Run(param.Parameterized):
             if pruning is not _UNSET:
                 self._next_pruning = pruning
             self._dirty = True
+            change = {k: v for k, v in self.settings().items() if k not in before or before[k] != v}
+            if schedule is not None:
+                change.update(schedule=list(schedule.spec), schedule_start=schedule.start)
+            if pruning is not _UNSET:
+                change["pruning"] = None if pruning[0] is None else pruning[0].sparsifier.spec
+            if switching:
+                change["state"] = state or "reset"
+            if change:
+                self._pending_changes.append(change)
 
     # ---- pruning ----------------------------------------------------------------------------
     @property
@@ -447,6 +457,9 @@ class Run(param.Parameterized):
                 else:
                     self._reconcile(entry, hp)
             self._applied_hp = dict(hp)
+            for change in self._pending_changes:  # applied now: the next step is the first to train with them
+                self._changes.append({"step": self._step + 1, "set": change})
+            self._pending_changes = []
             if self._next_pruning is not _UNSET:
                 self._switch_pruning(*self._next_pruning)
                 self._next_pruning = _UNSET
@@ -479,6 +492,16 @@ class Run(param.Parameterized):
         self.torch_optimizer, self._built_hp = new, dict(hp)
 
     @property
+    def changes(self) -> list[dict]:
+        """Every change `set` made, as {"step": the first step taken with it, "set": {setting: new value}}."""
+        return copy.deepcopy(list(self._changes))  # no lock: a checkpoint reads it under the settings lock
+
+    @property
+    def initial_settings(self) -> dict[str, Any]:
+        """The settings at step 0 (with the schedule and pruning): `changes` says what became of them."""
+        return copy.deepcopy(self._initial_settings)
+
+    @property
     def pending_event(self) -> str | None:
         """What the next logged row's `event` column will say (a change applied, not yet stepped)."""
         return self._event
@@ -504,6 +527,7 @@ class Run(param.Parameterized):
         self.noise = AnnealedNoise(self.seed + 1, self.device)  # gradient noise only
         self.batches = batches(self.data, self.batch_size, self.sampler_generator, self.device)
         self._rebuild_opt, self._dirty, self._event, self._switch = True, True, None, (None, False)
+        self._changes, self._pending_changes = [], []  # what run.set changed, by step (the store's events)
         # a reset run re-applies its pruning from scratch: a fresh Sparsifier of its spec, pruning at step 0
         self._pruning, self._next_pruning = None, _UNSET
         self._apply_settings()
@@ -515,6 +539,7 @@ class Run(param.Parameterized):
             self._add_sparsity_probe()
             pruning.between(self)  # a schedule pruning at step 0 (one-shot, SNIP at init) prunes now
         self._classify = self.data.task == "classification"
+        self._initial_settings = {**self.settings(), "schedule": list(self.schedule), "pruning": self.pruning}
         self._backup = [b.detach().clone() for b in self._buffers]
         self._restore_point()  # step 0: where reset() goes, and the first place to roll back to
 
@@ -814,6 +839,15 @@ class Run(param.Parameterized):
         Settings changed since the last step are applied first, so the file holds the optimizer state
         that goes with the settings it records.
         """
+        checkpoint.write(self.checkpoint(), path)  # hashed and written outside the locks: training goes on meanwhile
+
+    def checkpoint(self, then: Callable[[], Any] | None = None) -> dict[str, Any]:
+        """Everything needed to continue exactly (`trainlab.checkpoint.state`), copied between two steps.
+
+        Settings changed since the last step are applied first, so it holds the optimizer state that goes
+        with the settings it records. `then()` is called at the same moment (nothing steps meanwhile):
+        the store takes the rows its live recording has not written yet.
+        """
         with self._lock:  # no step in progress; the settings lock keeps a concurrent set() out while copying
             while True:
                 if self._dirty:
@@ -821,8 +855,9 @@ class Run(param.Parameterized):
                 with self._settings_lock:
                     if not self._dirty:
                         ckpt = checkpoint.state(self)
-                        break
-        checkpoint.write(ckpt, path)  # hashed and written outside the locks: training goes on meanwhile
+                        if then is not None:
+                            then()
+                        return ckpt
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: nn.Module | None = None, data: Any = None,
@@ -848,13 +883,30 @@ class Run(param.Parameterized):
             if ckpt["batches"] is not None:
                 self.batches.load_state(ckpt["batches"])
             self._event = ckpt.get("event")
+            self._changes, self._pending_changes = list(ckpt.get("changes", [])), []
+            self._initial_settings = ckpt.get("initial_settings") or self._initial_settings
+            for name, (step, value) in (ckpt.get("snapshots") or {}).items():
+                self.history.put_snapshot(name, step, _arrays(value))
             self._schedule.start = ckpt.get("schedule_start", 0)
             if self._pruning is not None and ckpt.get("pruning_state") is not None:
                 self._pruning.sparsifier.load(ckpt["pruning_state"])
             if self._pruning is not None:
                 self._pruning.refresh(self)
+                for k, v in (ckpt.get("pruning_runtime") or {}).items():
+                    setattr(self._pruning, k, v)
+            self._load_probe_states(ckpt.get("probes") or [])
             self._guard.points.clear()
             self._restore_point()  # the loaded state is the first place to come back to
+
+    def _load_probe_states(self, saved: list) -> None:
+        """Each saved probe's state to the probe of the same class in the same order (others: nothing to take)."""
+        used: set[int] = set()
+        for cls, state in saved:
+            probe = next((p for p in self.probes if type(p).__name__ == cls and id(p) not in used), None)
+            if probe is not None:
+                used.add(id(probe))
+                if state:
+                    probe.load_state(state, self)
 
     def close(self) -> None:
         """Stop training; for sessions and notebooks that are done with the run."""
@@ -862,6 +914,17 @@ class Run(param.Parameterized):
 
 
 _UNSET = object()
+
+
+def _arrays(value):
+    """A saved snapshot as it was published: NumPy arrays where tensors were stored."""
+    if torch.is_tensor(value):
+        return value.numpy()
+    if isinstance(value, dict):
+        return {k: _arrays(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_arrays(v) for v in value)
+    return value
 
 
 class _torch_threads:

@@ -31,6 +31,41 @@ def small_run(**kw):
     return Run(**kw)
 
 
+def edit_saved(src, dst, drop=(), edit=None, rehash=True):
+    """A copy of the file Run.save wrote, with members dropped or edited (`edit`: member -> fn(bytes) -> bytes);
+    `rehash` writes their new hashes into the manifest, so only the edit itself is wrong."""
+    import hashlib
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(src) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    for name, fn in (edit or {}).items():
+        members[name] = fn(members[name])
+    manifest = json.loads(members["manifest.json"])
+    if rehash:
+        for name in edit or {}:
+            manifest["files"][name] = {"bytes": len(members[name]),
+                                       "blake2b": hashlib.blake2b(members[name], digest_size=16).hexdigest()}
+    members["manifest.json"] = json.dumps(manifest).encode()
+    with zipfile.ZipFile(dst, "w") as z:
+        for name, data in members.items():
+            if name not in drop:
+                z.writestr(name, data)
+    return dst
+
+
+def edit_json(fn):
+    """An `edit_saved` edit of a JSON member: fn(the parsed value) changes it in place."""
+    import json
+
+    def edit(raw: bytes) -> bytes:
+        value = json.loads(raw)
+        fn(value)
+        return json.dumps(value).encode()
+    return edit
+
+
 def wait_until(cond, timeout: float = 60.0, what: str = "the condition", every: float = 0.02):
     """Poll cond() until it returns something truthy (returned); fail naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout

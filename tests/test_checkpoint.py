@@ -7,12 +7,14 @@ import random
 import signal
 import threading
 import time
+import zipfile
 
 import numpy as np
 import pandas as pd
 import pytest
+import safetensors.torch
 import torch
-from conftest import small_run, wait_until
+from conftest import edit_json, edit_saved, small_run, wait_until
 
 from trainlab import Run, checkpoint
 
@@ -100,12 +102,19 @@ def test_a_truncated_file_is_refused_naming_it(saved, tmp_path):
         Run.load(cut, device="cpu")
 
 
-@pytest.mark.parametrize("key", ["model_state", "history", "optimizer_state", "step"])
-def test_a_file_missing_a_part_is_refused_naming_it(saved, tmp_path, key):
+@pytest.mark.parametrize("member", ["weights.safetensors", "history.parquet", "optimizer.safetensors",
+                                    "settings.json", "events.json"])
+def test_a_file_missing_a_part_is_refused_naming_it(saved, tmp_path, member):
     _, path = saved
-    ckpt = torch.load(path, weights_only=True)
-    del ckpt[key]
-    torch.save(ckpt, tmp_path / "part.pt")
+    edit_saved(path, tmp_path / "part.pt", drop=[member])
+    with pytest.raises(ValueError, match=rf"part\.pt is not a whole trainlab run: it lacks {member}"):
+        Run.load(tmp_path / "part.pt", device="cpu")
+
+
+@pytest.mark.parametrize("key", ["step", "settings", "generator"])
+def test_settings_missing_a_part_are_refused_naming_it(saved, tmp_path, key):
+    _, path = saved
+    edit_saved(path, tmp_path / "part.pt", edit={"settings.json": edit_json(lambda s: s.pop(key))})
     with pytest.raises(ValueError, match=rf"part\.pt is not a whole trainlab run: it lacks {key}"):
         Run.load(tmp_path / "part.pt", device="cpu")
 
@@ -120,17 +129,21 @@ def test_flipped_bytes_inside_a_weight_tensor_are_caught_by_the_checksum(saved, 
         raw[at + 8 + i] ^= 0xFF
     bad = tmp_path / "flipped.pt"
     bad.write_bytes(bytes(raw))
-    assert torch.load(bad, weights_only=True)["model_state"]["fc1.weight"].shape == (16, 2)  # torch loads it quietly
-    with pytest.raises(ValueError, match=r"flipped\.pt is damaged: its contents do not match the checksum"):
+    with zipfile.ZipFile(path) as z:  # the same bytes flipped in the member alone: safetensors loads it quietly
+        member = bytearray(z.read("weights.safetensors"))
+    start = member.find(weight)
+    for i in range(64):
+        member[start + 8 + i] ^= 0xFF
+    assert safetensors.torch.load(bytes(member))["model/fc1.weight"].shape == (16, 2)
+    with pytest.raises(ValueError, match=r"flipped\.pt is damaged: its contents do not match the checksum written "
+                                         r"with them \(weights\.safetensors changed"):
         Run.load(bad, device="cpu")
 
 
 def test_a_step_count_the_history_does_not_bear_out_is_refused(saved, tmp_path):
     _, path = saved
-    ckpt = torch.load(path, weights_only=True)
-    ckpt["step"] = 10_000
-    ckpt["checksum"] = checkpoint.checksum(ckpt)  # a consistent checksum: only the contents are wrong
-    torch.save(ckpt, tmp_path / "lie.pt")
+    # a consistent checksum: only the contents are wrong
+    edit_saved(path, tmp_path / "lie.pt", edit={"settings.json": edit_json(lambda s: s.update(step=10_000))})
     with pytest.raises(ValueError, match=r"lie\.pt is not a consistent run: it says step 10000 but its history has 5"):
         Run.load(tmp_path / "lie.pt", device="cpu")
 

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import small_run
+from conftest import edit_json, edit_saved, small_run
 from torch import nn
 
 import trainlab.prune as P
@@ -122,10 +122,11 @@ def test_old_checkpoints_without_pruning_still_load(tmp_path):
     run = small_run()
     run.step(3)
     run.save(tmp_path / "r.pt")
-    ckpt = torch.load(tmp_path / "r.pt", weights_only=True)
-    for k in ("pruning", "pruning_state", "checksum"):
-        ckpt.pop(k)
-    torch.save(ckpt, tmp_path / "old.pt")
+
+    def strip(settings):
+        for k in ("pruning", "pruning_state"):
+            settings.pop(k)
+    edit_saved(tmp_path / "r.pt", tmp_path / "old.pt", edit={"settings.json": edit_json(strip)})
     loaded = Run.load(tmp_path / "old.pt", device="cpu")
     assert loaded.pruning is None and loaded.steps == 3
 

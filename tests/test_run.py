@@ -431,11 +431,10 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     good = path.read_bytes()
     run.step(4)
 
-    def broken_save(obj, f, *args, **kwargs):
-        f.write(b"half a checkpoint")
+    def broken_sync(fd):  # the bytes went to the temporary file; the disk filled before they were on it
         raise OSError("disk full")
 
-    monkeypatch.setattr(torch, "save", broken_save)
+    monkeypatch.setattr(os, "fsync", broken_sync)
     with pytest.raises(OSError, match="disk full"):
         run.save(path)
     monkeypatch.undo()

@@ -46,6 +46,14 @@ class Probe:
         """The history columns and snapshots `measure` writes on this run."""
         return Columns()
 
+    def state(self) -> dict[str, Any]:
+        """What the probe carries from one measurement to the next (plain data and tensors): saved with the run,
+        so a loaded run measures on as the original would have."""
+        return {}
+
+    def load_state(self, state: dict[str, Any], run: Run) -> None:
+        """Take back what `state` returned, on a run just restored."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(every={self.every})"
 

@@ -56,6 +56,13 @@ class Sharpness(Probe):
         self._vectors[key] = vectors.clone()
         return float(values[0])
 
+    def state(self) -> dict:
+        return {"generator": self._gen.get_state(), "vectors": dict(self._vectors)}  # the warm start
+
+    def load_state(self, state: dict, run: Run) -> None:
+        self._gen.set_state(state["generator"])
+        self._vectors = {k: None if v is None else v.to(run.device) for k, v in state["vectors"].items()}
+
     def columns(self, run: Run) -> Columns:
         return Columns({"sharpness": "sharpness", "sharpness_threshold": "threshold",
                         "preconditioned_sharpness": "preconditioned", "sharpness_hvps": "hvps"})

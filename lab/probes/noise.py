@@ -29,6 +29,12 @@ class GradientNoise(Probe):
         self.examples = examples
         self._gen = torch.Generator().manual_seed(seed)
 
+    def state(self) -> dict:
+        return {"generator": self._gen.get_state()}
+
+    def load_state(self, state: dict, run: Run) -> None:
+        self._gen.set_state(state["generator"])
+
     def columns(self, run: Run) -> Columns:
         return Columns({"noise_scale": "noise_scale", "grad_snr": "grad_snr", **layer_columns(run, "grad_snr")})
 

@@ -75,6 +75,12 @@ class SparsityProbe(Probe):
                                                                   for k, v in kept.items()}}
         return out
 
+    def state(self) -> dict[str, Any]:
+        return {"seen": self._seen}
+
+    def load_state(self, state: dict[str, Any], run: Run) -> None:
+        self._seen = state["seen"]
+
     def columns(self, run: Run) -> Columns:
         scalars = {f"sparsity/{_layer(k)}": _layer(k) for k in prunable(run.model)}
         scalars.update(sparsity="all layers", mask_churn="mask churn", pruned_grad_norm="‖g‖ on pruned weights",

@@ -48,6 +48,15 @@ class TrajectoryProbe(Probe):
                 self._points = self._points[:-1:2] + self._points[-1:]
         return {}
 
+    def state(self) -> dict[str, Any]:
+        with self._lock:
+            return {"steps": list(self._steps), "points": list(self._points)}
+
+    def load_state(self, state: dict[str, Any], run: Run) -> None:
+        with self._lock:
+            self._steps, self._points = list(state["steps"]), list(state["points"])
+            self._generation = run.history.generation  # the restored record's
+
     def columns(self, run: Run) -> Columns:
         return Columns()  # the record stays in the probe (weights are too large for the history)
 
