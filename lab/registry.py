@@ -100,6 +100,31 @@ def parse_spec(obj: Any, what: str | None = None) -> tuple[str, dict[str, Any]] 
     return None
 
 
+class Choice(param.Selector):
+    """A registry's entry by name, or a (name, {options}) pair whose options that entry declares (a model's
+    `init=("critical", {"C_W": 1.5})`): one knob that carries its own settings. The options are checked
+    when the value is set, so a bad one is refused naming it."""
+
+    __slots__ = ("kind",)
+
+    def __init__(self, registry: Registry, default: str, **kwargs):
+        super().__init__(default=default, objects=registry.names(), **kwargs)
+        self.kind = registry.kind
+        _CHOICES[registry.kind] = registry  # looked up by kind: param copies Parameters, not registries
+
+    def _validate_value(self, value, allow_None=None):
+        if isinstance(value, str) or value is None:
+            return super()._validate_value(value, allow_None)
+        parsed = parse_spec(value)
+        if parsed is None:
+            raise ValueError(f"{self.name}={value!r}: a {self.kind} name or a (name, {{options}}) pair")
+        super()._validate_value(parsed[0], allow_None)
+        _CHOICES[self.kind][parsed[0]].options(**parsed[1])  # raises naming the option and its range
+
+
+_CHOICES: dict[str, Registry] = {}
+
+
 @dataclass
 class Entry:
     """A registered constructor, the parameters it declares, and what its registry knows of it (`meta`:
