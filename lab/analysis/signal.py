@@ -28,33 +28,38 @@ _ACT_FN = {"relu": torch.relu, "tanh": torch.tanh, "gelu": nn.functional.gelu, "
 
 
 # ---- the infinite-width variance map ---------------------------------------------------------
-def expected_square(activation: str, K: float | np.ndarray, degree: int = 64) -> np.ndarray:
-    """E_{z~N(0,K)}[σ(z)²]: closed form for ReLU (K/2) and linear (K), else Gauss-Hermite quadrature of `degree`."""
+def expected_square(activation: str, K: float | np.ndarray) -> np.ndarray:
+    """E_{z~N(0,K)}[σ(z)²]: closed form for ReLU (K/2) and linear (K), else by quadrature (`_quadrature`)."""
     K = np.asarray(K, dtype=float)
     if activation == "relu":
         return K / 2
     if activation == "linear":
         return K.copy()
-    return _quadrature(activation, K, degree)
+    return _quadrature(activation, K)
 
 
-def _quadrature(activation: str, K: np.ndarray, degree: int) -> np.ndarray:
-    """∫ σ(z)² N(z; 0, K) dz = π^-1/2 Σ w_i σ(sqrt(2K) x_i)² with Hermite nodes x_i (numpy's hermgauss)."""
-    x, w = np.polynomial.hermite.hermgauss(degree)
-    z = torch.as_tensor(np.sqrt(2 * K)[..., None] * x, dtype=torch.float64)
-    s2 = _ACT_FN[activation](z).numpy() ** 2
-    return (s2 * w).sum(-1) / math.sqrt(math.pi)
+def _quadrature(activation: str, K: np.ndarray) -> np.ndarray:
+    """∫ σ(√K u)² φ(u) du by the trapezoid rule on u ∈ [-12, 12], spaced so that z = √K u steps at most 1/20:
+    exponentially convergent for smooth integrands on the line. (Gauss-Hermite with a fixed degree loses
+    accuracy as K grows: 2e-4 relative at K = 10 with 128 nodes, measured against scipy's quad, and its
+    node computation overflows past ~500 nodes; this rule stays at 1e-10 there.)"""
+    K = np.asarray(K, dtype=float)
+    n = int(480 * max(1.0, math.sqrt(float(K.max(initial=0.0))))) + 1
+    u = np.linspace(-12.0, 12.0, n)
+    z = torch.as_tensor(np.sqrt(K)[..., None] * u, dtype=torch.float64)
+    f = _ACT_FN[activation](z).numpy() ** 2 * np.exp(-u**2 / 2) / math.sqrt(2 * math.pi)
+    return np.trapezoid(f, u, axis=-1)
 
 
 def variance_map(K0: float | np.ndarray, activation: str, C_W, C_b, depth: int | None = None,
                  method: str = "auto") -> np.ndarray:
     """K_1 ... K_L of the pre-activations for input second moment K0 = E[x²] (a number, or one per example):
     K_1 = C_b + C_W K0, K_{l+1} = C_b + C_W E_{z~N(0,K_l)}[σ(z)²]. C_W, C_b: numbers or one per layer.
-    method "quadrature" forces Gauss-Hermite even where a closed form exists."""
+    method "quadrature" integrates numerically even where a closed form exists."""
     C_W, C_b = np.atleast_1d(np.asarray(C_W, float)), np.atleast_1d(np.asarray(C_b, float))
     L = depth or max(len(C_W), len(C_b))
     C_W, C_b = np.broadcast_to(C_W, (L,)) if len(C_W) == 1 else C_W, np.broadcast_to(C_b, (L,)) if len(C_b) == 1 else C_b
-    sq = (lambda K: _quadrature(activation, np.asarray(K, float), 64)) if method == "quadrature" else \
+    sq = (lambda K: _quadrature(activation, np.asarray(K, float))) if method == "quadrature" else \
         (lambda K: expected_square(activation, K))
     K = C_b[0] + C_W[0] * np.asarray(K0, float)
     out = [K]
