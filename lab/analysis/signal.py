@@ -188,11 +188,14 @@ def coord_check(model_fn: Callable[[int], Any], widths, data: Any = "digits", st
                 hooks = [m.register_forward_hook(lambda mod, i, o, name=name: outs.append((name, o.detach())))
                          for name, m in layers]
                 try:
-                    loss = loss_fn(model(x), y)
+                    with torch.set_grad_enabled(t < steps):  # the last forward is only measured
+                        loss = loss_fn(model(x), y)
                 finally:
                     for h in hooks:
                         h.remove()
                 records += [(width, name, t, o.abs().mean()) for name, o in outs]
+                if t == steps:
+                    break  # the last update would change nothing recorded (mup's check takes it anyway)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
