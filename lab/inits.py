@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .functional import record
-from .registry import Registry
+from .registry import Registry, parse_spec
 
 inits = Registry("initializer")
 
@@ -138,7 +138,7 @@ def _inputs(data, n: int, model: nn.Module, setting: str) -> torch.Tensor:
         raise ValueError(f"init={setting!r}: data must be a trainlab Data, an (X, y) pair or a tensor; got "
                          f"{type(data).__name__}")
     p = next(model.parameters())
-    return x.to(device=p.device, dtype=p.dtype)
+    return x.to(device=p.device, dtype=p.dtype if x.dtype.is_floating_point else x.dtype)  # tokens stay integers
 
 
 @inits.register(
@@ -195,8 +195,6 @@ def _critical(model: nn.Module, activation: str, C_W: float | None = None, C_b: 
 
 def apply(spec, model: nn.Module, activation: str, data=None) -> None:
     """Initialize `model` by `spec` (a name or a (name, {options}) pair); `data` goes to entries that need it."""
-    from .registry import parse_spec
-
     name, options = parse_spec(spec, "init")
     entry = inits[name]
     if isinstance(entry.meta, InitInfo) and entry.meta.needs_data:

@@ -114,7 +114,7 @@ def propagation(model: nn.Module, data: Any, loss_fn: Callable | None = None, n:
     hooks = [m.register_forward_hook(lambda mod, i, o, name=name: outs.__setitem__(name, o)) for name, m in layers]
     try:
         with eval_mode(model):  # BatchNorm's running statistics stay as they are
-            loss = loss_fn(model(x.to(p0.dtype)), y)
+            loss = loss_fn(model(x.to(p0.dtype) if x.dtype.is_floating_point else x), y)
     finally:
         for h in hooks:
             h.remove()
