@@ -20,6 +20,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) $(TORCH); \
 	else $(PIP) --no-index --no-deps $(TORCH) 2>/dev/null || $(PIP) --index-url $(TORCH_CPU_INDEX) $(TORCH); fi
 	$(PIP) -e ".[test,jupyter,bench]"
+	# mup (the μP reference the tests and benchmarks compare against) declares an unpinned torchvision it never
+	# imports: installed alone, without dependencies (it needs numpy, pandas and pyyaml, installed above)
+	$(PIP) --no-deps mup
 	touch $@
 
 install: $(VENV)/.installed

@@ -12,6 +12,7 @@ from .inits import inits  # noqa: E402
 from .models import models  # noqa: E402
 from .norms import norms  # noqa: E402
 from .optimizers import optimizers  # noqa: E402
+from .parametrizations import parametrizations  # noqa: E402
 from .lr_finder import lr_range_test  # noqa: E402
 from .probes import (DecisionBoundary, EffectiveStep, GradNorm, Probe, ScaleInvariantNorm,  # noqa: E402
                      SecondMoment, UpdateRatio)
@@ -24,7 +25,7 @@ __all__ = [
     "Data", "DecisionBoundary", "EffectiveStep", "GradNorm", "History", "LogInteger", "LogNumber", "Probe", "Registry",
     "Run", "ScaleInvariantNorm", "SecondMoment", "UpdateRatio", "as_data", "available_cpus", "datasets", "inits",
     "lr_range_test",
-    "models", "norms", "optimizers", "resolve_device", "schedules",
+    "models", "norms", "optimizers", "parametrizations", "resolve_device", "schedules",
 ]
 
 

@@ -25,7 +25,8 @@ import torch
 
 from .data import batches
 from .jobs import Progress, as_progress
-from .optimizers import optimizers
+from .optimizers import build_grouped, optimizers
+from .parametrizations import multipliers
 from .registry import option_values
 
 if TYPE_CHECKING:
@@ -129,8 +130,9 @@ def lr_range_test(run: Run, start: float = 1e-7, end: float = 10.0, steps: int =
                          f"steps differently ({entry.meta.step}): run the test with optimizer sgd or adam")
     key = entry.meta.lr_key or "lr"
     model = run.model_copy()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = entry.build(params, lr=start, **option_values(run.opt_params))  # as Run builds it
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    # as Run builds it: in the parametrization's param groups, each lr its multiple of the run's
+    opt = build_grouped(run.optimizer, named, multipliers(model, run.optimizer), start, option_values(run.opt_params))
     gen = torch.Generator().manual_seed(seed)
     data = batches(run.data, batch_size or run.batch_size, gen, run.device)
     lrs = start * (end / start) ** (np.arange(steps) / (steps - 1))
@@ -143,7 +145,7 @@ def lr_range_test(run: Run, start: float = 1e-7, end: float = 10.0, steps: int =
                 stopped = "cancelled"
                 break
             for group in opt.param_groups:
-                group[key if key in group else "lr"] = float(lr)
+                group[key if key in group else "lr"] = float(lr) * group.get("lr_mult", 1.0)
             xb, yb = data.next()
             opt.zero_grad(set_to_none=True)
             loss = run.loss_fn(model(xb), yb)

@@ -1,4 +1,10 @@
-"""Models by name (an MLP, a small CNN and a tiny transformer), each with a normalization and an initializer by name."""
+"""Models by name (an MLP, a residual MLP, a small CNN and a tiny transformer), each with a normalization, an
+initializer and a parametrization by name.
+
+A builder makes the architecture only; `models.build` then applies the options every model shares, in
+one place (`finish`): the initializer (given the run's data, for those that measure on it) and the
+parametrization (given the same model built at `base_width`, for μP).
+"""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -9,13 +15,28 @@ from torch import nn
 
 from .data import Data
 from .functional import eval_mode
+from .inits import apply as apply_init
 from .inits import inits
 from .norms import follow, norms, replaces_activation
 from .norms import spec as norm_spec
-from .registry import Choice, LogInteger, Registry
+from .parametrizations import apply as apply_parametrization
+from .parametrizations import parametrizations
+from .registry import Choice, LogInteger, Registry, option_values
 from .transformer import Attention, FeedForward, Layer, Transformer
 
-models = Registry("model")
+
+class ModelRegistry(Registry):
+    """Models by name: `build(name, data, **options)` validates the options, builds the architecture and
+    applies the shared options (`SHARED`) to it."""
+
+    def build(self, name: str, data: Data, **options) -> nn.Module:
+        entry = self[name]
+        values = option_values(entry.options(**options))
+        shared = {k: values.pop(k) for k in SHARED if k in values}
+        return finish(entry, data, values, **shared)
+
+
+models = ModelRegistry("model")
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "linear": nn.Identity}
 
@@ -23,8 +44,37 @@ _common = dict(
     activation=param.Selector(default="relu", objects=list(ACTIVATIONS), doc="nonlinearity between layers"),
     norm=Choice(norms, default="none", doc="normalization after each hidden layer: a name, or (name, {options}) "
                                           "such as ('groupnorm', {'groups': 8})"),
-    init=param.Selector(default="default", objects=inits.names(), doc="weight initialization"),
+    init=Choice(inits, "default", doc="weight initialization: a name, or (name, {options}) such as "
+                                      "('critical', {'C_W': 1.5})"),
+    parametrization=param.Selector(default="sp", objects=parametrizations.names(),
+                                   doc="how init, multipliers and per-layer lrs scale with width: sp, ntk, mup, "
+                                       "depth_mup"),
+    base_width=param.Integer(None, allow_None=True, bounds=(1, None),
+                             doc="the width at which μP equals SP (its lr transfers from there); needed by mup"),
 )
+SHARED = ("init", "parametrization", "base_width")  # applied by `finish`, not by the builders
+WIDTH_OPTIONS = ("width", "channels", "d_model")  # the option base_width stands for, the first a model declares
+
+
+def finish(entry, data: Data, arch: dict, init="default", parametrization="sp", base_width=None) -> nn.Module:
+    """The model of `entry` with architecture options `arch`, initialized and parametrized."""
+    info = parametrizations[parametrization].meta
+    width_key = next((k for k in WIDTH_OPTIONS if k in arch), None)
+    if info.needs_base:  # refused before anything is built
+        if base_width is None:
+            raise ValueError(f"parametrization={parametrization!r} needs base_width (the width it equals SP at and "
+                             f"transfers its lr from, e.g. base_width=64); none was given")
+        if width_key is None:
+            raise ValueError(f"parametrization={parametrization!r}: model {entry.name!r} has no width option "
+                             f"({', '.join(WIDTH_OPTIONS)}) for base_width to set")
+    model = entry.build(data, **arch)
+    apply_init(init, model, arch.get("activation", "relu"), data=data)
+    base = None
+    if info.needs_base:
+        with torch.device("meta"):  # shapes only: no memory, no random numbers drawn
+            base = entry.build(data, **{**arch, width_key: base_width})
+    apply_parametrization(parametrization, model, base)
+    return model
 
 
 @models.register(
@@ -33,7 +83,7 @@ _common = dict(
     depth=param.Integer(2, bounds=(0, None), softbounds=(0, 8), doc="number of hidden layers"),
     **_common,
 )
-def mlp(data: Data, width=128, depth=2, activation="relu", norm="none", init="default") -> nn.Module:
+def mlp(data: Data, width=128, depth=2, activation="relu", norm="none") -> nn.Module:
     """A multilayer perceptron: depth x (linear, norm, activation), then a linear read-out."""
     _real_valued(data, "mlp")
     layers: dict[str, nn.Module] = {"flatten": nn.Flatten()}
@@ -44,9 +94,44 @@ def mlp(data: Data, width=128, depth=2, activation="relu", norm="none", init="de
         layers[f"act{i}"] = act()
         fan_in = width
     layers["out"] = nn.Linear(fan_in, data.n_out)
-    model = nn.Sequential(OrderedDict(layers))
-    inits.build(init, model, activation)
-    return model
+    return nn.Sequential(OrderedDict(layers))
+
+
+_BRANCH = {"1": lambda L: 1.0, "1/sqrt(L)": lambda L: L**-0.5, "1/L": lambda L: 1.0 / L}
+
+
+class Residual(nn.Module):
+    """x + branch_scale * fc(act(norm(x))): a pre-activation residual branch (Bordelon et al. 2023's form)."""
+
+    def __init__(self, width: int, norm: str, activation: str, branch_scale: float):
+        super().__init__()
+        name, options = norm_spec(norm)
+        self.norm = norms.build(name, width, 1, **options)
+        self.act = ACTIVATIONS[activation]()
+        self.fc = nn.Linear(width, width)
+        self.branch_scale = float(branch_scale)
+
+    def forward(self, x):
+        return x + self.branch_scale * self.fc(self.act(self.norm(x)))
+
+
+@models.register(
+    "resmlp",
+    width=LogInteger(128, bounds=(1, None), softbounds=(2, 1024), doc="units per residual block"),
+    depth=param.Integer(4, bounds=(1, None), softbounds=(1, 32), doc="number of residual blocks L"),
+    branch=param.Selector(default="1", objects=list(_BRANCH),
+                          doc="each residual branch's multiplier: 1, 1/sqrt(L) (depth-μP) or 1/L"),
+    **_common,
+)
+def resmlp(data: Data, width=128, depth=4, branch="1", activation="relu", norm="none") -> nn.Module:
+    """A residual MLP: a linear embedding, L blocks x + s·W act(norm(x)) with s = branch(L), a linear read-out."""
+    scale = _BRANCH[branch](depth)
+    layers: dict[str, nn.Module] = {"flatten": nn.Flatten(), "inp": nn.Linear(data.n_features, width)}
+    for i in range(1, depth + 1):
+        layers[f"block{i}"] = Residual(width, norm, activation, scale)
+    layers["act"] = ACTIVATIONS[activation]()
+    layers["out"] = nn.Linear(width, data.n_out)
+    return nn.Sequential(OrderedDict(layers))
 
 
 @models.register(
@@ -54,7 +139,7 @@ def mlp(data: Data, width=128, depth=2, activation="relu", norm="none", init="de
     channels=LogInteger(16, bounds=(1, None), softbounds=(2, 128), doc="channels of the first convolution"),
     **_common,
 )
-def cnn(data: Data, channels=16, activation="relu", norm="none", init="default") -> nn.Module:
+def cnn(data: Data, channels=16, activation="relu", norm="none") -> nn.Module:
     """Two 3x3 convolutions (c, 2c channels), a 2x2 max-pool and a linear read-out; for image data."""
     _real_valued(data, "cnn")
     if data.image_shape is None:
@@ -63,7 +148,7 @@ def cnn(data: Data, channels=16, activation="relu", norm="none", init="default")
     act = ACTIVATIONS["linear" if replaces_activation(norm) else activation]
     conv1, norm1 = follow(norm, nn.Conv2d(c_in, channels, 3, padding=1), 2, activation, "cnn")
     conv2, norm2 = follow(norm, nn.Conv2d(channels, 2 * channels, 3, padding=1), 2, activation, "cnn")
-    model = nn.Sequential(OrderedDict(
+    return nn.Sequential(OrderedDict(
         unflatten=nn.Unflatten(1, data.image_shape) if data.X is not None and data.X.ndim == 2 else nn.Identity(),
         conv1=conv1, norm1=norm1, act1=act(),
         conv2=conv2, norm2=norm2, act2=act(),
@@ -71,8 +156,6 @@ def cnn(data: Data, channels=16, activation="relu", norm="none", init="default")
         flatten=nn.Flatten(),
         out=nn.Linear(2 * channels * (h // 2) * (w // 2), data.n_out),
     ))
-    inits.build(init, model, activation)
-    return model
 
 
 PLACEMENTS = ("pre_ln", "post_ln", "pre_rmsnorm", "mix_ln")
@@ -93,7 +176,7 @@ PLACEMENTS = ("pre_ln", "post_ln", "pre_rmsnorm", "mix_ln")
                                  doc="the norm at each placement (a name or (name, {options})), per token")},
 )
 def transformer(data: Data, width=64, depth=2, heads=4, placement="pre_ln", mix_fraction=0.25, activation="relu",
-                norm="layernorm", init="default") -> nn.Module:
+                norm="layernorm") -> nn.Module:
     """A tiny transformer encoder for token data: embeddings, depth x (attention, MLP), the last token read out."""
     if data.vocab is None:
         raise ValueError(f"transformer needs token data (modular_addition, majority); {data.name!r} has real-valued "
@@ -119,9 +202,7 @@ def transformer(data: Data, width=64, depth=2, heads=4, placement="pre_ln", mix_
     layers = [Layer(Attention(width, heads, make_norm(), i < post_layers),
                     FeedForward(width, ACTIVATIONS[activation](), make_norm(), i < post_layers)) for i in range(depth)]
     final = make_norm() if post_layers < depth else nn.Identity()  # Pre-LN's last layer leaves its sum unnormalized
-    model = Transformer(data.vocab, data.input_shape[0], data.n_out, width, layers, final)
-    inits.build(init, model, activation)
-    return model
+    return Transformer(data.vocab, data.input_shape[0], data.n_out, width, layers, final)
 
 
 def _real_valued(data: Data, model: str) -> None:

@@ -344,10 +344,41 @@ def write_groups(opt: torch.optim.Optimizer, name: str, lr: float, hp: dict) -> 
             wanted = keys - set(_ADAMW_KEYS)
         for k in wanted:
             if k in group and k in ref:
-                group[k] = ref[k]
+                group[k] = ref[k] * group[_MULT_OF[k]] if _MULT_OF.get(k) in group else ref[k]
             elif k not in group:
                 missing.add(k)
     return missing
+
+
+# A param group's multipliers (μP's per-layer lrs, trainlab.parametrizations): the group's lr is the run's lr
+# times "lr_mult" and its weight decay the setting times "wd_mult", whatever writes them (construction,
+# write_groups, then schedules scale the groups' base lrs).
+_MULT_OF = {"lr": "lr_mult", "weight_decay": "wd_mult"}
+
+
+def grouped(named: list[tuple[str, torch.Tensor]], mults: dict[str, tuple[float, float]] | None):
+    """The parameters as a list (no multipliers), or as param groups of equal (lr, weight-decay) multipliers,
+    in the order the parameters come: {"params": [...], "lr_mult": m, "wd_mult": w}."""
+    if mults is None:
+        return [p for _, p in named]
+    groups: dict[tuple[float, float], list[torch.Tensor]] = {}
+    for n, p in named:
+        groups.setdefault(mults.get(n, (1.0, 1.0)), []).append(p)
+    return [{"params": ps, "lr_mult": lm, "wd_mult": wm} for (lm, wm), ps in groups.items()]
+
+
+def build_grouped(name: str, named: list[tuple[str, torch.Tensor]], mults: dict | None, lr: float,
+                  hp: dict) -> torch.optim.Optimizer:
+    """Optimizer `name` over the named parameters, each group's lr and decay times its multipliers (the values
+    the constructor derives from the settings, then multiplied, as write_groups does)."""
+    entry = optimizers[name]
+    opt = entry.build(grouped(named, mults), lr=lr, **hp)
+    if mults is not None:
+        for group in opt.param_groups:
+            for k, m in _MULT_OF.items():
+                if m in group and k in group:
+                    group[k] = group[k] * group[m]
+    return opt
 
 
 def _dry_step(build: Callable, params: list[torch.Tensor], zero: bool) -> list[dict[str, Any]]:

@@ -25,12 +25,13 @@ from .functional import eval_mode
 from .history import History
 from .models import check_fits, default_loss, models
 from .norms import batch_dependent
-from .optimizers import (carry_state, check_hparams, check_step, flipped, optimizers, reconcile_state, unknown_setting,
-                         write_groups)
+from .optimizers import (build_grouped, carry_state, check_hparams, check_step, flipped, optimizers, reconcile_state,
+                         unknown_setting, write_groups)
 from .optimizers import entry as optimizer_entry
 from .probes import Probe, default_probes
 from .prune.masks import load_state
 from .prune.runtime import Pruning
+from .parametrizations import multipliers
 from .registry import LogInteger, LogNumber, RejectedType, number, option_values, parse_spec, validate
 from .schedules import as_schedule
 from .stepping import KINDS, AnnealedNoise, FlatGrads
@@ -228,6 +229,9 @@ class Run(param.Parameterized):
         self.params = [p for ps in self.layers.values() for p in ps]  # trainable, in layer order
         if share.current() is not None:  # a shared server's cap on model size
             share.current().check_model(sum(p.numel() for p in self.params))
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        self._param_names = [names[id(p)] for p in self.params]
+        multipliers(self.model, self.optimizer)  # a μP model refuses an optimizer it has no lr rule for
         # the examples a step sees, not the nominal batch size (full-batch runs ask for 100,000 of 320)
         self.threads = choose_threads(threads, sum(p.numel() for p in self.params),
                                       min(self.batch_size, self.data.n_examples))
@@ -351,6 +355,8 @@ class Run(param.Parameterized):
         check_hparams(name, own.get("lr", self.lr), hp)
         if not switching:
             check_step(name, own.get("lr", self.lr), hp, self.optimizer_settings(), self.params)
+        else:
+            multipliers(self.model, name)  # a μP model refuses an optimizer it has no lr rule for
         with self._settings_lock:
             before = self.settings()
             if switching:
@@ -476,12 +482,21 @@ class Run(param.Parameterized):
             if self._schedule.varies:  # the groups' base lrs were just rewritten: the schedule scales those
                 self._schedule.rebase(self.torch_optimizer, self._lr_key)
 
+    def _builder(self, entry, hp: dict) -> Callable:
+        """params -> the optimizer over them with the current settings: the run's own parameters or copies
+        aligned with them (dry steps), in param groups carrying the parametrization's lr multipliers."""
+        mults = multipliers(self.model, entry.name)
+
+        def build(params):
+            if entry.meta.takes_model and params is self.params:
+                return entry.build(self.model, lr=self.lr, **hp)
+            return build_grouped(entry.name, list(zip(self._param_names, params)), mults, self.lr, hp)
+
+        return build
+
     def _rebuild(self, entry, hp: dict, keep: bool, what: str | None) -> None:
         """A new torch optimizer for the current settings; `keep` carries matching per-parameter state over."""
-        def build(params):
-            return entry.build(self.model if entry.meta.takes_model and params is self.params else params,
-                               lr=self.lr, **hp)
-
+        build = self._builder(entry, hp)
         old = getattr(self, "torch_optimizer", None)
         new = build(self.params)
         if what is not None:
@@ -511,8 +526,7 @@ class Run(param.Parameterized):
         changed = flipped(hp, getattr(self, "_applied_hp", hp))
         if not changed:
             return
-        done = reconcile_state(self.torch_optimizer, lambda ps: entry.build(
-            self.model if entry.meta.takes_model and ps is self.params else ps, lr=self.lr, **hp), self.params)
+        done = reconcile_state(self.torch_optimizer, self._builder(entry, hp), self.params)
         if done:
             self.note(f"{', '.join(f'{k}={hp[k]}' for k in changed)}: {done}")
 

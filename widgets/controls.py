@@ -69,10 +69,9 @@ class Control:
         elif isinstance(p, param.Boolean):
             self.widget = pn.widgets.Checkbox(label=label, value=bool(value))
         elif isinstance(p, param.Selector):
-            if isinstance(p, Choice):  # ("groupnorm", {"groups": 8}) shows as its name; a choice made here takes the defaults
-                self._from = lambda v: parse_spec(v)[0]  # noqa: E731
-                value = self._from(value)
-            self.widget = pn.widgets.Select(label=label, options=list(p.objects), value=value)
+            if isinstance(p, Choice):  # a (name, {options}) value shows its name
+                self._from = lambda v: v if v is None else parse_spec(v)[0]  # noqa: E731
+            self.widget = pn.widgets.Select(label=label, options=list(p.objects), value=self._from(value))
         elif isinstance(p, (param.Integer, param.Number)) and p.get_soft_bounds()[1] is None:
             kind = pn.widgets.IntInput if isinstance(p, param.Integer) else pn.widgets.FloatInput
             self.widget = kind(label=label, value=value, start=p.bounds[0] if p.bounds else None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-_MODULES = ("landscape", "hessian", "spectrum", "gradients")
+_MODULES = ("landscape", "hessian", "spectrum", "gradients", "signal", "transfer")
 
 
 def __getattr__(name: str):

@@ -2,7 +2,7 @@
 
 One module per family: `steps` (gradient norm, update ratio, effective step), `internals` (the
 optimizer's scale-invariant norms and second moments), `boundary`, `curvature` (sharpness, group
-losses), `noise` (gradient noise), `normalization` (BatchNorm's batch noise, effective lr), `spectrum` (weight spectra), `pruning` (sparsity) and `trajectory` (the path for the
+losses), `noise` (gradient noise), `normalization` (BatchNorm's batch noise, effective lr), `spectrum` (weight spectra), `pruning` (sparsity), `signal` (signal propagation) and `trajectory` (the path for the
 landscape's PCA plane). Probes call the analyses in `trainlab.analysis`; a new lab adds its own module.
 """
 from .base import Columns, Probe, default_probes
@@ -15,7 +15,7 @@ from .steps import DeadUnits, EffectiveStep, GradNorm, UpdateRatio
 def __getattr__(name: str):
     # these load SciPy or Numba with their analyses: only when asked for
     lazy = {"Sharpness": "curvature", "GroupLoss": "curvature", "GradientNoise": "noise",
-            "SpectrumProbe": "spectrum", "TrajectoryProbe": "trajectory", "SparsityProbe": "pruning"}
+            "SpectrumProbe": "spectrum", "SignalPropagation": "signal", "TrajectoryProbe": "trajectory", "SparsityProbe": "pruning"}
     if name in lazy:
         import importlib
 
@@ -24,5 +24,5 @@ def __getattr__(name: str):
 
 
 __all__ = ["BatchStatNoise", "Columns", "DeadUnits", "DecisionBoundary", "EffectiveLR", "EffectiveStep", "GradNorm", "GradientNoise", "GroupLoss", "Probe",
-           "ScaleInvariantNorm", "SecondMoment", "Sharpness", "SparsityProbe", "SpectrumProbe", "TrajectoryProbe", "UpdateRatio",
+           "ScaleInvariantNorm", "SecondMoment", "Sharpness", "SignalPropagation", "SparsityProbe", "SpectrumProbe", "TrajectoryProbe", "UpdateRatio",
            "default_probes", "scale_invariant_layers", "second_moments"]
