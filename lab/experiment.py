@@ -11,6 +11,7 @@ import math
 import time
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 
 CONTROL = ("steps",)  # keys of a configuration that are not Run arguments
@@ -31,12 +32,29 @@ def _steps(config: dict[str, Any]) -> int:
     return steps
 
 
+def full_loss(run) -> float:
+    """The loss over the whole training set at the run's weights now (eval mode, in chunks); inf if not finite."""
+    import torch
+
+    from .functional import eval_mode
+
+    total, n = 0.0, 0
+    X, y = run.data.fixed_sample(None, device=run.device)
+    with torch.no_grad(), eval_mode(run.model):
+        for i in range(0, len(X), 4096):
+            total += float(run.loss_fn(run.model(X[i:i + 4096]), y[i:i + 4096])) * len(X[i:i + 4096])
+            n += len(X[i:i + 4096])
+    return total / n if math.isfinite(total) else math.inf
+
+
 def train(config: dict[str, Any], *, stop: Callable[[], bool] | None = None, chunk: int = 50,
           on_progress: Callable[[int, dict[str, float]], None] | None = None, keep_history: bool = True,
-          run_hook: Callable | None = None) -> dict[str, Any]:
+          run_hook: Callable | None = None, whole_train_loss: bool = False) -> dict[str, Any]:
     """Train `config["steps"]` steps and return the result row: `status` ("done", "diverged" or "cancelled"),
     `steps`, `seconds`, `train_loss` (the mean of the last tenth of the steps), `val_loss`/`val_acc` at the end,
-    `best_val_loss`, `best_step` and (with `keep_history`) `history`, the run's history as a DataFrame.
+    `best_val_loss`, `best_step`, `mean_train_loss` (over every step: how fast it learned; inf if it diverged),
+    with `whole_train_loss` the loss over the whole training set at the end (`full_train_loss`), and (with
+    `keep_history`) `history`, the run's history as a DataFrame.
 
     `stop()` is asked every `chunk` steps (a sweep's cancellation); `on_progress(step, metrics)` is told then
     too (live metrics). `run_hook(run)` sees the Run once built (a store that records it live)."""
@@ -61,6 +79,10 @@ def train(config: dict[str, Any], *, stop: Callable[[], bool] | None = None, chu
     if "train_loss" in frame and len(frame):
         tail = frame["train_loss"].iloc[-max(1, len(frame) // 10):]
         row["train_loss"] = float(tail.mean())
+        losses = frame["train_loss"].to_numpy(float)
+        row["mean_train_loss"] = float(losses.mean()) if status == "done" and np.isfinite(losses).all() else math.inf
+    if whole_train_loss:
+        row["full_train_loss"] = full_loss(run) if status == "done" else math.inf
     if run.data.has_val and status != "diverged":
         row.update(run.evaluate())
     if "val_loss" in frame and frame["val_loss"].notna().any():

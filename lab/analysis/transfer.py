@@ -19,37 +19,19 @@ _TAGS = ("width", "depth", "parametrization", "base_width", "branch", "init")
 
 
 def run_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Train one configuration and return its row: the configuration's tags, `loss` (the training loss over
-    the whole training set after the steps), `mean_train_loss` (the batches' loss averaged over the run: how
-    fast it learned), both inf when the run diverged, `steps` taken and `diverged`.
-
-    Keys: model ((name, {options})), data (a name or (name, {options})), optimizer, lr, steps, seed,
-    and optionally batch_size (64), hparams (the optimizer's other settings), device ("cpu"), threads (1).
-    """
-    import torch
-
-    from ..run import Run
+    """Train one configuration (`trainlab.experiment`: Run arguments + steps; on the CPU with one thread unless it
+    says otherwise) and return its row: the model options it was swept over, `loss` (the training loss over the
+    whole training set after the steps), `mean_train_loss` (the batches' loss averaged over the run: how fast it
+    learned), both inf when the run diverged, `steps` taken and `diverged`."""
+    from ..experiment import train
 
     name, options = config["model"]
-    run = Run(model=(name, dict(options)), data=config["data"], optimizer=config["optimizer"], lr=config["lr"],
-              batch_size=config.get("batch_size", 64), seed=config["seed"], device=config.get("device", "cpu"),
-              probes=[], threads=config.get("threads", 1), **config.get("hparams", {}))
-    steps = int(config["steps"])
-    done = run.step(steps)
-    loss = math.inf
-    if done == steps:
-        total, n = 0.0, 0
-        with torch.no_grad():
-            X, y = run.data.fixed_sample(None, device=run.device)
-            for i in range(0, len(X), 4096):
-                total += float(run.loss_fn(run.model(X[i:i + 4096]), y[i:i + 4096])) * len(X[i:i + 4096])
-                n += len(X[i:i + 4096])
-        loss = total / n if math.isfinite(total) else math.inf
-    losses = run.history.frame()["train_loss"].to_numpy(dtype=float)
-    mean_loss = float(losses.mean()) if done == steps and np.isfinite(losses).all() else math.inf
+    out = train({"device": "cpu", "threads": 1, **config}, keep_history=False, whole_train_loss=True)
     row = {k: options[k] for k in _TAGS if k in options}
+    diverged = out["status"] != "done" or not math.isfinite(out["full_train_loss"])
     row.update(model=name, optimizer=config["optimizer"], lr=float(config["lr"]), seed=int(config["seed"]),
-               loss=loss, mean_train_loss=mean_loss, steps=done, diverged=done < steps or not math.isfinite(loss))
+               loss=out["full_train_loss"], mean_train_loss=out.get("mean_train_loss", math.inf), steps=out["steps"],
+               diverged=diverged)
     return row
 
 
@@ -57,7 +39,8 @@ def configurations(model: str = "mlp", widths: Iterable[int] = (64, 128, 256, 51
                    parametrizations: Iterable[str] = ("sp", "mup"), base_width: int = 64, seeds: Iterable[int] = (0,),
                    data: Any = "digits", optimizer: str = "adam", steps: int = 200, batch_size: int = 64,
                    model_options: dict | None = None, hparams: dict | None = None) -> list[dict[str, Any]]:
-    """Every (parametrization, width, lr, seed) configuration of a width sweep, as plain dicts for `run_config`."""
+    """Every (parametrization, width, lr, seed) configuration of a width sweep, as `trainlab.experiment`
+    configurations (plain dicts) for `run_config`."""
     lrs = [float(lr) for lr in lrs]
     if not lrs:
         raise ValueError("lrs must hold at least one learning rate (e.g. 2.0 ** np.arange(-12, -2))")
@@ -68,7 +51,7 @@ def configurations(model: str = "mlp", widths: Iterable[int] = (64, 128, 256, 51
             for lr in lrs:
                 for seed in seeds:
                     out.append(dict(model=(model, options), data=data, optimizer=optimizer, lr=lr, steps=int(steps),
-                                    seed=int(seed), batch_size=int(batch_size), hparams=dict(hparams or {})))
+                                    seed=int(seed), batch_size=int(batch_size), **(hparams or {})))
     return out
 
 
