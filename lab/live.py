@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
 from .jobs import Progress, as_progress
 
@@ -277,3 +278,88 @@ def fluctuations(run: Run, *, progress: bool | Progress = True, depths: tuple[in
     frame = depth_study(name, run.data, list(depths), list(inits), seeds=seeds, m=m, progress=progress,
                         **{k: v for k, v in options.items() if k not in ("depth", "init")})
     return {FLUCTUATIONS: {c: frame[c].to_numpy() for c in frame.columns}}
+
+
+# ---- initialization and parametrization ---------------------------------------------------------
+SIGNAL, SIGNAL_INIT, COORD_CHECK, MU_TRANSFER = "signal", "signal_init", "coord_check", "mu_transfer"
+
+
+def _signal_frame(frame) -> dict[str, Any]:
+    return {c: (frame[c].to_numpy(dtype=object) if c == "layer" else frame[c].to_numpy(dtype=np.float64))
+            for c in ("layer", "depth", "mean", "std", "grad_norm", "theory_std")}
+
+
+def signal_at_init(run: Run, *, progress: bool | Progress = True, n: int = 256) -> dict[str, Any]:
+    """Signal propagation through the run's model at its initial weights (beside the live probe's, now)."""
+    from .analysis.signal import propagation
+
+    model = run.model_copy()
+    model.load_state_dict(run.initial_state)
+    x = run.data.fixed_sample(n, seed=0, device=run.device)
+    return {SIGNAL_INIT: _signal_frame(propagation(model, x, loss_fn=run.loss_fn, n=n))}
+
+
+def _width_key(options: dict) -> str:
+    from .models import WIDTH_OPTIONS
+
+    key = next((k for k in WIDTH_OPTIONS if k in options), None)
+    if key is None:
+        raise ValueError(f"this model has no width option ({', '.join(WIDTH_OPTIONS)}) to vary")
+    return key
+
+
+def coord_check(run: Run, *, progress: bool | Progress = True, widths: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048),
+                steps: int = 3, parametrizations: tuple[str, ...] = ("sp", "mup")) -> dict[str, Any]:
+    """μP's coordinate check on the run's model family (its options, width varied) under each parametrization,
+    with the run's optimizer and lr: each layer's mean |output| after `steps` steps against width."""
+    from .analysis.signal import coord_check as check
+
+    if run.model_spec is None:
+        raise ValueError("the coordinate check rebuilds the model at several widths: it needs a registered model")
+    name, options = run.model_spec
+    key = _width_key(options)
+    base = options.get("base_width") or min(widths)
+    p = as_progress(progress, len(parametrizations), "coordinate check")
+    out: dict[str, Any] = {}
+    for par in parametrizations:
+        if p.cancelled:
+            return {}
+        frame = check(lambda w: (name, {**options, key: int(w), "parametrization": par, "base_width": base}), widths,
+                      data=run.data.spec or run.data, steps=steps, optimizer=run.optimizer, lr=run.lr,
+                      batch_size=min(run.batch_size, 64), seed=run.seed)
+        last = frame[frame.t == frame.t.max()]
+        out[par] = {"width": last["width"].to_numpy(float), "module": last["module"].to_numpy(object),
+                    "l1": last["l1"].to_numpy(float)}
+        p.update()
+    return {COORD_CHECK: {"parametrizations": out, "steps": steps, "base_width": base}}
+
+
+def mu_transfer(run: Run, *, progress: bool | Progress = True, widths: tuple[int, ...] = (32, 64, 128, 256),
+                lrs: tuple[float, ...] = tuple(2.0 ** np.arange(-12, -3)), steps: int = 60,
+                parametrizations: tuple[str, ...] = ("sp", "mup")) -> Iterator[dict[str, Any]]:
+    """μ-Transfer on the run's model family and optimizer: one short run per (parametrization, width, lr), the
+    loss against lr per width published as the runs finish (under μP the best lr stays put as width grows)."""
+    from .analysis.transfer import best_lr, configurations, run_config
+
+    if run.model_spec is None or run.data.spec is None:
+        raise ValueError("μ-Transfer trains the model afresh at several widths: it needs a registered model and data")
+    name, options = run.model_spec
+    _width_key(options)
+    configs = configurations(name, widths, lrs, parametrizations, base_width=min(widths), seeds=(run.seed,),
+                             data=run.data.spec, optimizer=run.optimizer, steps=steps, batch_size=run.batch_size,
+                             model_options={k: v for k, v in options.items()
+                                            if k not in ("width", "parametrization", "base_width")},
+                             hparams=run.optimizer_settings())
+    p = as_progress(progress, len(configs), "μ-Transfer: one run per width and lr")
+    rows = []
+    for i, config in enumerate(configs):
+        if p.cancelled:
+            return
+        rows.append(run_config(config))
+        p.update()
+        if (i + 1) % len(lrs) == 0:  # a whole curve: draw it
+            frame = pd.DataFrame(rows)
+            yield {MU_TRANSFER: {"rows": {c: frame[c].to_numpy() for c in ("parametrization", "width", "lr",
+                                                                            "mean_train_loss", "loss")},
+                                 "best": best_lr(frame, metric="mean_train_loss").to_dict("list"),
+                                 "done": len(rows), "total": len(configs)}}

@@ -71,19 +71,3 @@ def test_bad_interval_is_refused():
     with pytest.raises(ValueError):
         NormalizationPanel(run, compare=["nope"])
 
-
-def test_fluctuations_job_draws_a_line_per_init_and_measure():
-    run = trainlab.Run(model=("mlp", {"width": 64, "activation": "linear"}), data="digits", device="cpu")
-    panel = NormalizationPanel(run)
-    try:
-        job = panel.fluctuations()
-        wait_until(lambda: job.done, 120, "the fluctuation study to finish", every=0.05)
-        assert job.error is None
-        panel.feed.tick()
-        data = panel.fluct_source.data
-        assert data["label"] == ["kaiming: NTK", "kaiming: pre-activations", "orthogonal: NTK",
-                                 "orthogonal: pre-activations"]
-        assert list(data["xs"][0]) == [1, 2, 4, 8]
-        assert data["ys"][0][-1] > 3 * data["ys"][0][0] and max(data["ys"][2]) < 1e-10
-    finally:
-        panel.close()

@@ -3,6 +3,7 @@ from .base import LabPanel
 from .curvature import CurvaturePanel
 from .dashboard import TrainingDashboard
 from .feed import Feed
+from .init_panel import InitPanel
 from .labs import LABS, Lab
 from .landscape import LandscapePanel
 from .normalization import NormalizationPanel
@@ -11,5 +12,5 @@ from .playground import Playground2D
 from .pruning import PruningPanel
 from .spectrum import SpectrumPanel
 
-__all__ = ["LABS", "CurvaturePanel", "Feed", "Lab", "LabPanel", "LandscapePanel", "NormalizationPanel", "OptimizerPanel", "Playground2D",
+__all__ = ["LABS", "CurvaturePanel", "Feed", "InitPanel", "Lab", "LabPanel", "LandscapePanel", "NormalizationPanel", "OptimizerPanel", "Playground2D",
            "PruningPanel", "SpectrumPanel", "TrainingDashboard"]

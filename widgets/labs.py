@@ -39,4 +39,5 @@ LABS = (
     Lab("Spectrum", "spectrum", "SpectrumPanel", fills="right"),
     Lab("Pruning", "pruning", "PruningPanel", fills="all layers", press="Turn pruning on"),
     Lab("Normalization", "normalization", "NormalizationPanel", fills="xs", press="Compare norms"),
+    Lab("Init & μP", "init_panel", "InitPanel", fills="theory_std"),
 )

@@ -1,5 +1,5 @@
-"""The normalization and initialization lab: BatchNorm's batch noise, the effective lr of scale-invariant
-weights, and the run's model retrained with each normalization (the micro-batch effect)."""
+"""The normalization lab: BatchNorm's batch noise, the effective lr of scale-invariant weights, and the run's
+model retrained with each normalization (the micro-batch effect)."""
 from __future__ import annotations
 
 from functools import partial
@@ -17,21 +17,6 @@ from trainlab.probes.normalization import batchnorm_layers
 from . import plots
 from .base import LabPanel
 from .feed import Feed
-
-
-def _by_init(snap: dict) -> dict:
-    """The fluctuation study as one multi-line source: NTK and pre-activation lines per initializer."""
-    out = {"xs": [], "ys": [], "label": [], "color": [], "dash": []}
-    inits = list(dict.fromkeys(snap["init"]))
-    for i, init in enumerate(inits):
-        rows = np.asarray(snap["init"]) == init
-        for what, dash in (("ntk_rel_var", "solid"), ("preact_rel_var", "dashed")):
-            out["xs"].append(np.asarray(snap["depth"], float)[rows])
-            out["ys"].append(np.asarray(snap[what], float)[rows])
-            out["label"].append(f"{init}: {'NTK' if what == 'ntk_rel_var' else 'pre-activations'}")
-            out["color"].append(Category10_10[i % 10])
-            out["dash"].append(dash)
-    return out
 
 
 def _curves(snap: dict) -> dict:
@@ -53,9 +38,6 @@ class NormalizationPanel(LabPanel):
       (SGD) or lr/‖w‖ (Adam): as the weights grow, the step on their direction shrinks on its own.
     - "Compare norms" retrains the run's model from its initialization with each chosen normalization at the
       run's batch size and settings, on a background job, and draws the training losses as each finishes.
-    - "Fluctuations vs depth" builds the model at depths 1–8 with Gaussian and orthogonal weights, 8 seeds each,
-      and draws how much the empirical NTK and the pre-activations vary from seed to seed: with Gaussian
-      weights it grows with depth (≈ 2·depth/width for a linear network), with orthogonal ones it stays flat.
     The model's norm, initializer and parametrization are options of the model: the dashboard's model
     options, or `Run(model=("mlp", {"norm": ..., "init": ..., "parametrization": ...}))`.
     """
@@ -76,22 +58,17 @@ class NormalizationPanel(LabPanel):
         self.compare_button = pn.widgets.Button(label="Compare norms", color="primary", width=130)
         self.compare_button.on_click(lambda e: self.compare_norms())
         slot = self.job_slot("compare", "Compare norms", [self.compare_button])
-        self.fluct_button = pn.widgets.Button(label="Fluctuations vs depth", width=160)
-        self.fluct_button.on_click(lambda e: self.fluctuations())
-        fluct_slot = self.job_slot("fluctuations", "Fluctuations", [self.fluct_button])
         self.controls = {n: self.control(n) for n in ("every", "steps")}
         self.compare_choice = pn.widgets.MultiChoice.from_param(self.param.compare, name="normalizations compared",
                                                                 sizing_mode="stretch_width")
         self.param.watch(self._every, "every")
 
-        figs = [self._noise_figure(run), self._lr_figure(run), self._compare_figure(), self._fluct_figure()]
+        figs = [self._noise_figure(run), self._lr_figure(run), self._compare_figure()]
         self._layout = self.layout(
             [pn.pane.Markdown("### Normalization\nProbes (every k steps):"), pn.Row(*self.toggles.values()),
              self.controls["every"].widget,
              pn.pane.Markdown("The run's model retrained with each normalization, at its batch size:"),
-             self.compare_choice, self.controls["steps"].widget, slot.panel(),
-             pn.pane.Markdown("Across seeds, at initialization: Gaussian (kaiming) against orthogonal weights, "
-                              "depth 1 to 8, at the model's width and activation:"), fluct_slot.panel()], figs)
+             self.compare_choice, self.controls["steps"].widget, slot.panel()], figs)
         self.has_batchnorm = bool(batchnorm_layers(run.model))
         self.toggles["noise"].value = self.has_batchnorm
         self._ready()
@@ -127,15 +104,6 @@ class NormalizationPanel(LabPanel):
         plots.legend(fig, "top_right")
         return self.hint(fig, self.compare_source, "press Compare norms")
 
-    def _fluct_figure(self):
-        self.fluct_source = self.feed.snapshot(live.FLUCTUATIONS, _by_init, {"init": [], "depth": [],
-                                                                              "ntk_rel_var": [], "preact_rel_var": []})
-        fig = plots.figure("Seed-to-seed fluctuations at init", "depth", "relative variance")
-        fig.multi_line("xs", "ys", source=self.fluct_source, color="color", line_dash="dash", legend_field="label",
-                       line_width=1.8)
-        plots.legend(fig, "top_left")
-        return self.hint(fig, self.fluct_source, "press Fluctuations vs depth")
-
     # ---- actions ---------------------------------------------------------------------------
     def _every(self, event) -> None:
         for probe in self.instruments.values():
@@ -154,14 +122,6 @@ class NormalizationPanel(LabPanel):
             return None
         self.report("")
         return self.run_job(live.norm_comparison, "compare", norms=tuple(self.compare), steps=self.steps)
-
-    def fluctuations(self):
-        """Start the fluctuation study (refused, and said why, for a model without a depth option)."""
-        if self.run.model_spec is None or "depth" not in self.run.model_spec[1]:
-            self.report("Fluctuations rebuilds the model at several depths: it needs a registered model with depth")
-            return None
-        self.report("")
-        return self.run_job(live.fluctuations, "fluctuations")
 
     def __panel__(self):
         return self._layout

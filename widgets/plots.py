@@ -26,6 +26,9 @@ return tick.toExponential(2).replace(/\.?0+e/, "e");
 """
 
 
+_WHOLE = ("layer", "depth", "rank")  # x axes of whole numbers: no ticks at 1.5
+
+
 def figure(title: str, x_label: str = "step", y_label: str = "", *, log_x: bool = False, log_y: bool = False,
            hover: bool = False, **kw):
     """A figure of the lab's size and tools, without the Bokeh logo; `hover` adds a step/value tooltip.
@@ -43,6 +46,8 @@ def figure(title: str, x_label: str = "step", y_label: str = "", *, log_x: bool 
             axis.formatter = NumeralTickFormatter(format=_STEP_LABELS)
         else:
             axis.formatter = CustomJSTickFormatter(code=_LABELS)
+    if x_label in _WHOLE and not log_x:
+        fig.xaxis.ticker.min_interval = 1
     if hover:
         fig.add_tools(HoverTool(tooltips=[("step", "@step{0}"), ("value", "$y{0.0000}")], mode="vline"))
     fig.toolbar.logo = None

@@ -1,0 +1,67 @@
+"""InitPanel: signal propagation live and at init beside the theory, and the fluctuation, coordinate-check and
+μ-Transfer jobs, whose results reach the plots."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import wait_until
+from torch import nn
+
+import trainlab
+from trainlab.probes import SignalPropagation
+from trainlab.widgets.init_panel import InitPanel
+
+
+def finish(job):
+    wait_until(lambda: job.done, 180, "the job to finish", every=0.05)
+    assert job.error is None, job.error
+
+
+def test_signal_is_drawn_now_and_at_init_beside_the_theory():
+    run = trainlab.Run(model=("mlp", {"width": 64, "depth": 3, "init": "critical"}), data="digits", device="cpu")
+    panel = InitPanel(run, every=5)
+    try:
+        assert any(isinstance(p, SignalPropagation) for p in run.probes)
+        finish(panel.slots["init_signal"].job)
+        run.step(10)
+        panel.feed.tick()
+        init, now = panel.init_source.data, panel.signal_source.data
+        assert list(init["depth"]) == [1, 2, 3, 4] and list(now["depth"]) == [1, 2, 3, 4]
+        # at criticality (ReLU, C_W = 2) the hidden layers' std stays within the theory's few percent
+        np.testing.assert_allclose(init["std"][:3], init["theory_std"][:3], rtol=0.15)
+        panel.toggle.value = False
+        assert not any(isinstance(p, SignalPropagation) for p in run.probes)
+    finally:
+        panel.close()
+
+
+@pytest.mark.slow
+def test_the_jobs_reach_their_plots():
+    run = trainlab.Run(model=("mlp", {"width": 64, "activation": "linear"}), data="digits", device="cpu",
+                       optimizer="adam", lr=0.01)
+    panel = InitPanel(run, steps=20)
+    try:
+        for job in (panel.fluctuations(), panel.coord_check()):
+            finish(job)
+        panel.feed.tick()
+        assert panel.fluct_source.data["label"][0] == "kaiming: NTK"
+        coords = dict(zip(panel.coord_source.data["label"], panel.coord_source.data["ys"]))
+        assert coords["sp: out"][-1] > 5 * coords["sp: out"][0]          # SP's read-out grows with width
+        assert coords["mup: out"][-1] < 2 * coords["mup: out"][0]        # μP's stays put
+        finish(panel.mu_transfer())
+        panel.feed.tick()
+        for par in ("sp", "mup"):
+            data = panel.transfer_sources[par].data
+            assert data["label"] == ["width 32", "width 64", "width 128", "width 256"] and len(data["xs"][0]) == 9
+    finally:
+        panel.close()
+
+
+def test_jobs_refuse_a_model_they_cannot_rebuild():
+    run = trainlab.Run(model=nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2)), data="moons", device="cpu")
+    panel = InitPanel(run)
+    try:
+        assert panel.coord_check() is None and "registered model" in panel.error
+        assert panel.mu_transfer() is None and panel.fluctuations() is None
+    finally:
+        panel.close()

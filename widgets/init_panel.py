@@ -1,0 +1,203 @@
+"""The initialization and parametrization lab: signal propagation against theory, seed-to-seed fluctuations,
+μP's coordinate check and μ-Transfer, each on the run's own model family."""
+from __future__ import annotations
+
+import numpy as np
+import panel as pn
+import param
+from bokeh.palettes import Category10_10
+
+from trainlab import Run, live
+from trainlab.probes import SignalPropagation
+
+from . import plots
+from .base import LabPanel
+from .feed import Feed
+
+_DASH = {"sp": "dashed", "mup": "solid", "ntk": "dotted", "depth_mup": "dotdash"}
+
+
+def _signal(snap: dict) -> dict:
+    return {k: np.asarray(snap[k], object if k == "layer" else float) for k in ("layer", "depth", "std", "theory_std",
+                                                                              "grad_norm")}
+
+
+def _by_init(snap: dict) -> dict:
+    """The fluctuation study as one multi-line source: NTK and pre-activation lines per initializer."""
+    out = {"xs": [], "ys": [], "label": [], "color": [], "dash": []}
+    for i, init in enumerate(dict.fromkeys(snap["init"])):
+        rows = np.asarray(snap["init"]) == init
+        for what, dash in (("ntk_rel_var", "solid"), ("preact_rel_var", "dashed")):
+            out["xs"].append(np.asarray(snap["depth"], float)[rows])
+            out["ys"].append(np.asarray(snap[what], float)[rows])
+            out["label"].append(f"{init}: {'NTK' if what == 'ntk_rel_var' else 'pre-activations'}")
+            out["color"].append(Category10_10[i % 10])
+            out["dash"].append(dash)
+    return out
+
+
+def _coords(snap: dict) -> dict:
+    """Each layer's mean |output| against width, a line per (parametrization, layer)."""
+    out = {"xs": [], "ys": [], "label": [], "color": [], "dash": []}
+    for par, d in snap["parametrizations"].items():
+        modules = list(dict.fromkeys(d["module"]))
+        for i, m in enumerate(modules):
+            rows = np.asarray(d["module"]) == m
+            out["xs"].append(np.asarray(d["width"], float)[rows])
+            out["ys"].append(np.asarray(d["l1"], float)[rows])
+            out["label"].append(f"{par}: {m}")
+            out["color"].append(Category10_10[i % 10])
+            out["dash"].append(_DASH.get(par, "solid"))
+    return out
+
+
+def _transfer(snap: dict, parametrization: str) -> dict:
+    """Loss against lr, a line per width, for one parametrization; the best lr of each width marked."""
+    rows = snap["rows"]
+    par = np.asarray(rows["parametrization"])
+    widths = sorted({int(w) for w, p in zip(rows["width"], par) if p == parametrization})
+    out = {"xs": [], "ys": [], "label": [], "color": []}
+    for i, w in enumerate(widths):
+        sel = (par == parametrization) & (np.asarray(rows["width"]) == w)
+        order = np.argsort(np.asarray(rows["lr"], float)[sel])
+        out["xs"].append(np.asarray(rows["lr"], float)[sel][order])
+        loss = np.asarray(rows["mean_train_loss"], float)[sel][order]
+        out["ys"].append(np.where(np.isfinite(loss), loss, np.nan))
+        out["label"].append(f"width {w}")
+        out["color"].append(Category10_10[i % 10])
+    return out
+
+
+def _empty_transfer(parametrization: str):
+    return lambda snap: _transfer(snap, parametrization) if snap else {"xs": [], "ys": [], "label": [], "color": []}
+
+
+class InitPanel(LabPanel):
+    """How initialization and parametrization shape the signal and which lr works at which width.
+
+    - "Signal propagation" (on by default) measures, every k steps on a fixed batch, the std of each layer's
+      pre-activations through depth, beside the infinite-width theory for the weights' C_W, C_b and the
+      activation (dashed: flat at criticality, growing or fading off it) and the same at initialization
+      (dotted), and each layer's gradient norm.
+    - "Fluctuations vs depth": how much the empirical NTK and the pre-activations vary from seed to seed at
+      init, Gaussian against orthogonal weights (Gaussian's grows with depth, orthogonal's stays flat).
+    - "Coordinate check": the model at widths 64 … 2048, a few steps each under SP and μP: each layer's mean
+      |output| against width (μP's lines are flat; SP's later layers grow with width).
+    - "μ-Transfer": one short run per width and lr under SP and μP: the loss against lr per width, as the runs
+      finish. Under μP the best lr stays where it is as the model widens; under SP it moves.
+    The model's `init` and `parametrization` (with `base_width` for μP) are options of the model: the
+    dashboard's model options, or `Run(model=("mlp", {"init": "lsuv", "parametrization": "mup", ...}))`.
+    """
+
+    every = param.Integer(25, bounds=(1, None), softbounds=(1, 200), doc="steps between signal measurements")
+    steps = param.Integer(60, bounds=(5, None), softbounds=(20, 500), doc="μ-Transfer: steps per run")
+
+    def __init__(self, run: Run, feed: Feed | None = None, **params):
+        super().__init__(run, feed, **params)
+        self.probe = SignalPropagation(every=self.every)
+        self.toggle = pn.widgets.Toggle(label="Signal propagation", value=False, width=150)
+        self.toggle.param.watch(self._toggle, "value")
+        self.param.watch(lambda e: setattr(self.probe, "every", int(e.new)), "every")
+        self.buttons = {}
+        slots = []
+        for kind, label, fn in (("fluctuations", "Fluctuations vs depth", self.fluctuations),
+                                ("coord", "Coordinate check", self.coord_check),
+                                ("transfer", "μ-Transfer", self.mu_transfer)):
+            button = pn.widgets.Button(label=label, width=160)
+            button.on_click(lambda e, fn=fn: fn())
+            self.buttons[kind] = button
+            slots.append(self.job_slot(kind, label, [button]))
+        self.controls = {n: self.control(n) for n in ("every", "steps")}
+        figs = [self._signal_figure(), self._grad_figure(), self._fluct_figure(), self._coord_figure(),
+                *self._transfer_figures()]
+        self._layout = self.layout(
+            [pn.pane.Markdown("### Initialization & μP\nLive, every k steps:"), self.toggle,
+             self.controls["every"].widget,
+             pn.pane.Markdown("At initialization, across seeds, Gaussian against orthogonal weights:"),
+             slots[0].panel(),
+             pn.pane.Markdown("Across widths (64 … 2048), under SP and μP, with the run's optimizer and lr:"),
+             slots[1].panel(), self.controls["steps"].widget, slots[2].panel()], figs)
+        self.toggle.value = True  # cheap: one forward and backward of a fixed batch every k steps
+        self._ready()
+
+    # ---- figures ---------------------------------------------------------------------------
+    def _signal_figure(self):
+        empty = {"layer": [], "depth": [], "std": [], "theory_std": [], "grad_norm": []}
+        self.signal_source = self.feed.snapshot(live.SIGNAL, _signal, empty)
+        self.init_source = self.feed.snapshot(live.SIGNAL_INIT, _signal, empty)
+        self.job_slot("init_signal", "Signal at init")
+        fig = plots.figure("Signal through depth", "layer", "pre-activation std", log_y=True)
+        fig.line("depth", "std", source=self.signal_source, color=plots.TRAIN, line_width=2, legend_label="now")
+        fig.scatter("depth", "std", source=self.signal_source, color=plots.TRAIN, size=5, legend_label="now")
+        fig.line("depth", "std", source=self.init_source, color="#777777", line_dash="dotted", line_width=2,
+                 legend_label="at init")
+        fig.line("depth", "theory_std", source=self.init_source, color="black", line_dash="dashed", line_width=1.5,
+                 legend_label="theory (infinite width)")
+        plots.legend(fig, "top_left", outside=True)
+        return self.hint(fig, self.signal_source, "turn on Signal propagation")
+
+    def _grad_figure(self):
+        fig = plots.figure("Gradient norm through depth", "layer", "‖∂L/∂W‖", log_y=True)
+        fig.line("depth", "grad_norm", source=self.signal_source, color=plots.VAL, line_width=2, legend_label="now")
+        fig.line("depth", "grad_norm", source=self.init_source, color="#777777", line_dash="dotted", line_width=2,
+                 legend_label="at init")
+        plots.legend(fig, "top_left", outside=True)
+        return self.hint(fig, self.signal_source, "turn on Signal propagation")
+
+    def _fluct_figure(self):
+        self.fluct_source = self.feed.snapshot(live.FLUCTUATIONS, _by_init, {"init": [], "depth": [],
+                                                                              "ntk_rel_var": [], "preact_rel_var": []})
+        fig = plots.figure("Seed-to-seed fluctuations at init", "depth", "relative variance")
+        fig.multi_line("xs", "ys", source=self.fluct_source, color="color", line_dash="dash", legend_field="label",
+                       line_width=1.8)
+        plots.legend(fig, "top_left")
+        return self.hint(fig, self.fluct_source, "press Fluctuations vs depth")
+
+    def _coord_figure(self):
+        self.coord_source = self.feed.snapshot(live.COORD_CHECK, _coords, {"parametrizations": {}})
+        fig = plots.figure("Coordinate check (solid μP, dashed SP)", "width", "mean |output|", log_x=True, log_y=True)
+        fig.multi_line("xs", "ys", source=self.coord_source, color="color", line_dash="dash", legend_field="label",
+                       line_width=1.8)
+        plots.legend(fig, "top_left")
+        return self.hint(fig, self.coord_source, "press Coordinate check")
+
+    def _transfer_figures(self):
+        figs, self.transfer_sources = [], {}
+        for par, title in (("sp", "SP: loss against lr by width"), ("mup", "μP: loss against lr by width")):
+            src = self.feed.snapshot(live.MU_TRANSFER, _empty_transfer(par), None)
+            self.transfer_sources[par] = src
+            fig = plots.figure(title, "lr", "mean train loss", log_x=True, log_y=True)
+            fig.multi_line("xs", "ys", source=src, color="color", legend_field="label", line_width=1.8)
+            plots.legend(fig, "top_right")
+            figs.append(self.hint(fig, src, "press μ-Transfer"))
+        return figs
+
+    # ---- actions ---------------------------------------------------------------------------
+    def _toggle(self, event) -> None:
+        if event.new:
+            self.add_probe(self.probe)
+            self.run_job(live.signal_at_init, "init_signal")
+        else:
+            self.drop_probe(self.probe)
+
+    def _needs(self, option: str, what: str) -> bool:
+        spec = self.run.model_spec
+        if spec is None or option not in spec[1]:
+            self.report(f"{what} rebuilds the model: it needs a registered model with a {option} option")
+            return False
+        self.report("")
+        return True
+
+    def fluctuations(self):
+        return self.run_job(live.fluctuations, "fluctuations") if self._needs("depth", "Fluctuations vs depth") else None
+
+    def coord_check(self):
+        return self.run_job(live.coord_check, "coord") if self._needs("parametrization", "The coordinate check") else None
+
+    def mu_transfer(self):
+        if not self._needs("parametrization", "μ-Transfer"):
+            return None
+        return self.run_job(live.mu_transfer, "transfer", steps=self.steps)
+
+    def __panel__(self):
+        return self._layout
