@@ -3,7 +3,9 @@ the μ-Transfer and depth sweeps, the normalization comparisons, the pruning stu
 which ship configurations, never pickled objects, to their workers.
 
 A configuration is a dict of `Run` keyword arguments (model as a name or (name, {options}), data likewise,
-optimizer, lr, batch_size, seed, schedule, pruning, optimizer hyperparameters) plus `steps`, how long to train.
+optimizer, lr, batch_size, seed, schedule, pruning, optimizer hyperparameters) plus `steps`, how long to train,
+and optionally `measure`: probes by class name with their options ({"Sharpness": {"every": 10}}), whose
+columns come back in the history (without it a run measures nothing but its loss).
 """
 from __future__ import annotations
 
@@ -14,14 +16,24 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-CONTROL = ("steps",)  # keys of a configuration that are not Run arguments
+CONTROL = ("steps", "measure")  # keys of a configuration that are not Run arguments
 
 
 def build(config: dict[str, Any], **extra):
     """The Run a configuration describes (no step taken); a bad setting raises ValueError naming it."""
+    from . import probes
     from .run import Run
 
     kwargs = {k: v for k, v in config.items() if k not in CONTROL}
+    measure = config.get("measure") or {}
+    if not isinstance(measure, dict):
+        raise ValueError(f"measure={measure!r} rejected: a dict of probe class names and their options")
+    valid = [n for n in probes.__all__ if n[0].isupper() and n not in ("Columns", "Probe")]
+    unknown = [n for n in measure if n not in valid]
+    if unknown:
+        raise ValueError(f"measure: {unknown!r} are not probes; valid: {', '.join(valid)}")
+    if measure:
+        extra = {**extra, "probes": [getattr(probes, n)(**opts) for n, opts in measure.items()]}
     return Run(**kwargs, **extra)
 
 
@@ -59,7 +71,7 @@ def train(config: dict[str, Any], *, stop: Callable[[], bool] | None = None, chu
     `stop()` is asked every `chunk` steps (a sweep's cancellation); `on_progress(step, metrics)` is told then
     too (live metrics). `run_hook(run)` sees the Run once built (a store that records it live)."""
     steps = _steps(config)
-    run = build(config, probes=[])  # the default probes would measure what nobody asked for
+    run = build(config, probes=[])  # the default probes would measure what nobody asked for (`measure` adds some)
     if run_hook is not None:
         run_hook(run)
     t0, status = time.perf_counter(), "done"
@@ -150,6 +162,25 @@ def with_setting(config: dict[str, Any], setting: str, value: Any) -> dict[str, 
         out[key] = {**(current or {}), option: value}
     else:
         raise ValueError(f"{setting!r}: {key}={current!r} has no options to set")
+    return out
+
+
+def grid(base: dict[str, Any], values: dict[str, list]) -> list[dict[str, Any]]:
+    """Every combination of `values` ({dotted setting: [values]}) applied to `base`, in row-major order (the
+    last setting varies fastest)."""
+    import itertools
+
+    if not values:
+        raise ValueError("grid: no settings to vary (give {setting: [values, ...]})")
+    for setting, vs in values.items():
+        if isinstance(vs, (str, bytes)) or not hasattr(vs, "__iter__") or not len(list(vs)):
+            raise ValueError(f"grid: {setting!r} needs a non-empty list of values, got {vs!r}")
+    out = []
+    for combo in itertools.product(*(list(v) for v in values.values())):
+        config = dict(base)
+        for setting, value in zip(values, combo):
+            config = with_setting(config, setting, value.item() if hasattr(value, "item") else value)
+        out.append(config)
     return out
 
 

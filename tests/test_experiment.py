@@ -71,3 +71,16 @@ def test_dotted_settings_round_trip():
     assert flatten(p)["pruning.sparsity"] == 0.5 and "pruning" not in flatten(p)
     with pytest.raises(ValueError, match="no options"):
         with_setting(CONFIG, "lr.x", 1)
+
+
+def test_grid_and_measure():
+    from trainlab.experiment import grid
+
+    configs = grid(CONFIG, {"model.width": [8, 16], "lr": [0.1, 0.01]})
+    assert [(c["model"][1]["width"], c["lr"]) for c in configs] == [(8, 0.1), (8, 0.01), (16, 0.1), (16, 0.01)]
+    with pytest.raises(ValueError, match="non-empty"):
+        grid(CONFIG, {"lr": []})
+    row = train({**CONFIG, "steps": 20, "measure": {"GradNorm": {"every": 5}}})
+    assert row["history"].dropna(subset=["grad_norm/fc1"])["step"].tolist() == [5, 10, 15, 20]
+    with pytest.raises(ValueError, match="not probes"):
+        train({**CONFIG, "measure": {"Sharpnes": {}}})

@@ -13,6 +13,7 @@ import pickle
 import numpy as np
 import pytest
 
+from trainlab.analysis import transfer
 from trainlab.analysis.transfer import best_lr, configurations, lr_sweep, run_config
 
 SETTINGS = dict(model="mlp", widths=(32, 64, 128, 256), base_width=32, lrs=2.0 ** np.arange(-12, -3),
@@ -39,3 +40,13 @@ def test_mu_transfer_holds_under_mup_and_fails_under_sp():
     mup, sp = best["mup"], best["sp"]
     assert mup.max() - mup.min() <= 1, best  # at most one grid step across 32 ... 256
     assert sp[32] - sp[256] >= 3, best  # three or more, toward smaller lrs as the width grows
+
+
+@pytest.mark.slow
+def test_depth_transfer_holds_for_branches_scaled_by_one_over_sqrt_depth():
+    frame = transfer.depth_sweep(depths=(2, 4, 8, 16), lrs=2.0 ** np.arange(-10, 1), branches=("1", "1/sqrt(L)"),
+                                 steps=80)
+    best = transfer.best_lr(frame, by="depth", metric="mean_train_loss", group="branch").set_index(["branch", "depth"])
+    moves = best["index"].groupby(level=0).agg(lambda i: i.max() - i.min())
+    assert moves["1/sqrt(L)"] <= 1  # measured: 2^-1 at every depth
+    assert moves["1"] >= 3          # measured: 2^-2 at depth 2 down to 2^-9 at depth 16

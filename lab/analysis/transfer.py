@@ -67,15 +67,32 @@ def lr_sweep(model: str = "mlp", widths: Iterable[int] = (64, 128, 256, 512), lr
     return pd.DataFrame(list(map(run_config, configs)))
 
 
-def best_lr(frame: pd.DataFrame, by: str = "width", metric: str = "loss") -> pd.DataFrame:
-    """Per parametrization and `by` (width or depth): the lr of the lowest `metric` averaged over seeds (a
-    diverged seed counts as inf), and its index on the sorted lr grid."""
+def best_lr(frame: pd.DataFrame, by: str = "width", metric: str = "loss", group: str = "parametrization") -> pd.DataFrame:
+    """Per `group` (the parametrization, or a depth study's branch multiplier) and `by` (width or depth): the lr
+    of the lowest `metric` averaged over seeds (a diverged seed counts as inf), and its index on the sorted lr grid."""
     grid = np.sort(frame["lr"].unique())
     values = frame.assign(loss=frame[metric].replace(np.nan, np.inf))
-    mean = values.groupby(["parametrization", by, "lr"])["loss"].mean()
+    mean = values.groupby([group, by, "lr"])["loss"].mean()
     rows = []
     for (p, w), losses in mean.groupby(level=[0, 1]):
         lr = losses.droplevel([0, 1]).idxmin()
-        rows.append({"parametrization": p, by: w, "best_lr": lr, "index": int(np.searchsorted(grid, lr)),
+        rows.append({group: p, by: w, "best_lr": lr, "index": int(np.searchsorted(grid, lr)),
                      "loss": float(losses.min())})
     return pd.DataFrame(rows)
+
+
+def depth_sweep(depths: Iterable[int] = (2, 4, 8, 16), lrs: Iterable[float] = (), branches=("1", "1/sqrt(L)", "1/L"),
+                width: int = 64, seeds: Iterable[int] = (0,), data: Any = "digits", optimizer: str = "sgd",
+                steps: int = 80, batch_size: int = 64, model_options: dict | None = None,
+                map: Callable = map) -> pd.DataFrame:
+    """Depth transfer: the residual MLP at each depth, branch multiplier and lr (one `run_config` row each).
+    With branches × 1 the best lr falls as the network deepens; with × 1/sqrt(L) it stays (Bordelon et al. 2023)."""
+    from ..experiment import grid
+
+    if not list(lrs):
+        raise ValueError("lrs must hold at least one learning rate")
+    base = dict(model=("resmlp", {"width": int(width), **(model_options or {})}), data=data, optimizer=optimizer,
+                steps=int(steps), batch_size=int(batch_size))
+    configs = grid(base, {"model.branch": list(branches), "model.depth": [int(d) for d in depths],
+                          "lr": [float(lr) for lr in lrs], "seed": [int(s) for s in seeds]})
+    return pd.DataFrame(list(map(run_config, configs)))
