@@ -7,10 +7,11 @@ act on the layer before them, so theirs is "layer with standardized weight + its
 same plain layer + LayerNorm". Each pair runs in alternating chunks in one process (one torch thread);
 the ratio is the median over chunks. Target: <= 1.5x LayerNorm for every norm written here.
 
-Further parts (the coordinate check's time, the μ-Transfer sweep on all cores) come with the
-parametrization lab.
+(b) μP's coordinate check, six widths 64 … 2048 (`benchmarks/parts/coord_check.py`, also runnable alone),
+against `mup.coord_check.get_coord_data(..., cuda=False)` on the same work (a plain loop when `mup` is absent).
+Target: <= 3 s.
 
-    python benchmarks/normalization.py [--parts a] [--repeats 15] [--chunk 20]
+    python benchmarks/normalization.py [--parts ab] [--repeats 15] [--chunk 20]
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import statistics
 import time
 
 import torch
+from parts import coord_check  # part (b); benchmarks/ is this script's folder, so on sys.path
 from torch import nn
 
 from trainlab.norms import follow
@@ -86,7 +88,7 @@ def part_a(repeats: int, chunk: int) -> dict[str, float]:
     return ratios
 
 
-PARTS = {"a": part_a}
+PARTS = {"a": part_a, "b": coord_check.part_coord_check}
 
 
 def main():
@@ -94,10 +96,13 @@ def main():
     ap.add_argument("--parts", default="".join(PARTS), help="which parts to run")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--chunk", type=int, default=20)
+    coord_check.add_arguments(ap)
     args = ap.parse_args()
     torch.set_num_threads(1)
     if "a" in args.parts:
         part_a(args.repeats, args.chunk)
+    if "b" in args.parts:
+        coord_check.part_coord_check(args)
 
 
 if __name__ == "__main__":
