@@ -10,7 +10,8 @@ from .normalization import NormalizationPanel
 from .optimizer_panel import OptimizerPanel
 from .playground import Playground2D
 from .pruning import PruningPanel
+from .runs import RunsPanel
 from .spectrum import SpectrumPanel
 
 __all__ = ["LABS", "CurvaturePanel", "Feed", "InitPanel", "Lab", "LabPanel", "LandscapePanel", "NormalizationPanel", "OptimizerPanel", "Playground2D",
-           "PruningPanel", "SpectrumPanel", "TrainingDashboard"]
+           "PruningPanel", "RunsPanel", "SpectrumPanel", "TrainingDashboard"]

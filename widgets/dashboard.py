@@ -133,6 +133,8 @@ class TrainingDashboard(Viewer):
             i, lab = next((i, lab) for i, lab in enumerate(LABS) if lab.title == title)
             self.labs[title] = lab.build(self.run, self.feed)
             self.tabs[i + 1] = (title, self.labs[title])
+            if "opened" in self.labs[title].param:  # the Runs tab reopened or forked a stored run: show it
+                self.labs[title].param.watch(lambda e: e.new is not None and self.open_run(e.new), "opened")
         return self.labs[title]
 
     def _open_tab(self, *events) -> None:
@@ -241,6 +243,14 @@ class TrainingDashboard(Viewer):
         if running:
             new.start()
         return True
+
+    def open_run(self, run: Run) -> None:
+        """Show and control `run` instead (a run reopened from the store); the old one stops."""
+        old = self.run
+        old.stop()
+        self.error, self.notice = "", f"Showing the reopened run at step {run.steps}; press Start to go on training it."
+        self._attach(run)
+        old.close()
 
     def reset(self) -> None:
         self.run.reset()

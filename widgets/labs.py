@@ -40,4 +40,5 @@ LABS = (
     Lab("Pruning", "pruning", "PruningPanel", fills="all layers", press="Turn pruning on"),
     Lab("Normalization", "normalization", "NormalizationPanel", fills="xs", press="Compare norms"),
     Lab("Init & μP", "init_panel", "InitPanel", fills="theory_std"),
+    Lab("Runs", "runs", "RunsPanel", fills="xs", press="Save run"),
 )

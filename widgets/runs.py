@@ -1,0 +1,231 @@
+"""Runs side by side: stored runs overlaid, their settings diffed, mid-run changes and best steps marked; save
+the live run, reopen or fork a stored one, export the figure and the histories."""
+from __future__ import annotations
+
+import ast
+import io
+import os
+import re
+
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+from bokeh.embed import file_html
+from bokeh.models import ColumnDataSource, HoverTool
+from bokeh.palettes import Category10_10
+from bokeh.resources import INLINE
+
+from trainlab import Run
+from trainlab.store import Store
+from trainlab.store.compare import best_steps, changes, settings_diff
+
+from . import plots
+from .base import LabPanel, plain
+from .feed import Feed
+
+STORE = os.environ.get("TRAINLAB_STORE", "runs")  # where the dashboard's Runs tab keeps runs
+
+
+def parse_settings(text: str) -> dict:
+    """ "lr=0.01, optimizer='adam'" → {"lr": 0.01, "optimizer": "adam"}; a bare word is a string."""
+    out = {}
+    for part in filter(None, (p.strip() for p in re.split(r",(?![^()]*\))", text))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ValueError(f"fork settings: {part!r} is not name=value (say lr=0.01, optimizer=adam)")
+        try:
+            out[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value.strip()
+    return out
+
+
+class RunsPanel(LabPanel):
+    """Stored runs (a `trainlab.store.Store`) compared, and the live run saved among them.
+
+    Choose runs to overlay their curves of one metric, each run's best step marked (●) and its mid-run changes
+    (▼, with what changed on hover); the table below lists only the settings that differ (as the runs ended)
+    and every change with its step. *Save run* stores the live run under a name. *Reopen* loads a stored run,
+    weights, optimizer state and curves, to go on training it; *Fork* does the same with other settings
+    (`lr=0.01, optimizer=adam`), applied before its next step: "what if I had lowered the lr here?". In the
+    dashboard the reopened run replaces the one shown (`opened`). Export: the figure as standalone HTML (the
+    toolbar's save button gives PNG, or SVG with *SVG figure* ticked), the histories as CSV or Parquet.
+    """
+
+    selected = param.List(default=[], doc="the stored runs overlaid")
+    metric = param.String("val_loss", doc="the history column drawn")
+    opened = param.ClassSelector(class_=Run, allow_None=True, doc="the run last reopened or forked")
+
+    def __init__(self, run: Run, feed: Feed | None = None, store: Store | str | None = None, **params):
+        super().__init__(run, feed, **params)
+        self.store = store if isinstance(store, Store) else Store(store or STORE)
+        self.choose = pn.widgets.MultiChoice(label="runs", options=[], sizing_mode="stretch_width")
+        self.choose.param.watch(lambda e: setattr(self, "selected", list(e.new)), "value")
+        self.metric_choice = pn.widgets.Select(label="metric", options=[self.metric], value=self.metric)
+        self.metric_choice.param.watch(lambda e: setattr(self, "metric", e.new), "value")
+        self.name_input = pn.widgets.TextInput(label="save as", placeholder="a name (letters, digits, -_.)")
+        self.save_button = pn.widgets.Button(label="Save run", color="primary", width=100)
+        self.save_button.on_click(lambda e: self.save())
+        self.pick = pn.widgets.Select(label="stored run", options=[])
+        self.fork_input = pn.widgets.TextInput(label="fork with", placeholder="lr=0.01, optimizer=adam")
+        self.reopen_button = pn.widgets.Button(label="Reopen", width=90)
+        self.fork_button = pn.widgets.Button(label="Fork", width=90)
+        self.reopen_button.on_click(lambda e: self.reopen(self.pick.value))
+        self.fork_button.on_click(lambda e: self.fork(self.pick.value, self.fork_input.value))
+        self.refresh_button = pn.widgets.Button(label="Refresh", width=90)
+        self.refresh_button.on_click(lambda e: self.refresh())
+        self.svg = pn.widgets.Checkbox(label="SVG figure (the save button then writes .svg)")
+        self.svg.param.watch(lambda e: setattr(self.fig, "output_backend", "svg" if e.new else "canvas"), "value")
+        self.note = pn.pane.Markdown("", sizing_mode="stretch_width")
+        self.diff = pn.widgets.Tabulator(pd.DataFrame(), disabled=True, show_index=True, height=220,
+                                         sizing_mode="stretch_width")
+        self.changes = pn.widgets.Tabulator(pd.DataFrame(), disabled=True, show_index=False, height=180,
+                                            sizing_mode="stretch_width")
+        self.line_source = ColumnDataSource({"xs": [], "ys": [], "run": [], "color": []})
+        self.best_source = ColumnDataSource({"step": [], "y": [], "run": [], "color": []})
+        self.mark_source = ColumnDataSource({"step": [], "y": [], "run": [], "change": [], "color": []})
+        self.fig = self._figure()
+        downloads = [pn.widgets.FileDownload(callback=self._csv, filename="histories.csv", label="History CSV",
+                                             width=130),
+                     pn.widgets.FileDownload(callback=self._parquet, filename="histories.parquet",
+                                             label="History Parquet", width=140),
+                     pn.widgets.FileDownload(callback=self._html, filename="runs.html", label="Figure HTML", width=130)]
+        self.param.watch(lambda e: self._draw(), ["selected", "metric"])
+        self._layout = self.layout(
+            [pn.pane.Markdown(f"### Runs\nStored in `{plain(self.store.root)}`."), self.name_input, self.save_button,
+             pn.layout.Divider(), self.choose, self.metric_choice, self.refresh_button, pn.layout.Divider(),
+             self.pick, pn.Row(self.reopen_button, self.fork_button), self.fork_input, self.note,
+             pn.layout.Divider(), pn.FlexBox(*downloads), self.svg],
+            [self.fig],
+            below=[pn.pane.Markdown("#### Settings that differ (as each run ended)"), self.diff,
+                   pn.pane.Markdown("#### What changed mid-run, and when"), self.changes])
+        self.refresh()
+        self._ready()
+
+    # ---- the store ---------------------------------------------------------------------------
+    def refresh(self) -> None:
+        names = self.store.names()
+        self.choose.options, self.pick.options = names, names
+        self.choose.value = [n for n in self.choose.value if n in names]
+        self._draw()
+
+    def save(self, name: str | None = None) -> str | None:
+        """Save the live run into the store (under the name typed, or a fresh one)."""
+        name = name or self.name_input.value.strip() or None
+        try:
+            name = self.store.save(self.run, name)
+        except ValueError as e:
+            self.report(str(e))
+            return None
+        self.report("")
+        self.note.object = plain(f"Saved as {name} at step {self.run.steps}.")
+        self.refresh()
+        self.choose.value = list(dict.fromkeys([*self.choose.value, name]))
+        return name
+
+    def reopen(self, name: str | None) -> Run | None:
+        """The stored run `name`, loaded to go on training (and published as `opened`)."""
+        if not name:
+            self.report("choose a stored run to reopen")
+            return None
+        try:
+            run = self.store.load(name)
+        except ValueError as e:
+            self.report(str(e))
+            return None
+        self.report("")
+        self.note.object = plain(f"Reopened {name} at step {run.steps}.")
+        self.opened = run
+        return run
+
+    def fork(self, name: str | None, settings: str) -> Run | None:
+        """The stored run `name` reopened with other settings (checked before anything changes)."""
+        try:
+            values = parse_settings(settings)
+        except ValueError as e:
+            self.report(str(e))
+            return None
+        if not values:
+            self.report("fork with which settings? say lr=0.01 (or Reopen to continue as it was)")
+            return None
+        if not name:
+            self.report("choose a stored run to fork")
+            return None
+        try:
+            run = self.store.load(name)
+            run.set(**values)
+        except ValueError as e:
+            self.report(str(e))
+            return None
+        self.report("")
+        self.note.object = plain(f"Forked {name} at step {run.steps} with {settings}.")
+        self.opened = run
+        return run
+
+    # ---- drawing ------------------------------------------------------------------------------
+    def _figure(self):
+        fig = plots.figure("Runs compared", "step", self.metric, hover=False, width=620, height=320)
+        fig.multi_line("xs", "ys", source=self.line_source, color="color", legend_field="run", line_width=1.8)
+        best = fig.scatter("step", "y", source=self.best_source, color="color", size=10, line_color="black")
+        marks = fig.scatter("step", "y", source=self.mark_source, color="color", marker="inverted_triangle", size=11)
+        fig.add_tools(HoverTool(renderers=[best], tooltips=[("run", "@run"), ("best at step", "@step"),
+                                                            ("value", "@y{0.0000}")]))
+        fig.add_tools(HoverTool(renderers=[marks], tooltips=[("run", "@run"), ("step", "@step"),
+                                                             ("changed", "@change")]))
+        plots.legend(fig, "top_right")
+        self._placeholder = plots.placeholder(fig, "choose runs (save this one with Save run)")
+        return fig
+
+    def _draw(self) -> None:
+        names = [n for n in self.selected if n in self.store.names()]
+        history = self.store.history(names) if names else pd.DataFrame({"run": [], "step": []})
+        columns = [c for c in history.columns if c not in ("run", "step", "epoch", "time", "event")
+                   and pd.api.types.is_numeric_dtype(history[c])]
+        self.metric_choice.options = sorted(set(columns) | {self.metric})
+        metric = self.metric
+        lines = {"xs": [], "ys": [], "run": [], "color": []}
+        colors = {n: Category10_10[i % 10] for i, n in enumerate(names)}
+        for name in names:
+            h = history[history.run == name]
+            h = h.dropna(subset=[metric]) if metric in h else h.iloc[:0]
+            lines["xs"].append(h["step"].to_numpy(float))
+            lines["ys"].append(h[metric].to_numpy(float) if metric in h else np.array([]))
+            lines["run"].append(name)
+            lines["color"].append(colors[name])
+        self.line_source.data = lines
+        best = best_steps(history, metric) if names and metric in history else pd.DataFrame(
+            columns=["run", "step", metric])
+        self.best_source.data = {"step": best["step"].to_numpy(float), "y": best[metric].to_numpy(float),
+                                 "run": best["run"].tolist(), "color": [colors[r] for r in best["run"]]}
+        ch = changes(self.store, names) if names else pd.DataFrame(columns=["run", "step", "change"])
+        ys = []
+        for r, s in zip(ch["run"], ch["step"]):  # a change marked on its run's curve
+            h = history[(history.run == r)].dropna(subset=[metric]) if metric in history else pd.DataFrame()
+            ys.append(float(np.interp(s, h["step"], h[metric])) if len(h) else np.nan)
+        self.mark_source.data = {"step": ch["step"].to_numpy(float), "y": np.asarray(ys, float),
+                                 "run": ch["run"].tolist(), "change": ch["change"].tolist(),
+                                 "color": [colors[r] for r in ch["run"]]}
+        self.fig.yaxis.axis_label = metric
+        self._placeholder.visible = not names
+        self.diff.value = settings_diff(self.store, names) if len(names) > 1 else pd.DataFrame()
+        self.changes.value = ch
+
+    # ---- export -------------------------------------------------------------------------------
+    def _histories(self) -> pd.DataFrame:
+        return self.store.history(self.selected) if self.selected else pd.DataFrame({"run": [], "step": []})
+
+    def _csv(self) -> io.BytesIO:
+        return io.BytesIO(self._histories().to_csv(index=False).encode())
+
+    def _parquet(self) -> io.BytesIO:
+        buf = io.BytesIO()
+        self._histories().to_parquet(buf, index=False)
+        buf.seek(0)
+        return buf
+
+    def _html(self) -> io.StringIO:
+        return io.StringIO(file_html(self.fig, INLINE, "trainlab runs"))
+
+    def __panel__(self):
+        return self._layout
