@@ -18,37 +18,40 @@ from trainlab.store import Store
 LOSS_AT_MOST = 1.0  # seconds of history a kill may take
 
 
-def _train_forever(root: str, out: int, seed: int) -> None:
+def _train_forever(root: str, conn, seed: int) -> None:
     """Runs one after another, each recorded live, checkpointed now and then, closed; every row and every save
-    reported on `out` as it happens."""
+    reported on `conn` (a Pipe's sending end) as it happens."""
+    def report(line: str) -> None:
+        conn.send_bytes(line.encode())
+
     store, rnd = Store(root), random.Random(seed)
     for k in range(10_000):
         run = Run(model=SMALL, data="moons", device="cpu", threads=1, probes=[], seed=k)
         name = f"r{k}"
-        run.history.listen(lambda row, name=name: row and os.write(out, f"row {name} {row['step']} "
-                                                                        f"{row['train_loss']!r}\n".encode()))
+        run.history.listen(lambda row, name=name: row and report(f"row {name} {row['step']} {row['train_loss']!r}\n"))
         with store.track(run, name):
             for _ in range(rnd.randint(20, 200)):
                 run.step(1)
                 time.sleep(0.002)
                 if rnd.random() < 0.02:
                     store.save(run)
-                    os.write(out, f"saved {name} {run.steps}\n".encode())
-        os.write(out, f"closed {name} {run.steps}\n".encode())
+                    report(f"saved {name} {run.steps}\n")
+        report(f"closed {name} {run.steps}\n")
 
 
 class _Listener:
     """What the child said, each line stamped with when it arrived (it happened no later than that)."""
 
-    def __init__(self, fd: int):
-        self.fd, self.lines, self._buf = fd, [], b""
+    def __init__(self, conn):
+        self.conn, self.lines, self._buf = conn, [], b""
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
 
     def _read(self) -> None:
         while True:
-            chunk = os.read(self.fd, 65536)
-            if not chunk:
+            try:
+                chunk = self.conn.recv_bytes()
+            except (EOFError, OSError):
                 return
             now = time.monotonic()
             *whole, self._buf = (self._buf + chunk).split(b"\n")
@@ -59,15 +62,18 @@ class _Listener:
 def test_kill_9_at_random_moments_loses_at_most_a_second_and_never_shows_half_a_run(tmp_path):
     import multiprocessing as mp
 
-    fork = mp.get_context("fork")  # the children share this process's imports: a trial costs no start-up
+    # a fork server: one clean, single-threaded process that has imported trainlab forks each child (a plain fork
+    # of this test process, with the suite's threads in it, can deadlock in the child on a lock a thread held)
+    fork = mp.get_context("forkserver")
+    fork.set_forkserver_preload(["trainlab", "trainlab.store", "test_store_crash"])
     rnd = random.Random(0)
     worst, statuses = 0.0, []
     for trial in range(20):
         root = tmp_path / f"s{trial}"
-        r, w = os.pipe()
+        r, w = fork.Pipe(duplex=False)
         proc = fork.Process(target=_train_forever, args=(str(root), w, trial), daemon=True)
         proc.start()
-        os.close(w)
+        w.close()
         heard = _Listener(r)
         wait_until(lambda: any(p[0] == "row" for _, p in heard.lines), 60, "a first step")
         time.sleep(rnd.uniform(0.2, 1.2))
@@ -75,7 +81,7 @@ def test_kill_9_at_random_moments_loses_at_most_a_second_and_never_shows_half_a_
         os.kill(proc.pid, signal.SIGKILL)
         proc.join(10)
         heard.thread.join(10)
-        os.close(r)
+        r.close()
 
         store = Store(root)  # reopened, as after a crash
         listing = store.list().set_index("name")

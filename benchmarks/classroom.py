@@ -1,0 +1,153 @@
+"""A class on one small server: N browser sessions on `trainlab serve`, each training, each moving its lr slider.
+
+Measured, on loopback with headless Chromium (one page per session, each in its own browser context):
+- time to interactive: from a page's navigation to its Start button being visible (all N opened at once);
+- the lr slider: one key press in each page in turn while all N train, and the time until the plotted lr
+  (the history's `lr` column streamed to the page) shows the new value; p50 and p95 over the pages;
+- the status line against the plots: the step the status reports minus the last plotted step;
+- memory: the server's RSS before the pages open and 60 s after they close, over `--cycles` open/close cycles;
+- the server log: tracebacks.
+Targets (issue 17): interactive <= 5 s, slider p95 <= 250 ms, status lag <= 1 s of steps, RSS back within 10 %
+of its baseline, no traceback.
+
+    python benchmarks/classroom.py [--sessions 20] [--cycles 3] [--train 10]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))  # the browser tests' page helpers: one way to read a page
+
+from conftest import answers, free_port  # noqa: E402
+from test_browser import COLUMNS_JS, HANDLE_JS  # noqa: E402
+
+STATUS_JS = r"""() => {
+  const all = [];
+  const walk = (root) => { for (const el of root.querySelectorAll("*")) { all.push(el); if (el.shadowRoot) walk(el.shadowRoot); } };
+  walk(document);
+  for (const el of all) { const t = el.textContent || ""; const m = t.match(/step (\d+) · lr/); if (m && el.children.length < 3) return Number(m[1]); }
+  return null;
+}"""
+
+
+def rss(pid: int) -> float:
+    """Resident memory of a process, MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def lr_plotted(page) -> list[float]:
+    sources = [s for s in (page.evaluate(COLUMNS_JS, "lr") or []) if s]
+    return max(sources, key=len) if sources else []
+
+
+def steps_plotted(page) -> int:
+    sources = [s for s in (page.evaluate(COLUMNS_JS, "step") or []) if s]
+    return int(max(max(s) for s in sources)) if sources else 0
+
+
+def cycle(browser, url: str, n: int, train: float) -> dict:
+    contexts = [browser.new_context(viewport={"width": 1280, "height": 900}) for _ in range(n)]
+    pages = [c.new_page() for c in contexts]
+    t0 = {}
+    for i, p in enumerate(pages):  # all at once: navigation starts, nobody waits for the page before
+        t0[i] = time.perf_counter()
+        p.goto(url, wait_until="commit", timeout=120_000)
+    ready = {}
+    deadline = time.perf_counter() + 300
+    while len(ready) < n and time.perf_counter() < deadline:
+        for i, p in enumerate(pages):
+            if i not in ready and p.get_by_role("button", name="Start", exact=True).is_visible():
+                ready[i] = time.perf_counter() - t0[i]
+        time.sleep(0.05)
+    for p in pages:
+        p.get_by_role("button", name="Start", exact=True).click(timeout=120_000)
+    time.sleep(train)
+    lags, latencies = [], []
+    for p in pages:
+        status, plotted = p.evaluate(STATUS_JS), steps_plotted(p)
+        if status is not None:
+            lags.append(status - plotted)
+        handle = p.evaluate_handle(HANDLE_JS, "lr").as_element()
+        before = lr_plotted(p)
+        start = time.perf_counter()
+        handle.focus()
+        handle.press("ArrowLeft")
+        while time.perf_counter() - start < 30:
+            v = lr_plotted(p)
+            if v and before and v[-1] != before[-1]:
+                break
+            time.sleep(0.01)
+        latencies.append(time.perf_counter() - start)
+    rate = [steps_plotted(p) for p in pages]
+    for c in contexts:
+        c.close()
+    return {"interactive": [ready.get(i, float("inf")) for i in range(n)], "latency": latencies, "lag": lags,
+            "steps": rate}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sessions", type=int, default=20)
+    ap.add_argument("--cycles", type=int, default=3)
+    ap.add_argument("--train", type=float, default=10.0, help="seconds every session trains before the slider moves")
+    args = ap.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    folder = Path(tempfile.mkdtemp(prefix="classroom-"))
+    log = folder / "server.log"
+    script = Path(sys.executable).parent / "trainlab"
+    cmd = [str(script), "serve", "--port", str(port), "--address", "127.0.0.1", "--no-show",
+           "--max-sessions", str(max(30, args.sessions + 1))]
+    with open(log, "wb") as out:
+        server = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True)
+    try:
+        while not answers(port):
+            time.sleep(0.25)
+        time.sleep(5)  # the warm-up thread: lab modules imported, kernels compiled
+        url = f"http://127.0.0.1:{port}/"
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium",
+                                         args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+            base = rss(server.pid)
+            print(f"{args.sessions} sessions, {args.cycles} cycles, {os.cpu_count()} CPUs, load "
+                  f"{os.getloadavg()[0]:.1f}; server RSS at start {base:.0f} MiB")
+            for k in range(args.cycles):
+                r = cycle(browser, url, args.sessions, args.train)
+                inter, lat = sorted(r["interactive"]), sorted(r["latency"])
+                p95 = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))]
+                after, t = rss(server.pid), time.perf_counter()
+                while after > 1.1 * base and time.perf_counter() - t < 60:
+                    time.sleep(2)
+                    after = rss(server.pid)
+                print(f"cycle {k + 1}: interactive first {inter[0]:.1f} s, median {statistics.median(inter):.1f} s, "
+                      f"max {inter[-1]:.1f} s (target <= 5 s)")
+                print(f"  lr slider to plot: median {1000 * statistics.median(lat):.0f} ms, p95 {1000 * p95:.0f} ms, "
+                      f"max {1000 * lat[-1]:.0f} ms (target p95 <= 250 ms)")
+                if r["lag"]:
+                    print(f"  status ahead of the plots: at most {max(r['lag'])} steps (median "
+                          f"{statistics.median(r['lag']):.0f}); steps trained per session median "
+                          f"{statistics.median(r['steps']):.0f}")
+                print(f"  server RSS {after:.0f} MiB {time.perf_counter() - t:.0f} s after the pages closed "
+                      f"({after / base:.2f}x the start; target <= 1.10x)")
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(30)
+    text = log.read_text(errors="replace")
+    print(f"server log: {len(re.findall('Traceback', text))} tracebacks, "
+          f"{len(re.findall('Failed sending', text))} 'Failed sending' warnings ({log})")
+
+
+if __name__ == "__main__":
+    main()
