@@ -62,7 +62,7 @@ def full_loss(run) -> float:
 def train(config: dict[str, Any], *, stop: Callable[[], bool] | None = None, chunk: int = 50,
           on_progress: Callable[[int, dict[str, float]], None] | None = None, keep_history: bool = True,
           run_hook: Callable | None = None, whole_train_loss: bool = False) -> dict[str, Any]:
-    """Train `config["steps"]` steps and return the result row: `status` ("done", "diverged" or "cancelled"),
+    """Train `config["steps"]` steps and return the result row: `status` ("finished", "diverged" or "cancelled", as a sweep's rows say),
     `steps`, `seconds`, `train_loss` (the mean of the last tenth of the steps), `val_loss`/`val_acc` at the end,
     `best_val_loss`, `best_step`, `mean_train_loss` (over every step: how fast it learned; inf if it diverged),
     with `whole_train_loss` the loss over the whole training set at the end (`full_train_loss`), and (with
@@ -74,7 +74,7 @@ def train(config: dict[str, Any], *, stop: Callable[[], bool] | None = None, chu
     run = build(config, probes=[])  # the default probes would measure what nobody asked for (`measure` adds some)
     if run_hook is not None:
         run_hook(run)
-    t0, status = time.perf_counter(), "done"
+    t0, status = time.perf_counter(), "finished"
     while run.steps < steps:
         if stop is not None and stop():
             status = "cancelled"
@@ -92,9 +92,9 @@ def train(config: dict[str, Any], *, stop: Callable[[], bool] | None = None, chu
         tail = frame["train_loss"].iloc[-max(1, len(frame) // 10):]
         row["train_loss"] = float(tail.mean())
         losses = frame["train_loss"].to_numpy(float)
-        row["mean_train_loss"] = float(losses.mean()) if status == "done" and np.isfinite(losses).all() else math.inf
+        row["mean_train_loss"] = float(losses.mean()) if status == "finished" and np.isfinite(losses).all() else math.inf
     if whole_train_loss:
-        row["full_train_loss"] = full_loss(run) if status == "done" else math.inf
+        row["full_train_loss"] = full_loss(run) if status == "finished" else math.inf
     if run.data.has_val and status != "diverged":
         row.update(run.evaluate())
     if "val_loss" in frame and frame["val_loss"].notna().any():

@@ -12,7 +12,7 @@ def test_a_configuration_trains_like_its_run():
     run = Run(model=("mlp", {"width": 16}), data="moons", optimizer="adam", lr=0.01, seed=3, probes=[])
     run.step(120)
     direct = run.history.frame()
-    assert row["status"] == "done" and row["steps"] == 120
+    assert row["status"] == "finished" and row["steps"] == 120
     assert row["history"]["train_loss"].tolist() == direct["train_loss"].tolist()
     assert row["val_loss"] == pytest.approx(run.evaluate()["val_loss"])
     best = direct["val_loss"].min()
@@ -38,7 +38,7 @@ def test_bad_configurations_name_the_setting():
 
 def test_results_are_tidy():
     assert flatten(CONFIG)["model.width"] == 16 and flatten(CONFIG)["model"] == "mlp"
-    frame = results([{"status": "done", "val_loss": 0.5, "history": None}], [CONFIG])
+    frame = results([{"status": "finished", "val_loss": 0.5, "history": None}], [CONFIG])
     assert list(frame.columns)[:3] == ["model", "model.width", "data"] and "history" not in frame
 
 

@@ -17,8 +17,9 @@ from . import plots
 from .base import plain
 
 # what a result row says about the run rather than how it was configured
-RESULT_COLUMNS = {"status", "error", "steps", "seconds", "train_loss", "val_loss", "val_acc", "best_val_loss", "best_step",
-                  "history", "worker", "attempts", "name", "index", "id", "trial"}
+RESULT_COLUMNS = {"status", "error", "steps", "seconds", "time", "train_loss", "train_acc", "val_loss", "val_acc",
+                  "best_val_loss", "best_val_acc", "best_step", "mean_train_loss", "full_train_loss", "history", "curve",
+                  "worker", "pid", "attempts", "name", "index", "id", "trial"}
 _POLL_MS = 500  # results reach the page within a second of arriving
 
 
@@ -91,7 +92,7 @@ class SweepPanel(pn.viewable.Viewer):
     def _ok(self) -> pd.DataFrame:
         f = self.frame
         if "status" in f:
-            f = f[f["status"].isin(["done", "complete"])] if self.metric in f else f.iloc[:0]
+            f = f[f["status"] == "finished"] if self.metric in f else f.iloc[:0]
         return f[f[self.metric].notna()] if self.metric in f else f.iloc[:0]
 
     def _draw(self) -> None:

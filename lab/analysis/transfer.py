@@ -28,7 +28,7 @@ def run_config(config: dict[str, Any]) -> dict[str, Any]:
     name, options = config["model"]
     out = train({"device": "cpu", "threads": 1, **config}, keep_history=False, whole_train_loss=True)
     row = {k: options[k] for k in _TAGS if k in options}
-    diverged = out["status"] != "done" or not math.isfinite(out["full_train_loss"])
+    diverged = out["status"] != "finished" or not math.isfinite(out["full_train_loss"])
     row.update(model=name, optimizer=config["optimizer"], lr=float(config["lr"]), seed=int(config["seed"]),
                loss=out["full_train_loss"], mean_train_loss=out.get("mean_train_loss", math.inf), steps=out["steps"],
                diverged=diverged)

@@ -37,7 +37,7 @@ def configs(base: dict[str, Any], sparsities=(0.5, 0.8, 0.9, 0.95), methods=("ra
 def curves(results: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
     """Accuracy (or `metric`) against sparsity per criterion, from a results frame with `pruning.method` and
     `pruning.sparsity` columns (as `trainlab.experiment.results` and sweeps give): mean and spread over seeds."""
-    done = results[results.get("status", "done").isin(["done", "complete"])] if "status" in results else results
+    done = results[results["status"] == "finished"] if "status" in results else results
     g = done.groupby(["pruning.method", "pruning.sparsity"])[metric]
     out = g.agg(["mean", "std", "count"]).reset_index()
     return out.rename(columns={"pruning.method": "method", "pruning.sparsity": "sparsity"})
