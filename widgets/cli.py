@@ -1,4 +1,4 @@
-"""`trainlab serve` and `trainlab --version`."""
+"""`trainlab serve`, `trainlab sweep CONFIG.toml` and `trainlab --version`."""
 from __future__ import annotations
 
 import argparse
@@ -23,7 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--torch-threads", type=int, default=1, metavar="N",
                        help="torch intra-op threads (default 1: each session trains on its own thread, and "
                             "small models run fastest on one; raise it for large models)")
+    sweep = sub.add_parser("sweep", help="run a sweep described in a TOML file on Dask (a local cluster, or "
+                                          "--scheduler), printing progress and the results table")
+    from trainlab.sweeps.cli import add_arguments, run as run_sweep  # the core only: no Panel
+
+    add_arguments(sweep)
     args = parser.parse_args(argv)
+    if args.command == "sweep":
+        return run_sweep(args)
     if not 0 < args.port < 65536:
         parser.error(f"--port must be between 1 and 65535, got {args.port}")
     if args.torch_threads < 1:
