@@ -175,7 +175,7 @@ def test_a_model_module_the_workers_cannot_import_is_refused_naming_the_worker(c
                        scheduler=client)
 
 
-STEPS = 2000  # a run of a few seconds: long enough to be killed mid-run
+STEPS = 1000  # a run of a second or more: long enough to be killed mid-run
 
 
 def _kill_mid_run(sw) -> tuple[int, float]:
@@ -194,7 +194,7 @@ def _kill_mid_run(sw) -> tuple[int, float]:
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_sweep_loses_only_its_run():
-    sw = trainlab.sweep(BASE, grid={"lr": [0.01, 0.02, 0.03, 0.04, 0.05]}, steps=STEPS, workers=2,
+    sw = trainlab.sweep(BASE, grid={"lr": [0.01, 0.02, 0.03, 0.04]}, steps=STEPS, workers=2,
                         report_every=0.1)  # the embedded cluster
     victim, killed = _kill_mid_run(sw)
     sw.wait(300)
@@ -279,3 +279,48 @@ def test_the_command_line_runs_a_toml_sweep(client, tmp_path, capsys):
     config.write_text('steps = 40\n[base]\nlr = -1\n[grid]\n"model.width" = [4]\n')
     assert main(["sweep", str(config), "--scheduler", client.scheduler.address]) == 2
     assert "lr=-1 rejected" in capsys.readouterr().err
+
+
+def test_a_toml_file_reads_as_the_sweeps_arguments(tmp_path):
+    from trainlab.sweeps.config import expand
+    from trainlab.sweeps.tomlfile import read
+
+    path = tmp_path / "sweep.toml"
+    path.write_text('steps = 30\nseeds = [0, 1]\nretries = 1\n[base]\nmodel = ["mlp", {width = 8}]\n'
+                    '"model.depth" = 1\ndata = "moons"\n[grid]\nlr = [0.1, 0.2]\n'
+                    'model = [["mlp", {width = 4}], "mlp"]\n')
+    kwargs = read(path)
+    assert kwargs["steps"] == 30 and kwargs["retries"] == 1 and kwargs["grid"]["lr"] == [0.1, 0.2]
+    configs, columns = expand({**kwargs["base"], "steps": 30}, kwargs["grid"], kwargs["seeds"])
+    assert columns == ["lr", "model"] and len(configs) == 8
+    first, shown = configs[0]
+    assert shown == {"lr": 0.1, "model": "mlp(width=4)"}
+    assert {k: first[k] for k in ("model", "model.width", "model.depth", "seed", "steps")} == \
+        {"model": "mlp", "model.width": 4, "model.depth": 2, "seed": 0, "steps": 30}  # a pair replaces the options
+    assert configs[2][0]["model.width"] == 8 and configs[2][0]["model.depth"] == 1  # a name keeps the base's
+    path.write_text("steps = 30\nlearning_rate = 0.1\n")
+    with pytest.raises(ValueError, match="unknown key 'learning_rate'; a sweep file takes name, steps"):
+        read(path)
+    path.write_text("steps = \n")
+    with pytest.raises(ValueError, match="is not valid TOML"):
+        read(path)
+
+
+def test_the_search_space_comes_from_the_declared_parameters():
+    from optuna import distributions as d
+
+    from trainlab.sweeps.space import distributions
+
+    base = {**BASE, "steps": 10}
+    got = distributions(base, {"lr": "auto", "model.width": "auto", "momentum": "auto", "model.activation": "auto",
+                               "optimizer": ["sgd", "adam"], "batch_size": {"low": 16, "high": 128}})
+    lr, width = trainlab.Run.param["lr"], trainlab.models["mlp"].params["width"]
+    assert got["lr"] == d.FloatDistribution(*lr.softbounds, log=True)  # a LogNumber: on a log scale
+    assert got["model.width"] == d.IntDistribution(*width.softbounds, log=True)  # a LogInteger too
+    momentum = trainlab.optimizers["sgd"].params["momentum"]
+    assert got["momentum"] == d.FloatDistribution(*momentum.softbounds, log=False)
+    assert got["model.activation"] == d.CategoricalDistribution(["relu", "tanh", "gelu", "linear"])
+    assert got["optimizer"] == d.CategoricalDistribution(["sgd", "adam"])
+    assert got["batch_size"] == d.IntDistribution(16, 128, log=True)
+    with pytest.raises(ValueError, match=r"space\['optimizer'\]: choice='nosuch' rejected: unknown optimizer"):
+        distributions(base, {"optimizer": ["sgd", "nosuch"]})

@@ -152,7 +152,7 @@ def check(config: dict[str, Any]) -> dict[str, Any]:
     Everything is checked against the registries' declared parameters and the optimizer's own constructor
     (on a dummy): nothing is built, no data is loaded.
     """
-    config = {**DEFAULTS, **config}
+    config = {**DEFAULTS, **flatten(config, "configuration")}
     prefixes = [k.split(".")[0] for k in config if "." in k]
     for p in prefixes:
         if p not in SPECS:

@@ -16,7 +16,7 @@ import param
 from ..optimizers import optimizers
 from ..registry import LogInteger, LogNumber, Registry
 from ..run import Run
-from .config import SPECS, check, describe, is_ref
+from .config import DEFAULTS, SPECS, check, describe, flatten, is_ref
 
 samplers = Registry("sampler")
 _SEED = dict(seed=param.Integer(0, bounds=(0, None), allow_None=True,
@@ -106,6 +106,7 @@ def distributions(base: dict[str, Any], space: dict[str, Any]) -> dict[str, Any]
     if not isinstance(space, dict) or not space:
         raise ValueError("space is empty: give the settings to search, e.g. space={'lr': 'auto', 'momentum': "
                          "{'low': 0.5, 'high': 0.99}, 'optimizer': ['sgd', 'adam']}")
+    base = {**DEFAULTS, **flatten(base)}
     return {name: _distribution(base, name, spec) for name, spec in space.items()}
 
 

@@ -347,6 +347,8 @@ class Sweep:
                                   "error": reason, "time": time.time()})
             st["status"] = "queued"
         if started is not None and st["attempts"] <= self.retries:
+            with self._cond:
+                self._live.pop(i, None)  # the next attempt's curve starts again from step 0
             self._submit(i)
             return
         tries = f" (attempt {st['attempts']} of {self.retries + 1})" if self.retries else ""
@@ -361,7 +363,7 @@ class Sweep:
             if curve:
                 self._curves[i] = curve
             st.update(result)
-            self._key_of.pop(i, None)
+            self._started.pop(self._key_of.pop(i, None), None)
             self._order.append(i)
             self._cond.notify_all()
             row = self._row(i)

@@ -1,0 +1,91 @@
+"""A sweep of 100 small runs on a 2-worker LocalCluster against the same runs one after another in this process.
+
+The same function trains each configuration both ways (`trainlab.sweeps.train`, one torch thread); the
+parallel time runs from `trainlab.sweep(...)` (its checks included) to the last result, on a cluster
+started and warmed beforehand (its start-up is printed apart). Sequential and parallel passes are
+interleaved; the best of each is compared. Efficiency = (sequential / workers) / parallel; the target is
+parallel <= 1.15 x sequential / 2, an efficiency >= 0.87. The load average is printed: on a machine shared
+with other work, two workers do not get two whole cores.
+
+    python benchmarks/sweep.py [--runs 100] [--steps 200] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+BASE = {"model": ("mlp", {"width": 16, "depth": 1}), "data": "moons", "optimizer": "sgd", "eval_every": 50}
+
+
+def grid(runs: int) -> tuple[dict, list[int]]:
+    """10 learning rates x runs / 10 seeds (fewer rates for fewer runs)."""
+    lrs = [round(0.01 * (i + 1), 3) for i in range(min(runs, 10))]
+    return {"lr": lrs}, list(range(max(1, runs // len(lrs))))
+
+
+def sequential(configs: list[dict]) -> float:
+    from trainlab.sweeps import train
+
+    t = time.perf_counter()
+    for c in configs:
+        row = train(c)
+        assert row["status"] == "finished", row
+    return time.perf_counter() - t
+
+
+def parallel(client, steps: int, runs: int) -> float:
+    import trainlab
+
+    g, seeds = grid(runs)
+    t = time.perf_counter()
+    sw = trainlab.sweep(BASE, grid=g, seeds=seeds, steps=steps, scheduler=client)
+    sw.wait()
+    elapsed = time.perf_counter() - t
+    frame = sw.results()
+    assert (frame["status"] == "finished").all() and len(frame) == len(g["lr"]) * len(seeds), frame
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    from trainlab.sweeps.cluster import check_workers, connect
+    from trainlab.sweeps.config import expand
+
+    load = os.getloadavg()
+    t = time.perf_counter()
+    client, cluster, _ = connect(None, args.workers)
+    check_workers(client, [])  # the workers import trainlab and torch before the clock starts
+    print(f"{args.workers}-worker LocalCluster started and warmed in {time.perf_counter() - t:.1f} s")
+    g, seeds = grid(args.runs)
+    configs = [c for c, _ in expand({**BASE, "steps": args.steps}, g, seeds)[0]]
+    sequential(configs[:2])  # warm-up, both ways: each process builds its first data set and steps once
+    parallel(client, args.steps, 2 * args.workers)
+    seq, par = [], []
+    try:
+        for r in range(args.repeats):
+            for which in (("seq", "par") if r % 2 == 0 else ("par", "seq")):
+                if which == "seq":
+                    seq.append(sequential(configs))
+                else:
+                    par.append(parallel(client, args.steps, args.runs))
+                print(f"  pass {r + 1} {which}: {(seq if which == 'seq' else par)[-1]:.2f} s", flush=True)
+    finally:
+        client.close()
+        cluster.close()
+    s, p = min(seq), min(par)
+    ideal = s / args.workers
+    print(f"{len(configs)} runs of {args.steps} steps: sequential {s:.2f} s, parallel on {args.workers} workers "
+          f"{p:.2f} s (ideal {ideal:.2f} s): parallel / ideal {p / ideal:.2f}, efficiency {ideal / p:.2f} "
+          f"(target: parallel / ideal <= 1.15)")
+    print(f"load average before {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1, 5, 15 min), after "
+          f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())}, on {os.cpu_count()} CPUs")
+
+
+if __name__ == "__main__":
+    main()
