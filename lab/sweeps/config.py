@@ -17,6 +17,7 @@ returning what Run's `data=` takes. Runs ship to the workers as these dicts of n
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import itertools
@@ -172,7 +173,10 @@ def check(config: dict[str, Any]) -> dict[str, Any]:
         if name is None:
             continue
         options = options_of(config, key)
-        values = _check_spec(key, name, options)
+        try:  # a grid repeats the same model and data in every configuration: each is checked once
+            values = dict(_check_spec_once(key, name, tuple(sorted(options.items()))))
+        except TypeError:  # an option value that cannot be hashed (a list): checked each time
+            values = _check_spec(key, name, options)
         config.update({f"{key}.{k}": v for k, v in values.items()})
     own = {k: config[k] for k in Run.SETTABLE if k in config}
     if "optimizer" in own:
@@ -192,6 +196,11 @@ def check(config: dict[str, Any]) -> dict[str, Any]:
     lr = config.get("lr", entry.meta.usual_lr)
     check_hparams(name, lr, option_values(opts))  # cross-field rules (Nesterov needs momentum)
     return config
+
+
+@functools.lru_cache(maxsize=256)
+def _check_spec_once(key: str, name: Any, options: tuple) -> tuple:
+    return tuple(_check_spec(key, name, dict(options)).items())
 
 
 def _check_spec(key: str, name: Any, options: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..registry import number
 from .config import check, expand, flatten, refs, seed_list
-from .sweep import Grid, Sweep
+from .monitor import Grid, Sweep
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
