@@ -28,7 +28,10 @@ def connect(scheduler: Any = None, workers: int | None = None, timeout: float = 
             raise ValueError(f"workers={workers!r} rejected: a whole number >= 1 (this machine has {available_cpus()} CPUs)")
         with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
             try:
+                # no dashboard (it would import Bokeh); the scheduler's HTTP routes (health, metrics) on any
+                # free loopback port, not on 8787, which another cluster may hold
                 cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                                       scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                                        silence_logs=logging.ERROR)
             except RuntimeError as e:
                 raise RuntimeError(f"the local cluster's workers failed to start ({e}). In a script, start the sweep "
