@@ -30,6 +30,19 @@ class FileStore:
         return name
 
 
+class TinyNet(torch.nn.Sequential):
+    """A user's own model in an importable module (this one): the workers build it by name."""
+
+    def __init__(self, hidden=8):
+        super().__init__(torch.nn.Linear(2, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 2))
+
+
+def blobs(n=200, seed=0):
+    """A user's own data: a function returning what Run's data= takes."""
+    X = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed))
+    return X, (X[:, 0] + 0.3 * X[:, 1] > 0).long()
+
+
 @pytest.fixture(scope="module")
 def client():
     """A 2-worker LocalCluster as trainlab.sweep makes one (allowed-failures=0), shared by the tests here."""
@@ -80,6 +93,19 @@ def test_a_grid_gives_what_the_same_runs_give_directly(client, tmp_path):
         curve = sw.curves(row["index"])
         assert curve["step"].iloc[-1] == 120 and curve["train_loss"].iloc[-1] == row["train_loss"]
     assert live and all(r["step"] <= 120 for rows in live.values() for r in rows)  # live metrics while training
+
+
+@pytest.mark.slow
+def test_a_users_own_model_and_data_ship_by_name(client):
+    sw = trainlab.sweep({"model": (TinyNet, {"hidden": 4}), "data": (blobs, {"n": 128}), "steps": 30},
+                        grid={"lr": [0.1, 0.3]}, seeds=[5], scheduler=client)
+    frame = sw.wait(120).results()
+    assert (frame["status"] == "finished").all(), frame[["status", "error"]]
+    assert sw.configs[0]["model"] == "test_sweep:TinyNet" and sw.configs[0]["data"] == "test_sweep:blobs"
+    for row in frame.to_dict("records"):
+        torch.manual_seed(5)  # the sweep builds the model under the run's seed
+        run = _direct({"model": TinyNet(4), "data": blobs(128), "lr": row["lr"], "seed": 5}, 30)
+        assert row["train_loss"] == run.history.frame()["train_loss"].iloc[-1]
 
 
 @pytest.mark.slow

@@ -98,8 +98,13 @@ def flatten_spec(key: str, value: Any) -> dict[str, Any]:
             return {"pruning": None}
         if isinstance(value, dict):  # Sparsifier arguments
             value = (value.get("method", "magnitude"), {k: v for k, v in value.items() if k != "method"})
-    if key in ("model", "data") and (inspect.isclass(value) or inspect.isfunction(value)):
+    def own(obj) -> bool:
+        return key in ("model", "data") and (inspect.isclass(obj) or inspect.isfunction(obj))
+
+    if own(value):
         value = ref_of(value, key)
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and own(value[0]):  # (Class, {options})
+        value = (ref_of(value[0], key), value[1])
     if key == "model" and hasattr(value, "parameters") and not inspect.isclass(value):
         raise ValueError("model=<an nn.Module instance> rejected: a sweep builds each run's model on a worker, "
                          "so it takes the model's class (importable, e.g. 'mymodels:Net') and its options: "

@@ -86,7 +86,8 @@ def _name(name: str | None) -> str:
 
 
 def _store(store: Any) -> Any:
-    """A store the workers can use: a Store-like object (with save(run, name)), or a folder's path."""
+    """A store the workers can use: a Store-like object (with save(run, name)), sent to them as it is, or a
+    folder's path, sent as its absolute path."""
     if store is None:
         return None
     if isinstance(store, (str, os.PathLike)):
@@ -97,7 +98,8 @@ def _store(store: Any) -> Any:
             from ..store import Store
         except ImportError:
             raise ValueError("store= as a path needs trainlab.store; pass an object with save(run, name)") from None
-        store = Store(root)
+        Store(root)  # its own checks, here and now; each worker opens the folder itself
+        return root
     if not callable(getattr(store, "save", None)):
         raise ValueError(f"store={store!r} rejected: a trainlab.store.Store (or an object with save(run, name)), "
                          f"or a folder's path")

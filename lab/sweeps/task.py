@@ -75,6 +75,10 @@ def train(config: dict[str, Any], *, topic: str | None = None, cancel: str | Non
         kwargs.setdefault("threads", 1)  # one run per worker thread: torch's own threads would only compete
         kwargs.setdefault("probes", [])  # the results are losses and accuracies; probes would cost time
         run = Run(**kwargs)
+        if isinstance(store, str):  # a store's folder: opened here, on the worker
+            from ..store import Store
+
+            store = Store(store)
         track = getattr(store, "track", None)
         if callable(track):
             track(run, name)
@@ -90,7 +94,7 @@ def train(config: dict[str, Any], *, topic: str | None = None, cancel: str | Non
                 emit("metrics", rows=_rows(run.history.since(reported)))
                 last, reported = time.monotonic(), run.steps
         result = summarize(run, status, error)
-        if status == "finished" and store is not None:
+        if status in ("finished", "diverged") and store is not None:  # runs that ended by themselves
             result["name"] = store.save(run, name)
     except Exception as e:  # the run's own failure is its result: the sweep goes on
         result = summarize(run, "failed", f"{type(e).__name__}: {e}") if run is not None else \
