@@ -30,6 +30,25 @@ class FileStore:
         return name
 
 
+class TrackingStore(FileStore):
+    """A stand-in for a store that records runs live (trainlab.store's track): a marker while the run trains,
+    the saved run when the block ends."""
+
+    def track(self, run, name):
+        store = self
+
+        class Recording:
+            def __enter__(self):
+                open(os.path.join(store.root, f"{name}.live"), "w").close()
+                self.name = name
+                return self
+
+            def __exit__(self, *exc):
+                store.save(run, name)
+
+        return Recording()
+
+
 class TinyNet(torch.nn.Sequential):
     """A user's own model in an importable module (this one): the workers build it by name."""
 
@@ -178,6 +197,30 @@ def test_bad_configurations_are_refused_before_anything_starts(tmp_path):
     refused("an nn.Module instance", base={**BASE, "model": torch.nn.Linear(2, 2)}, grid={"lr": [0.1]})
 
 
+def test_a_cluster_without_trainlab_is_refused_before_anything_is_submitted():
+    from trainlab.sweeps.cluster import check_workers
+
+    class Cluster:  # a Client whose scheduler, then whose worker, cannot unpickle trainlab's functions
+        def __init__(self, scheduler_fails):
+            self.scheduler_fails = scheduler_fails
+
+        def run_on_scheduler(self, fn):
+            if self.scheduler_fails:
+                raise ImportError("No module named 'trainlab'")
+            return fn()
+
+        def run(self, fn, *args, on_error):
+            return {"tcp://10.0.0.7:4000": ModuleNotFoundError("No module named 'trainlab'")}
+
+        def submit(self, *args, **kwargs):
+            raise AssertionError("nothing may be submitted")
+
+    with pytest.raises(ValueError, match="the Dask scheduler cannot import trainlab .* nothing was started"):
+        check_workers(Cluster(True), [])
+    with pytest.raises(ValueError, match=r"worker tcp://10.0.0.7:4000 cannot run trainlab's sweep tasks .* install"):
+        check_workers(Cluster(False), [])
+
+
 def test_a_scheduler_that_does_not_answer_is_refused_within_seconds():
     port = free_port()  # nothing listens there
     start = time.monotonic()
@@ -207,6 +250,7 @@ STEPS = 1000  # a run of a second or more: long enough to be killed mid-run
 def _kill_mid_run(sw) -> tuple[int, float]:
     """kill -9 the worker process of a run that is training (its live metrics are coming); (its index, when)."""
     def training():
+        assert not sw.done, sw.results()[["status", "error"]].to_string()
         for i, info in sw.running().items():
             live = sw.curves(i)
             if live.shape[0] and live["step"].iloc[-1] < STEPS // 2:  # well before its end
@@ -234,18 +278,23 @@ def test_a_worker_killed_mid_sweep_loses_only_its_run():
 
 
 @pytest.mark.slow
-def test_the_same_sweep_on_a_cluster_started_separately(tmp_path):
+def test_the_same_sweep_on_a_cluster_started_separately(tmp_path, monkeypatch):
     """`dask scheduler` + `dask worker` processes (Dask's default allowed-failures=3): the cluster path is the
     same code; a worker killed mid-run is seen leaving, its run tried again once, none counted twice."""
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     bin_dir = Path(sys.executable).parent
+    # the scheduler unpickles the tasks and the workers run them: both import this module (the test store)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(Path(__file__).parent),
+                                                                  os.environ.get("PYTHONPATH")])))
     scheduler = [str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]
     worker = [str(bin_dir / "dask"), "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard",
               "--host", "127.0.0.1"]
     with serving(scheduler, port, tmp_path), serving_workers(worker, address, tmp_path):
+        store = tmp_path / "store"
+        store.mkdir()
         sw = trainlab.sweep(BASE, grid={"lr": [0.02, 0.04, 0.06, 0.08]}, steps=STEPS, scheduler=address, retries=1,
-                            report_every=0.1)
+                            report_every=0.1, store=TrackingStore(store), name="ext")
         victim, killed = _kill_mid_run(sw)
         sw.wait(300)
         frame = sw.results().set_index("index")
@@ -253,6 +302,10 @@ def test_the_same_sweep_on_a_cluster_started_separately(tmp_path):
         assert (frame["status"] == "finished").all(), frame[["status", "error"]]
         assert frame.loc[victim, "attempts"] == 2 and (frame.drop(index=victim)["attempts"] == 1).all()
         assert [f["index"] for f in sw.failures] == [victim] and sw.failures[0]["time"] - killed < 5
+        # the attempt that died left its live record; the retry is stored beside it: one saved run each
+        assert frame.loc[victim, "name"] == f"ext-{victim:04d}-2"
+        assert sorted(p.name for p in store.glob("*.pt")) == sorted(f"{n}.pt" for n in frame["name"])
+        assert (store / f"ext-{victim:04d}.live").exists() and not (store / f"ext-{victim:04d}.pt").exists()
         direct = _direct({"model": ("mlp", {"width": 16, "depth": 1}), "data": "moons", "lr": 0.02,
                           "eval_every": 25}, STEPS)
         assert frame.loc[0, "train_loss"] == direct.history.frame()["train_loss"].iloc[-1]

@@ -82,10 +82,22 @@ def _probe(refs: list[tuple[str, str]]) -> dict[str, Any]:
     return {"version": trainlab.__version__, "failed": failed}
 
 
+def _probe_scheduler() -> str:
+    import trainlab
+
+    return trainlab.__version__
+
+
 def check_workers(client, refs: list[tuple[str, str]]) -> None:
-    """Refuse (ValueError, naming the worker) when a worker cannot import trainlab or one of the user's modules."""
+    """Refuse (ValueError, naming the worker) when a worker cannot import trainlab or one of the user's modules,
+    or the scheduler cannot import trainlab (it unpickles each task, so it needs the module of the function)."""
     from .. import __version__
 
+    try:
+        client.run_on_scheduler(_probe_scheduler)
+    except Exception as e:
+        raise ValueError(f"the Dask scheduler cannot import trainlab ({type(e).__name__}: {e}); it unpickles the "
+                         f"sweep's tasks, so it needs trainlab installed like the workers; nothing was started") from None
     answers = client.run(_probe, refs, on_error="return")
     for worker, answer in answers.items():
         if isinstance(answer, BaseException):

@@ -248,9 +248,10 @@ class Sweep:
 
     def _submit(self, i: int) -> None:
         key = f"trainlab-{self._uid}-{i}-{next(self._serial)}"
+        attempt = self._state[i]["attempts"] + 1  # a retry is stored beside the attempt its worker died in
         try:
-            future = self.client.submit(train, self.configs[i], topic=self._topic, cancel=self._event,
-                                        store=self._store, name=f"{self.name}-{i:04d}",
+            future = self.client.submit(train, self.configs[i], topic=self._topic, cancel=self._event, store=self._store,
+                                        name=f"{self.name}-{i:04d}" + (f"-{attempt}" if attempt > 1 else ""),
                                         report_every=self._report_every, key=key, pure=False)
         except Exception as e:
             self._final(i, {"status": "failed", "error": f"could not be submitted: {type(e).__name__}: {e}"})

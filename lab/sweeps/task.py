@@ -69,7 +69,7 @@ def train(config: dict[str, Any], *, topic: str | None = None, cancel: str | Non
 
     emit("started", worker=worker.address if worker else None, pid=os.getpid())
     stop = _Stop(worker, cancel)
-    run, status, error = None, "finished", ""
+    run = None
     try:
         kwargs, steps = run_kwargs(config)
         kwargs.setdefault("threads", 1)  # one run per worker thread: torch's own threads would only compete
@@ -80,22 +80,18 @@ def train(config: dict[str, Any], *, topic: str | None = None, cancel: str | Non
 
             store = Store(store)
         track = getattr(store, "track", None)
-        if callable(track):
-            track(run, name)
-        last, reported = time.monotonic(), 0
-        while run.steps < steps:
-            if stop():
-                status = "cancelled"
-                break
-            if run.step(1) == 0:
-                status, error = "diverged", run.message
-                break
-            if time.monotonic() - last >= report_every:
-                emit("metrics", rows=_rows(run.history.since(reported)))
-                last, reported = time.monotonic(), run.steps
+        saved = None
+        if callable(track):  # recorded live (trainlab.store): leaving the block saves the run, however it ended
+            with track(run, name) as recording:
+                status, error = _train(run, steps, stop, emit, report_every)
+            saved = getattr(recording, "name", name)
+        else:
+            status, error = _train(run, steps, stop, emit, report_every)
+            if store is not None and status in ("finished", "diverged"):  # runs that ended by themselves
+                saved = store.save(run, name)
         result = summarize(run, status, error)
-        if status in ("finished", "diverged") and store is not None:  # runs that ended by themselves
-            result["name"] = store.save(run, name)
+        if saved is not None:
+            result["name"] = saved
     except Exception as e:  # the run's own failure is its result: the sweep goes on
         result = summarize(run, "failed", f"{type(e).__name__}: {e}") if run is not None else \
             {"status": "failed", "error": f"{type(e).__name__}: {e}"}
@@ -104,6 +100,20 @@ def train(config: dict[str, Any], *, topic: str | None = None, cancel: str | Non
             run.close()
     result.update(worker=worker.address if worker else None, pid=os.getpid())
     return result
+
+
+def _train(run: Run, steps: int, stop, emit, report_every: float) -> tuple[str, str]:
+    """Step until `steps`, a stop or a divergence; live metrics every `report_every` s. (status, error)."""
+    last, reported = time.monotonic(), 0
+    while run.steps < steps:
+        if stop():
+            return "cancelled", ""
+        if run.step(1) == 0:
+            return "diverged", run.message
+        if time.monotonic() - last >= report_every:
+            emit("metrics", rows=_rows(run.history.since(reported)))
+            last, reported = time.monotonic(), run.steps
+    return "finished", ""
 
 
 LIVE = ("step", "time", "lr", "train_loss", "train_acc", "grad_norm", "val_loss", "val_acc")
