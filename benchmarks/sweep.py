@@ -70,6 +70,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)  # this process trains as each worker does (the nanny sets their OMP_NUM_THREADS=1)
     from trainlab.sweeps.cluster import check_workers, connect
     from trainlab.sweeps.config import expand
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..run import Run
+from ..run import Run, _torch_threads
 from .config import run_kwargs
 
 CHECK_EVERY = 0.25  # seconds between two looks at the cancellation flag (each is a round trip to the scheduler)
@@ -69,11 +69,23 @@ def train(config: dict[str, Any], *, topic: str | None = None, cancel: str | Non
 
     emit("started", worker=worker.address if worker else None, pid=os.getpid())
     stop = _Stop(worker, cancel)
-    run = None
     try:
         kwargs, steps = run_kwargs(config)
         kwargs.setdefault("threads", 1)  # one run per worker thread: torch's own threads would only compete
         kwargs.setdefault("probes", [])  # the results are losses and accuracies; probes would cost time
+        with _torch_threads(kwargs["threads"] if isinstance(kwargs["threads"], int) else 1):
+            result = _build_and_train(kwargs, steps, store, name, stop, emit, report_every)
+    except Exception as e:  # the run could not be built: its failure is its result, the sweep goes on
+        result = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+    result.update(worker=worker.address if worker else None, pid=os.getpid())
+    return result
+
+
+def _build_and_train(kwargs: dict, steps: int, store: Any, name: str | None, stop, emit, report_every: float) -> dict:
+    """Build the run, train it (recorded live if the store can), save it; the results row. Outside the Run's
+    steps too (building, evaluating) torch keeps the run's thread count."""
+    run = None
+    try:
         run = Run(**kwargs)
         if isinstance(store, str):  # a store's folder: opened here, on the worker
             from ..store import Store
@@ -98,7 +110,6 @@ def train(config: dict[str, Any], *, topic: str | None = None, cancel: str | Non
     finally:
         if run is not None:
             run.close()
-    result.update(worker=worker.address if worker else None, pid=os.getpid())
     return result
 
 
