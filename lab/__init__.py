@@ -25,13 +25,16 @@ __all__ = [
     "Data", "DecisionBoundary", "EffectiveStep", "GradNorm", "History", "LogInteger", "LogNumber", "Probe", "Registry",
     "Run", "ScaleInvariantNorm", "SecondMoment", "UpdateRatio", "as_data", "available_cpus", "datasets", "inits",
     "lr_range_test",
-    "models", "norms", "optimizers", "parametrizations", "resolve_device", "schedules",
+    "models", "norms", "optimizers", "parametrizations", "resolve_device", "schedules", "Sweep", "sweep",
 ]
 
 
 def __getattr__(name: str):
     # the playground loads Numba kernels: only when asked for (`trainlab.playground`)
+    import importlib
+
     if name == "playground":
-        import importlib
         return importlib.import_module(".playground", __name__)
+    if name in ("sweep", "Sweep"):  # Dask and its cluster only when a sweep is asked for
+        return getattr(importlib.import_module(".sweeps", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

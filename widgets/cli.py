@@ -1,4 +1,4 @@
-"""`trainlab serve` and `trainlab --version`."""
+"""`trainlab serve`, `trainlab sweep CONFIG.toml` and `trainlab --version`."""
 from __future__ import annotations
 
 import argparse
@@ -40,7 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     access.add_argument("--oauth-key", help="the OAuth client id")
     access.add_argument("--oauth-secret", help="the OAuth client secret")
     access.add_argument("--num-procs", type=int, default=1, help="server processes (each with its own limits)")
+    sweep = sub.add_parser("sweep", help="run a sweep described in a TOML file on Dask (a local cluster, or "
+                                          "--scheduler), printing progress and the results table")
+    from trainlab.sweeps.cli import add_arguments, run as run_sweep  # the core only: no Panel
+
+    add_arguments(sweep)
     args = parser.parse_args(argv)
+    if args.command == "sweep":
+        return run_sweep(args)
     if not 0 < args.port < 65536:
         parser.error(f"--port must be between 1 and 65535, got {args.port}")
     if args.torch_threads < 1:

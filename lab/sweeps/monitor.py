@@ -1,0 +1,407 @@
+"""The Sweep: configurations submitted to Dask as tasks, each run's results gathered as it ends.
+
+One monitor thread owns every state change. It reads a single queue fed by the futures' done callbacks,
+the sweep's topic (each task's "started" and live "metrics" events) and the cluster's "all" topic (a
+worker removed). That makes each configuration end exactly once, whichever news comes first:
+
+- a run whose worker dies (kill -9, out of memory) fails as soon as the scheduler removes the worker:
+  with `allowed-failures=0` (the embedded cluster) its future errs with KilledWorker at once; on a
+  cluster that keeps Dask's default of 3 the "remove-worker" event names the worker, the sweep cancels
+  the task there (so Dask does not quietly run it again) and reports it. Either way it is retried if
+  `retries` allows, under a new key, so no result comes twice;
+- a task that had not started (queued on the dead worker, failed with it under allowed-failures=0) is
+  innocent: it is submitted again and not counted as an attempt.
+"""
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import pandas as pd
+
+from .cluster import unwatch_workers, watch_workers
+from .config import describe
+from .task import train
+
+FINAL = ("finished", "diverged", "failed", "cancelled")
+METRICS = ("steps", "time", "train_loss", "train_acc", "val_loss", "best_val_loss", "best_step", "val_acc",
+           "best_val_acc")
+REQUEUES = 3  # resubmissions of a run that never started before it counts as failed (a worker dying under it each time)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a sweep has come: runs by state."""
+
+    total: int
+    finished: int = 0
+    diverged: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    running: int = 0
+    queued: int = 0
+
+    @property
+    def done(self) -> int:
+        return self.finished + self.diverged + self.failed + self.cancelled
+
+    def __str__(self) -> str:
+        extra = [f"{n} {k}" for k, n in (("failed", self.failed), ("diverged", self.diverged),
+                                        ("cancelled", self.cancelled), ("running", self.running)) if n]
+        return f"{self.done}/{self.total} done" + (f" ({', '.join(extra)})" if extra else "")
+
+
+class Grid:
+    """A source of configurations known up front."""
+
+    def __init__(self, configs: list[tuple[dict, dict]]):
+        self.items, self.total, self.exhausted = configs, len(configs), False
+
+    def take(self, running: int) -> list[tuple[dict, dict]]:
+        if self.exhausted:
+            return []
+        self.exhausted = True
+        return self.items
+
+    def finish(self, index: int, row: dict) -> None:
+        pass
+
+    def stop(self) -> None:
+        self.exhausted = True
+
+
+class Sweep:
+    """Runs of a sweep on Dask: `results()`, `progress()`, `wait()`, `cancel()`, and results as they arrive
+    (`on_result`, `as_completed`) with live metrics while runs train (`on_metrics`, `curves`).
+
+    Made by `trainlab.sweep(...)`, which checks every configuration before this starts anything.
+    """
+
+    def __init__(self, source, columns: list[str], client, *, cluster=None, own_client: bool = False,
+                 store: Any = None, name: str = "sweep", retries: int = 0, report_every: float = 0.5, study=None):
+        self.name, self.columns, self.client, self.retries, self.study = name, columns, client, retries, study
+        self.configs: list[dict] = []   # every configuration, in index order
+        self.failures: list[dict] = []  # each lost attempt: index, attempt, worker, error, time
+        self._source, self._cluster, self._own_client = source, cluster, own_client
+        self._store, self._report_every = store, report_every
+        self._shown: list[dict] = []    # a row's configuration columns (and the trial, for Optuna)
+        self._state: list[dict] = []    # status, attempts, requeues, worker, pid, metrics
+        self._curves: dict[int, dict] = {}
+        self._live: dict[int, list[dict]] = {}
+        self._order: list[int] = []     # indices in the order their runs ended
+        self._futures: dict[str, tuple[int, Any]] = {}
+        self._key_of: dict[int, str] = {}
+        self._started: dict[str, dict] = {}
+        self._serial = itertools.count()
+        self._queue: queue.Queue = queue.Queue()
+        self._cond = threading.Condition()
+        self._cancelling = self._complete = self._closed = False
+        self._on_result: list[Callable] = []
+        self._on_metrics: list[Callable] = []
+        uid = uuid.uuid4().hex[:10]
+        self._uid, self._topic, self._event = uid, f"trainlab-sweep-{uid}", f"trainlab-cancel-{uid}"
+        client.subscribe_topic(self._topic, lambda event: self._queue.put(("event", event[1])))
+        watch_workers(client, uid, lambda worker: self._queue.put(("removed", worker)))
+        self._take()  # here, not on the thread: results() lists every queued run from the start
+        self._thread = threading.Thread(target=self._monitor, name=f"trainlab-sweep-{name}", daemon=True)
+        self._thread.start()
+
+    # ---- what users call ----------------------------------------------------------------------
+    def results(self) -> pd.DataFrame:
+        """A row per configuration: its index, swept settings and seed, status, error and metrics."""
+        with self._cond:
+            rows = [self._row(i) for i in range(len(self.configs))]
+        head = ["index", *self.columns, "seed", *(["trial"] if self.study is not None else []), "status", "error"]
+        return pd.DataFrame(rows, columns=[*head, *METRICS, "attempts", "worker", "name"])
+
+    def progress(self) -> Progress:
+        with self._cond:
+            counts = {k: 0 for k in ("finished", "diverged", "failed", "cancelled", "running", "queued")}
+            for st in self._state:
+                counts[st["status"]] += 1
+            return Progress(self._source.total, **counts)
+
+    @property
+    def done(self) -> bool:
+        return self._complete
+
+    def wait(self, timeout: float | None = None) -> Sweep:
+        """Block until every run has ended (and an embedded cluster has closed); TimeoutError after `timeout` s."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._closed, timeout):
+                raise TimeoutError(f"the sweep is not done after {timeout} s: {self.progress()}")
+        return self
+
+    def cancel(self, wait: bool = True, timeout: float | None = 60) -> None:
+        """Stop: queued runs are dropped, running ones stop before their next step (status "cancelled")."""
+        self._queue.put(("cancel",))
+        if wait:
+            self.wait(timeout)
+
+    def close(self) -> None:
+        """Cancel what still runs and release the cluster (an embedded one is closed)."""
+        if not self._closed:
+            self.cancel(wait=True)
+
+    def __enter__(self) -> Sweep:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def on_result(self, fn: Callable[[dict], Any]) -> None:
+        """Call fn(row) for each run as it ends (at once for those already ended), on the sweep's thread."""
+        with self._cond:
+            self._on_result.append(fn)
+            done = [self._row(i) for i in self._order]
+        for row in done:
+            _call(fn, row)
+
+    def on_metrics(self, fn: Callable[[int, list[dict]], Any]) -> None:
+        """Call fn(index, rows) with each batch of live metrics (step, train_loss, val_loss, ...) while runs train."""
+        self._on_metrics.append(fn)
+
+    def as_completed(self, timeout: float | None = None) -> Iterator[dict]:
+        """Each run's results row as it ends (those already ended first); stops when every run has ended."""
+        seen, deadline = 0, None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._cond:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not self._cond.wait_for(lambda: len(self._order) > seen or self._complete, left):
+                    raise TimeoutError(f"no run ended within {timeout} s: {self.progress()}")
+                batch, seen = self._order[seen:], len(self._order)
+                rows = [self._row(i) for i in batch]
+            if not rows:
+                return
+            yield from rows
+
+    def __iter__(self) -> Iterator[dict]:
+        return self.as_completed()
+
+    def curves(self, index: int) -> pd.DataFrame:
+        """The training curve of one run: the live rows while it trains, its thinned history once it has ended."""
+        with self._cond:
+            curve = self._curves.get(index)
+            live = list(self._live.get(index, []))
+        if not curve:
+            return pd.DataFrame(live)
+        train = pd.DataFrame({"step": curve["step"], "train_loss": curve["train_loss"]})
+        if "val_step" not in curve:
+            return train
+        val = pd.DataFrame({"step": curve["val_step"], "val_loss": curve["val_loss"],
+                            **({"val_acc": curve["val_acc"]} if "val_acc" in curve else {})})
+        return train.merge(val, on="step", how="outer").sort_values("step", ignore_index=True)
+
+    def running(self) -> dict[int, dict]:
+        """index -> {worker, pid, since} of the runs training now."""
+        with self._cond:
+            return {i: {k: st.get(k) for k in ("worker", "pid", "since")}
+                    for i, st in enumerate(self._state) if st["status"] == "running"}
+
+    def __repr__(self) -> str:
+        return f"<Sweep {self.name!r}: {self.progress()}>"
+
+    # ---- the monitor thread -------------------------------------------------------------------
+    def _monitor(self) -> None:
+        try:
+            while not self._all_ended():
+                try:
+                    item = self._queue.get(timeout=1.0)
+                except queue.Empty:
+                    continue
+                getattr(self, "_on_" + item[0].replace("-", "_") + "_item")(*item[1:])
+                self._take()
+        except Exception as e:  # a fault here must not leave wait() hanging: every open run fails, saying why
+            for i, st in enumerate(self._state):
+                self._final(i, {"status": "failed", "error": f"the sweep's monitor failed: {type(e).__name__}: {e}"})
+        finally:
+            with self._cond:
+                self._complete = True
+                self._cond.notify_all()
+            self._teardown()
+            with self._cond:
+                self._closed = True
+                self._cond.notify_all()
+
+    def _all_ended(self) -> bool:
+        return self._source.exhausted and all(st["status"] in FINAL for st in self._state)
+
+    def _take(self) -> None:
+        running = sum(st["status"] not in FINAL for st in self._state)
+        for config, shown in self._source.take(running):
+            with self._cond:
+                i = len(self.configs)
+                self.configs.append(config)
+                self._shown.append(shown)
+                self._state.append({"status": "queued", "attempts": 0, "requeues": 0, "error": ""})
+            if "error" in shown:  # a sampled configuration that its checks refused
+                self._final(i, {"status": "failed", "error": shown.pop("error")})
+            elif self._cancelling:
+                self._final(i, {"status": "cancelled"})
+            else:
+                self._submit(i)
+
+    def _submit(self, i: int) -> None:
+        key = f"trainlab-{self._uid}-{i}-{next(self._serial)}"
+        attempt = self._state[i]["attempts"] + 1  # a retry is stored beside the attempt its worker died in
+        try:
+            future = self.client.submit(train, self.configs[i], topic=self._topic, cancel=self._event, store=self._store,
+                                        name=f"{self.name}-{i:04d}" + (f"-{attempt}" if attempt > 1 else ""),
+                                        report_every=self._report_every, key=key, pure=False)
+        except Exception as e:
+            self._final(i, {"status": "failed", "error": f"could not be submitted: {type(e).__name__}: {e}"})
+            return
+        with self._cond:
+            self._futures[key], self._key_of[i] = (i, future), key
+            self._state[i]["status"] = "queued"
+        future.add_done_callback(lambda f: self._queue.put(("done", f.key)))
+
+    def _on_done_item(self, key: str) -> None:
+        from distributed.scheduler import KilledWorker
+
+        entry = self._futures.pop(key, None)
+        if entry is None:
+            return
+        i, future = entry
+        if self._key_of.get(i) != key:
+            return
+        status = future.status
+        if status == "finished":
+            try:
+                result = future.result(timeout=60)
+            except Exception as e:
+                result = {"status": "failed", "error": f"its result was lost: {type(e).__name__}: {e}"}
+            self._final(i, result)
+        elif status == "error":
+            exc = future.exception()
+            if isinstance(exc, KilledWorker):
+                self._lost(i, key, future, "the worker running it died")
+            else:
+                self._final(i, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        elif self._cancelling:
+            self._final(i, {"status": "cancelled"})
+        else:  # cancelled or lost by the cluster, not by us
+            self._lost(i, key, future, f"Dask reported it {status}")
+
+    def _on_event_item(self, msg: dict) -> None:
+        entry = self._futures.get(msg.get("key"))
+        if entry is None:  # a superseded attempt, or a run that already ended
+            return
+        i = entry[0]
+        if msg["kind"] == "started":
+            with self._cond:
+                self._started[msg["key"]] = msg
+                st = self._state[i]
+                st.update(status="running", worker=msg.get("worker"), pid=msg.get("pid"), since=time.time())
+                st["attempts"] += 1
+        elif msg["kind"] == "metrics":
+            with self._cond:
+                self._live.setdefault(i, []).extend(msg["rows"])
+            for fn in list(self._on_metrics):
+                _call(fn, i, msg["rows"])
+
+    def _on_removed_item(self, worker: str) -> None:
+        for key, (i, future) in list(self._futures.items()):
+            if self._started.get(key, {}).get("worker") == worker:
+                self._lost(i, key, future, f"its worker {worker} died")
+
+    def _on_cancel_item(self) -> None:
+        if self._cancelling:
+            return
+        self._cancelling = True
+        self._source.stop()
+        try:
+            from distributed import Event
+
+            Event(self._event, client=self.client).set()  # running tasks see it between two steps
+        except Exception:  # the scheduler is gone: nothing runs there any more
+            pass
+        for key, (i, future) in list(self._futures.items()):
+            if key not in self._started:
+                self._futures.pop(key)
+                future.cancel()
+                self._final(i, {"status": "cancelled"})
+
+    def _lost(self, i: int, key: str, future, reason: str) -> None:
+        """An attempt that will not report: retried, resubmitted (if it never started) or failed."""
+        self._futures.pop(key, None)
+        if not future.done():
+            future.cancel()  # on a cluster with allowed-failures > 0 Dask would run it again by itself
+        st = self._state[i]
+        started = self._started.pop(key, None)
+        if self._cancelling:
+            self._final(i, {"status": "cancelled", "error": reason})
+            return
+        if started is None:
+            if st["requeues"] < REQUEUES:
+                st["requeues"] += 1
+                self._submit(i)
+                return
+            reason = f"{reason}, each time before it started ({REQUEUES + 1} times)"
+        with self._cond:
+            self.failures.append({"index": i, "attempt": st["attempts"], "worker": (started or {}).get("worker"),
+                                  "error": reason, "time": time.time()})
+            st["status"] = "queued"
+        if started is not None and st["attempts"] <= self.retries:
+            with self._cond:
+                self._live.pop(i, None)  # the next attempt's curve starts again from step 0
+            self._submit(i)
+            return
+        tries = f" (attempt {st['attempts']} of {self.retries + 1})" if self.retries else ""
+        self._final(i, {"status": "failed", "error": f"{reason}{tries}"})
+
+    def _final(self, i: int, result: dict) -> None:
+        with self._cond:
+            st = self._state[i]
+            if st["status"] in FINAL:
+                return  # ended already: never twice
+            curve = result.pop("curve", None)
+            if curve:
+                self._curves[i] = curve
+            st.update(result)
+            self._started.pop(self._key_of.pop(i, None), None)
+            self._order.append(i)
+            self._cond.notify_all()
+            row = self._row(i)
+        self._source.finish(i, row)
+        for fn in list(self._on_result):
+            _call(fn, row)
+
+    def _row(self, i: int) -> dict:
+        st, config = self._state[i], self.configs[i]
+        return {"index": i, **self._shown[i], "seed": config.get("seed", 0), "status": st["status"],
+                "error": st.get("error", ""), **{k: st.get(k) for k in METRICS},
+                "attempts": st["attempts"], "worker": st.get("worker"), "name": st.get("name")}
+
+    def _teardown(self) -> None:
+        try:
+            self.client.unsubscribe_topic(self._topic)
+            unwatch_workers(self.client, self._uid)
+            if self._cancelling:
+                from distributed import Event
+
+                Event(self._event, client=self.client).clear()
+        except Exception:
+            pass
+        if self._own_client:
+            self.client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+
+    def describe(self, i: int) -> str:
+        """A configuration's swept settings, as messages show them."""
+        return describe({**self.configs[i], **self._shown[i]}, [*self.columns, "seed"])
+
+
+def _call(fn: Callable, *args) -> None:
+    try:
+        fn(*args)
+    except Exception:  # a subscriber's fault must not stop the sweep
+        import logging
+
+        logging.getLogger(__name__).exception("a sweep subscriber failed")
