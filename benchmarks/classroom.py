@@ -88,6 +88,8 @@ def cycle(browser, url: str, n: int, train: float) -> dict:
                 break
             time.sleep(0.01)
         latencies.append(time.perf_counter() - start)
+        if os.environ.get("CLASSROOM_DEBUG"):
+            print("lr before", before[-3:] if before else before, "after", lr_plotted(p)[-3:])
     rate = [steps_plotted(p) for p in pages]
     for c in contexts:
         c.close()

@@ -75,3 +75,22 @@ def test_results_are_drawn_as_they_arrive(frame):
     sweep.all = failed
     panel.refresh()
     assert len(panel.lines.data["row"]) == 5 and "1 failed" in panel.status.object
+
+
+@pytest.mark.slow
+def test_a_preset_runs_on_the_cluster_and_draws_one_curve_per_criterion():
+    from conftest import wait_until
+
+    panel = SweepPanel.preset("sparsity_criterion", steps=60, sparsities=[0.5, 0.95], methods=["random", "magnitude"],
+                              workers=2)
+    try:
+        wait_until(lambda: (panel.refresh(), len(panel.frame))[1] == 4 and panel.sweep.done, 180,
+                   "the preset's four runs")
+        assert panel.settings == ["pruning", "pruning.sparsity"] and panel.metric == "val_acc"
+        table = panel.table.value
+        assert table["val_acc"].is_monotonic_decreasing  # accuracy: the best first
+        sparsity_plot = panel.grid.objects[1].object
+        legends = [item.label["value"] for item in sparsity_plot.legend[0].items]
+        assert legends == ["random", "magnitude"]
+    finally:
+        panel.sweep.close()

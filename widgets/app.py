@@ -7,6 +7,8 @@ their websocket), or "*" for any.
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 import re
 import threading
 from dataclasses import dataclass
@@ -69,6 +71,7 @@ def create_app(limits: Limits | None = None, **run_options):
         with _LIVE_LOCK:
             _LIVE.discard(key)
         dashboard.close()
+        threading.Timer(1.0, release_memory).start()  # once the session's objects are gone
 
     # the session's periodic callback and training thread end with the session (a closed tab)
     pn.state.on_session_destroyed(ended)
@@ -76,6 +79,16 @@ def create_app(limits: Limits | None = None, **run_options):
     if doc is not None:  # any change a person makes in the page counts as activity (server-side ones have no setter)
         doc.on_change(lambda event: dashboard.touch() if getattr(event, "setter", None) is not None else None)
     return dashboard
+
+
+def release_memory() -> None:
+    """Collect what closed sessions left and hand freed heap pages back to the system: glibc keeps them in its
+    arenas otherwise (measured: the server's RSS stayed 1.3-1.5x its start after 20 sessions had closed)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 class _Refused(tornado.web.RequestHandler):

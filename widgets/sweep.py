@@ -9,7 +9,7 @@ import pandas as pd
 import panel as pn
 import param
 from bokeh.models import BoxSelectTool, ColumnDataSource, FixedTicker, LinearColorMapper
-from bokeh.palettes import Viridis256
+from bokeh.palettes import Category10_10, Viridis256
 
 from trainlab.experiment import parallel_axes
 
@@ -74,6 +74,17 @@ class SweepPanel(pn.viewable.Viewer):
         self._shown: tuple | None = None
         self._callback = None
         self.refresh()
+
+    @classmethod
+    def preset(cls, name: str, base: dict | None = None, **options) -> SweepPanel:
+        """Start a built-in study (`trainlab.sweeps.presets`: lr_optimizer, batch_lr, width_lr,
+        sparsity_criterion) on the local cluster and return a panel drawing it as it runs."""
+        import trainlab
+        from trainlab.sweeps import presets
+
+        sweep_options = {k: options.pop(k) for k in ("workers", "scheduler", "store", "seeds") if k in options}
+        study = presets.build(name, base, **options)
+        return cls(trainlab.sweep(**study, **sweep_options), metric="val_acc" if name == "sparsity_criterion" else "val_loss")
 
     # ---- data ------------------------------------------------------------------------------
     def results(self) -> pd.DataFrame:
@@ -141,22 +152,41 @@ class SweepPanel(pn.viewable.Viewer):
         figs = []
         if not ok.empty:
             axes = parallel_axes(ok, self.settings, self._base_config())
+            # the first setting of names (an optimizer, a pruning criterion) colours the points and joins them,
+            # averaged over the rest, into one curve per name: accuracy against sparsity per criterion
+            by = next((c for c in self.settings if axes[c]["kind"] == "category"), None)
             for c in self.settings:
                 kind = axes[c]["kind"]
-                fig = plots.figure(f"{self.metric} vs {c}", c, self.metric, log_x=kind == "log", width=260, height=200)
+                fig = plots.figure(f"{self.metric} vs {c}", c, self.metric, log_x=kind == "log", width=300, height=220)
                 x = ok[c].to_numpy(float) if kind != "category" else axes[c]["values"]
-                src = ColumnDataSource({"x": x, "y": ok[self.metric].to_numpy(float)})
-                fig.scatter("x", "y", source=src, size=7, color=plots.TRAIN, alpha=0.8)
+                groups = [None] if by is None or by == c else list(dict.fromkeys(ok[by].astype(str)))
+                for i, g in enumerate(groups):
+                    rows = np.ones(len(ok), bool) if g is None else (ok[by].astype(str) == g).to_numpy()
+                    color = plots.TRAIN if g is None else Category10_10[i % 10]
+                    src = ColumnDataSource({"x": x[rows], "y": ok[self.metric].to_numpy(float)[rows]})
+                    fig.scatter("x", "y", source=src, size=6, color=color, alpha=0.7,
+                                **({} if g is None else {"legend_label": g}))
+                    if g is not None and kind != "category":
+                        mean = pd.DataFrame({"x": x[rows], "y": src.data["y"]}).groupby("x")["y"].mean()
+                        fig.line(mean.index.to_numpy(), mean.to_numpy(), color=color, line_width=1.5)
+                if by is not None and by != c:
+                    plots.legend(fig, "top_right")
                 if kind == "category":
                     fig.xaxis.ticker = FixedTicker(ticks=axes[c]["ticks"])
                     fig.xaxis.major_label_overrides = dict(zip(axes[c]["ticks"], axes[c]["labels"]))
                 figs.append(pn.pane.Bokeh(fig))
         self.grid.objects = figs
 
+    @property
+    def _higher(self) -> bool:
+        """Whether a higher metric is better (accuracies)."""
+        return "acc" in self.metric
+
     def _draw_table(self, ok: pd.DataFrame) -> None:
         shown = ok if self.brushed is None else ok[ok.index.isin(self.brushed)]
-        cols = [c for c in [*self.settings, self.metric, "val_acc", "best_step", "seconds"] if c in shown]
-        best = shown.sort_values(self.metric).head(self.top)[cols].round(5) if cols else shown.iloc[:0]
+        cols = [c for c in dict.fromkeys([*self.settings, self.metric, "val_acc", "best_step", "seconds"]) if c in shown]
+        best = (shown.sort_values(self.metric, ascending=not self._higher).head(self.top)[cols].round(5) if cols
+                else shown.iloc[:0])
         self.table.value = best.reset_index().rename(columns={"index": "row"}) if not best.empty else best
 
     def _say(self) -> None:
@@ -170,7 +200,7 @@ class SweepPanel(pn.viewable.Viewer):
             text += " · " + ", ".join(f"{v} {k}" for k, v in sorted(status.items()))
         ok = self._ok()
         if not ok.empty:
-            best = ok.loc[ok[self.metric].idxmin()]
+            best = ok.loc[ok[self.metric].idxmax() if self._higher else ok[self.metric].idxmin()]
             text += f" · best {self.metric} {best[self.metric]:.4g} (" + ", ".join(
                 f"{c}={best[c]}" for c in self.settings) + ")"
         self.status.object = plain(text)

@@ -36,8 +36,10 @@ def configs(base: dict[str, Any], sparsities=(0.5, 0.8, 0.9, 0.95), methods=("ra
 
 def curves(results: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
     """Accuracy (or `metric`) against sparsity per criterion, from a results frame with `pruning.method` and
-    `pruning.sparsity` columns (as `trainlab.experiment.results` and sweeps give): mean and spread over seeds."""
+    `pruning.sparsity` columns (as `trainlab.experiment.results` gives; a sweep names the method `pruning`): mean
+    and spread over seeds."""
     done = results[results["status"] == "finished"] if "status" in results else results
-    g = done.groupby(["pruning.method", "pruning.sparsity"])[metric]
+    method = "pruning.method" if "pruning.method" in done else "pruning"
+    g = done.groupby([method, "pruning.sparsity"])[metric]
     out = g.agg(["mean", "std", "count"]).reset_index()
-    return out.rename(columns={"pruning.method": "method", "pruning.sparsity": "sparsity"})
+    return out.rename(columns={method: "method", "pruning.sparsity": "sparsity"})

@@ -7,7 +7,8 @@ results, gathered as runs end), `tomlfile` reads `trainlab sweep CONFIG.toml`.
 from .config import run_kwargs
 from .launch import sweep
 from .monitor import Progress, Sweep
+from .presets import presets
 from .space import samplers
 from .task import train
 
-__all__ = ["Progress", "Sweep", "run_kwargs", "samplers", "sweep", "train"]
+__all__ = ["Progress", "Sweep", "presets", "run_kwargs", "samplers", "sweep", "train"]
