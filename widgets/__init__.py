@@ -12,6 +12,7 @@ from .playground import Playground2D
 from .pruning import PruningPanel
 from .runs import RunsPanel
 from .spectrum import SpectrumPanel
+from .sweep import SweepPanel
 
 __all__ = ["LABS", "CurvaturePanel", "Feed", "InitPanel", "Lab", "LabPanel", "LandscapePanel", "NormalizationPanel", "OptimizerPanel", "Playground2D",
-           "PruningPanel", "RunsPanel", "SpectrumPanel", "TrainingDashboard"]
+           "PruningPanel", "RunsPanel", "SpectrumPanel", "SweepPanel", "TrainingDashboard"]
