@@ -37,7 +37,7 @@ def test_save_compare_and_export(tmp_path):
         best = dict(zip(panel.best_source.data["run"], panel.best_source.data["y"]))
         assert best["narrow"] == pytest.approx(history[history.run == "narrow"]["val_loss"].min())
         assert panel.mark_source.data["change"] == ["lr=0.01"] and panel.mark_source.data["step"][0] == 31
-        assert panel.diff.value.loc["model.width"].tolist() == ["16", "32"]
+        assert panel.diff.object.loc["model.width"].tolist() == ["16", "32"]
         assert panel.save("narrow") == "narrow"  # the same run saved again: its own place, a newer checkpoint
         stranger = RunsPanel(small(8), store=store)
         assert stranger.save("narrow") is None and "narrow" in stranger.error  # another run's name: refused

@@ -116,7 +116,7 @@ class TrainingDashboard(Viewer):
         self._choosing = False
         self._build_spec_controls()
         self.feed = Feed(run.history, period=self.period)
-        self.feed.on_tick(self._refresh, beat=True)
+        self.feed.on_tick(self._refresh)
         self._build_controls()
         with self.feed.group("Training"):
             self._plots.objects = self._build_plots(run)

@@ -76,7 +76,6 @@ class Feed:
         self._channels: list[_Channel] = []
         self._snapshots: list[list] = []  # [name, source, to_data, the (step, value) pair last drawn, group]
         self._listeners: list[Callable[[], None]] = []
-        self._beat: list[Callable[[], None]] = []  # listeners of the plotting ticks only
         self.cursor, self.generation = -1, history.generation
         self._callback, self._ticks, self._group, self._heard = None, 0, None, False
         self._soon = -1  # plots go out on every tick up to this one (a setting just changed)
@@ -123,11 +122,9 @@ class Feed:
         """The first source that follows snapshot `name`."""
         return next(entry[1] for entry in self._snapshots if entry[0] == name)
 
-    def on_tick(self, fn: Callable[[], None], beat: bool = False) -> None:
-        """Also call fn on every tick (job progress, control values): UI work on the UI's thread. With `beat`,
-        only on the ticks that plot (the status line: it then never runs ahead of the plots, and a served lab
-        with many sessions sends a fifth of the messages; an action refreshes it at once itself)."""
-        (self._beat if beat else self._listeners).append(fn)
+    def on_tick(self, fn: Callable[[], None]) -> None:
+        """Also call fn on every tick (status text, control values): UI work on the UI's thread."""
+        self._listeners.append(fn)
 
     def show(self, *groups: str | None) -> None:
         """Only these groups' plots (and those of no group) get data; a group shown again catches up."""
@@ -152,7 +149,7 @@ class Feed:
         browser as one message (Panel's hold), so the page renders once however many plots changed."""
         with pn.io.hold():
             self._plots()
-            self._listen(beat=True)
+            self._listen()
 
     def _periodic(self) -> None:
         """The periodic callback: listeners every tick, plots every plot_every-th; nothing once the page
@@ -164,22 +161,18 @@ class Feed:
             return
         self._ticks += 1
         with pn.io.hold():
-            beat = self._ticks % self.plot_every == 0 or self._ticks <= self._soon
-            if beat:
+            if self._ticks % self.plot_every == 0 or self._ticks <= self._soon:
                 self._plots()
-            self._listen(beat)
+            self._listen()
 
     def soon(self, ticks: int = 10) -> None:
         """Plot on every tick for the next `ticks` (a setting changed: its effect is drawn within a tick of the
         step that applies it, not at the next of the plots' slower beats)."""
         self._soon = self._ticks + ticks
 
-    def _listen(self, beat: bool = False) -> None:
+    def _listen(self) -> None:
         for fn in self._listeners:
             fn()
-        if beat:
-            for fn in self._beat:
-                fn()
 
     def _plots(self) -> None:
         if self.history.generation != self.generation:  # reset or load: start the plots over

@@ -104,6 +104,28 @@ def per_layer(title: str, ylabel: str, source: ColumnDataSource, layers: list[st
     return fig
 
 
+def sparsity_map(title: str, source: ColumnDataSource, layers: list[str], every: int):
+    """A heat map of one value in [0, 1] per layer (rows) and measured step (columns), from one streaming source
+    whose columns are the layers: a cell per row of it, `every` steps wide (white 0, dark 1)."""
+    from bokeh.models import ColorBar, FactorRange
+    from bokeh.palettes import Viridis256
+    from bokeh.core.properties import value
+    from bokeh.transform import linear_cmap
+
+    fig = _bokeh_figure(title=title, x_axis_label="step", y_range=FactorRange(*reversed(layers or ["-"])),
+                        tools=TOOLS, width=SIZE["width"] + 60, height=SIZE["height"])
+    fig.xaxis.formatter = NumeralTickFormatter(format=_STEP_LABELS)
+    fig.toolbar.logo = None
+    for layer in layers:
+        fig.rect("step", value(layer), width=every, height=0.92, source=source, line_color=None,
+                 fill_color=linear_cmap(layer, list(reversed(Viridis256)), 0, 1))
+    if layers:
+        fig.add_layout(ColorBar(color_mapper=linear_cmap(layers[0], list(reversed(Viridis256)), 0, 1)["transform"],
+                                width=8, title="sparsity"), "right")
+    fig.add_tools(HoverTool(tooltips=[("step", "@step{0}")] + [(layer, f"@{{{layer}}}{{0.000}}") for layer in layers]))
+    return fig
+
+
 def boundary(grid: ColumnDataSource, points: ColumnDataSource, title: str = "Decision boundary"):
     """The model's class-1 probability as an image that fills the plot, the training points over it."""
     (x0,), (y0,), (dw,), (dh,) = (grid.data[k] for k in ("x0", "y0", "dw", "dh"))

@@ -174,7 +174,9 @@ class PruningPanel(LabPanel):
         self.hint(plan, self.preview_source, "turn pruning on: its plan is drawn ahead here")
 
         self.per_layer = feed.source(layers, sparse=True)
-        per = plots.per_layer("Sparsity per layer", "sparsity", self.per_layer, list(layers.values()), log=False)
+        per = plots.sparsity_map("Sparsity per layer over time", self.per_layer, list(layers.values()),
+                                 next((p.every for p in run.probes if isinstance(p, SparsityProbe)),
+                                      SparsityProbe().every))
         self.hint(per, self.per_layer, "measured once pruning is on")
 
         self.churn_name = cols["mask_churn"]

@@ -78,10 +78,9 @@ class RunsPanel(LabPanel):
         self.svg = pn.widgets.Checkbox(label="SVG figure (the save button then writes .svg)")
         self.svg.param.watch(lambda e: setattr(self.fig, "output_backend", "svg" if e.new else "canvas"), "value")
         self.note = pn.pane.Markdown("", sizing_mode="stretch_width")
-        self.diff = pn.widgets.Tabulator(pd.DataFrame(), disabled=True, show_index=True, height=220,
-                                         sizing_mode="stretch_width")
-        self.changes = pn.widgets.Tabulator(pd.DataFrame(), disabled=True, show_index=False, height=180,
-                                            sizing_mode="stretch_width")
+        # plain HTML tables: they render in any page (a Tabulator needs its extension loaded by the page first)
+        self.diff = pn.pane.DataFrame(pd.DataFrame(), sizing_mode="stretch_width", max_height=260)
+        self.changes = pn.pane.DataFrame(pd.DataFrame(), index=False, sizing_mode="stretch_width", max_height=220)
         self.line_source = ColumnDataSource({"xs": [], "ys": [], "run": [], "color": []})
         self.best_source = ColumnDataSource({"step": [], "y": [], "run": [], "color": []})
         self.mark_source = ColumnDataSource({"step": [], "y": [], "run": [], "change": [], "color": []})
@@ -208,8 +207,8 @@ class RunsPanel(LabPanel):
                                  "color": [colors[r] for r in ch["run"]]}
         self.fig.yaxis.axis_label = metric
         self._placeholder.visible = not names
-        self.diff.value = settings_diff(self.store, names) if len(names) > 1 else pd.DataFrame()
-        self.changes.value = ch
+        self.diff.object = settings_diff(self.store, names) if len(names) > 1 else pd.DataFrame()
+        self.changes.object = ch
 
     # ---- export -------------------------------------------------------------------------------
     def _histories(self) -> pd.DataFrame:
