@@ -20,10 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, metavar="FILE", help="write the results table (.csv or .parquet)")
 
 
-def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from .launch import sweep
     from .tomlfile import read
 
+    out = sys.stdout if out is None else out  # looked up now: a test's captured stdout, a redirected one
     try:
         kwargs = read(args.config)
         for key in ("scheduler", "workers", "store"):
