@@ -22,7 +22,6 @@ def test_signal_is_drawn_now_and_at_init_beside_the_theory():
     panel = InitPanel(run, every=5)
     try:
         assert any(isinstance(p, SignalPropagation) for p in run.probes)
-        finish(panel.slots["init_signal"].job)
         run.step(10)
         panel.feed.tick()
         init, now = panel.init_source.data, panel.signal_source.data

@@ -125,7 +125,6 @@ class InitPanel(LabPanel):
         empty = {"layer": [], "depth": [], "std": [], "theory_std": [], "grad_norm": []}
         self.signal_source = self.feed.snapshot(live.SIGNAL, _signal, empty)
         self.init_source = self.feed.snapshot(live.SIGNAL_INIT, _signal, empty)
-        self.job_slot("init_signal", "Signal at init")
         fig = plots.figure("Signal through depth", "layer", "pre-activation std", log_y=True)
         fig.line("depth", "std", source=self.signal_source, color=plots.TRAIN, line_width=2, legend_label="now")
         fig.scatter("depth", "std", source=self.signal_source, color=plots.TRAIN, size=5, legend_label="now")
@@ -176,7 +175,10 @@ class InitPanel(LabPanel):
     def _toggle(self, event) -> None:
         if event.new:
             self.add_probe(self.probe)
-            self.run_job(live.signal_at_init, "init_signal")
+            try:  # one forward and backward of a fixed batch: done here, not queued behind a server's long jobs
+                live.compute(live.signal_at_init, self.run, progress=False)
+            except Exception as e:  # the user's own model may not run on the sample: say so, keep the rest
+                self.report(f"signal at init: {type(e).__name__}: {e}")
         else:
             self.drop_probe(self.probe)
 
