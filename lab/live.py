@@ -249,7 +249,7 @@ def norm_comparison(run: Run, *, progress: bool | Progress = True, norms: tuple[
     p = as_progress(progress, len(norms), "training one model per normalization")
     name, options = run.model_spec
     base = {"model": (name, options), "data": run.data.spec, "seed": run.seed, "steps": int(steps),
-            **run.settings(), **run.optimizer_settings()}
+            **run.settings()}  # the run's own settings and its optimizer's
     curves: dict[str, Any] = {}
     for norm in norms:
         row = train({**base, "model": (name, {**options, "norm": norm})}, stop=lambda: p.cancelled)

@@ -69,7 +69,7 @@ def test_norm_comparison_trains_one_configuration_per_norm():
     snap = out[live.NORM_COMPARISON]
     assert snap["batch_size"] == 4 and list(snap["curves"]) == ["batchnorm", "none"]
     direct = train({"model": ("mlp", {**run.model_spec[1], "norm": "none"}), "data": "moons", "seed": run.seed,
-                    "steps": 60, **run.settings(), **run.optimizer_settings()})
+                    "steps": 60, **run.settings()})
     assert snap["curves"]["none"]["train_loss"].tolist() == direct["history"]["train_loss"].tolist()
     assert run.history.snapshot(live.NORM_COMPARISON)[1] is not None
     with pytest.raises(ValueError, match="not registered"):
