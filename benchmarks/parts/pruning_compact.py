@@ -23,6 +23,7 @@ import copy
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -31,18 +32,10 @@ import trainlab
 import trainlab.prune as P
 from trainlab.functional import eval_mode
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+from test_prune_compact import vgg  # noqa: E402  (one VGG-style CNN: the tests' and the benchmark's)
+
 C = sys.modules["trainlab.prune.compact"]  # the module (trainlab.prune.compact is also the function's name)
-
-
-def vgg(c=32, classes=10):
-    """Six 3x3 conv-BN-ReLU (c, 2c, 4c, 4c, 8c, 8c; max-pool after every second), global pool, linear."""
-    layers, cin = [], 3
-    for co, pool in [(c, False), (2 * c, True), (4 * c, False), (4 * c, True), (8 * c, False), (8 * c, True)]:
-        layers += [nn.Conv2d(cin, co, 3, padding=1), nn.BatchNorm2d(co), nn.ReLU()]
-        if pool:
-            layers.append(nn.MaxPool2d(2))
-        cin = co
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, classes))
 
 
 class Block(nn.Module):
