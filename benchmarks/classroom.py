@@ -45,6 +45,25 @@ def rss(pid: int) -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used, seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def browser_cpu_seconds() -> float:
+    """CPU time of every Chromium process on the machine (the pages' renderers share the server's cores)."""
+    total = 0.0
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and "chrom" in (d / "comm").read_text():
+                total += cpu_seconds(int(d.name))
+        except (OSError, ValueError, IndexError):
+            pass  # gone meanwhile
+    return total
+
+
 def lr_plotted(page) -> list[float]:
     sources = [s for s in (page.evaluate(COLUMNS_JS, "lr") or []) if s]
     return max(sources, key=len) if sources else []
@@ -55,7 +74,7 @@ def steps_plotted(page) -> int:
     return int(max(max(s) for s in sources)) if sources else 0
 
 
-def cycle(browser, url: str, n: int, train: float) -> dict:
+def cycle(browser, url: str, n: int, train: float, server_pid: int) -> dict:
     contexts = [browser.new_context(viewport={"width": 1280, "height": 900}) for _ in range(n)]
     pages = [c.new_page() for c in contexts]
     t0 = {}
@@ -71,6 +90,7 @@ def cycle(browser, url: str, n: int, train: float) -> dict:
         time.sleep(0.05)
     for p in pages:
         p.get_by_role("button", name="Start", exact=True).click(timeout=120_000)
+    cpu0, browsers0, wall0 = cpu_seconds(server_pid), browser_cpu_seconds(), time.perf_counter()
     time.sleep(train)
     lags, latencies = [], []
     for p in pages:
@@ -90,11 +110,13 @@ def cycle(browser, url: str, n: int, train: float) -> dict:
         latencies.append(time.perf_counter() - start)
         if os.environ.get("CLASSROOM_DEBUG"):
             print("lr before", before[-3:] if before else before, "after", lr_plotted(p)[-3:])
+    wall = time.perf_counter() - wall0
+    cpu = {"server": (cpu_seconds(server_pid) - cpu0) / wall, "browsers": (browser_cpu_seconds() - browsers0) / wall}
     rate = [steps_plotted(p) for p in pages]
     for c in contexts:
         c.close()
     return {"interactive": [ready.get(i, float("inf")) for i in range(n)], "latency": latencies, "lag": lags,
-            "steps": rate}
+            "steps": rate, "cpu": cpu}
 
 
 def main():
@@ -121,11 +143,21 @@ def main():
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium",
                                          args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+            start = rss(server.pid)
+            # the first page builds what every later one reuses (Panel's templates, Bokeh's model classes, the
+            # labs' widgets): one session opened and closed first, so the cycles measure what sessions leave
+            warm = browser.new_context()
+            page = warm.new_page()
+            page.goto(url, timeout=120_000)
+            page.get_by_role("button", name="Start", exact=True).wait_for(timeout=120_000)
+            warm.close()
+            time.sleep(5)
             base = rss(server.pid)
             print(f"{args.sessions} sessions, {args.cycles} cycles, {os.cpu_count()} CPUs, load "
-                  f"{os.getloadavg()[0]:.1f}; server RSS at start {base:.0f} MiB")
+                  f"{os.getloadavg()[0]:.1f}; server RSS at start {start:.0f} MiB, after one warm-up session "
+                  f"{base:.0f} MiB (the baseline)")
             for k in range(args.cycles):
-                r = cycle(browser, url, args.sessions, args.train)
+                r = cycle(browser, url, args.sessions, args.train, server.pid)
                 inter, lat = sorted(r["interactive"]), sorted(r["latency"])
                 p95 = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))]
                 after, t = rss(server.pid), time.perf_counter()
@@ -140,6 +172,8 @@ def main():
                     print(f"  status ahead of the plots: at most {max(r['lag'])} steps (median "
                           f"{statistics.median(r['lag']):.0f}); steps trained per session median "
                           f"{statistics.median(r['steps']):.0f}")
+                print(f"  CPU while training and moving sliders: server {r['cpu']['server']:.2f} cores, "
+                      f"browsers {r['cpu']['browsers']:.2f} cores (of {os.cpu_count()})")
                 print(f"  server RSS {after:.0f} MiB {time.perf_counter() - t:.0f} s after the pages closed "
                       f"({after / base:.2f}x the start; target <= 1.10x)")
             browser.close()
