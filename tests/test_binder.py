@@ -32,6 +32,8 @@ BINDER = REPO / "binder"
 TORCH_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
 TOUR = REPO / "notebooks" / "00_tour.ipynb"
 APP = "dashboard"  # binder/dashboard.py, served at /panel/dashboard
+# the repository on GitHub, for the README's Binder links: a placeholder until its address is known
+BINDER_REPO = "OWNER/trainlab"
 
 
 def _requirements() -> dict[str, Requirement]:
@@ -78,6 +80,17 @@ def test_the_proxy_config_turns_panels_dev_mode_off():
     # "enabled" would arrive as the string "true", which traitlets' Bool refuses: it must stay at its default
     assert "enabled" not in entry and entry["path_info"] == f"panel/{APP}"
     assert (REPO / entry["icon_path"]).is_file()
+
+
+def test_the_readmes_binder_links_open_the_tour_and_the_dashboard():
+    readme = (REPO / "README.md").read_text()
+    links = re.findall(r"https://mybinder\.org/v2/gh/([\w.-]+/[\w.-]+)/([\w.-]+)\?urlpath=([\w./-]+)", readme)
+    assert {path for _, _, path in links} == {"lab/tree/notebooks/00_tour.ipynb", f"panel/{APP}"}, links
+    assert {repo for repo, _, _ in links} == {BINDER_REPO}
+    for _, _, path in links:
+        if path.startswith("lab/tree/"):
+            assert (REPO / path.removeprefix("lab/tree/")).is_file(), path
+    assert readme.index("mybinder.org/badge_logo.svg") < readme.index("## Set-up")  # the badge is at the top
 
 
 def test_binder_start_sets_the_torch_threads_from_the_cpu_quota():
