@@ -53,3 +53,7 @@ def choose(threads: int | str, parameters: int, batch_size: int) -> int:
         raise ValueError(f"threads={threads!r} rejected: 'auto' or a whole number >= 1 "
                          f"(this process may use {available_cpus()} CPUs)")
     return threads
+
+
+if __name__ == "__main__":  # `python lab/threads.py`: the count for OMP_NUM_THREADS (binder/start), without importing torch
+    print(available_cpus())
