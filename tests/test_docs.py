@@ -73,3 +73,28 @@ def test_broken_links_are_caught(tmp_path):
                                    "[web](https://example.org/x.md)\n```\n[in code](c.md)\n```\n")
     found = broken(tmp_path / "a.md")
     assert len(found) == 2 and found[0].startswith("b.md") and "nowhere" in found[1]
+
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebooks_teach_in_order(path):
+    """A notebook of the sequence opens with what it teaches, and every section that runs code says what to try
+    and what to look for before its first code cell (the cells as written, not executed)."""
+    import nbformat
+
+    cells = nbformat.read(path, as_version=4).cells
+    assert cells[0].cell_type == "markdown" and "What this notebook teaches" in cells[0].source, path.name
+    section, told, missing = None, False, []
+    for cell in cells[1:]:
+        if cell.cell_type == "markdown":
+            heading = re.match(r"#{2,3} (.+)", cell.source)
+            if heading:
+                section, told = heading.group(1), False
+            told |= "**Try:**" in cell.source and "**Look for:**" in cell.source
+        elif section is not None:
+            if not told:
+                missing.append(section)
+            section = None  # only the first code cell of a section needs the cell before it
+    assert not missing, f"{path.name}: sections without a Try:/Look for: cell before their code: {missing}"
