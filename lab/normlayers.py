@@ -26,11 +26,70 @@ def _per_channel(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t.view(1, -1, *([1] * (x.ndim - 2)))
 
 
+def _channel_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Σ a b over every axis but the channels', in one fused pass and without an (N, C, ...) temporary:
+    batch norm's backward in eval mode with mean 0, variance 1 and ε 0 returns it as the weight's gradient.
+    (`(a * b).sum(axes)` allocates a temporary whose page faults cost more than the pass on a busy CPU;
+    `vector_norm` and `einsum` over these axes were several times slower.)"""
+    one = torch.ones(a.shape[1], dtype=a.dtype, device=a.device)
+    return torch.ops.aten.native_batch_norm_backward(a.contiguous(), b, None, torch.zeros_like(one), one, None, None,
+                                                     False, 0.0, [False, True, False])[1]
+
+
 def check_groups(groups: int, channels: int, what: str) -> None:
     if channels % groups:
         divisors = [d for d in range(1, channels + 1) if channels % d == 0]
         raise ValueError(f"groups={groups} rejected for {what}: it must divide the {channels} channels; "
                          f"allowed: {', '.join(map(str, divisors))}")
+
+
+def _transformed() -> bool:
+    """True under torch.func transforms (the Hessian's vmap/jvp/grad), which do not see into a hand-written
+    backward: the layers then run their plain formula, for autograd to differentiate."""
+    return torch._C._are_functorch_transforms_active()
+
+
+def _plain_grads(ctx, plain, inputs: tuple, gy: torch.Tensor) -> tuple:
+    """The gradients of `plain(*inputs)` by autograd, with their graph: a hand-written backward called with
+    create_graph=True hands over to this, so second derivatives (Hessian-vector products) stay exact."""
+    need = ctx.needs_input_grad[: len(inputs)]
+    want = [t for t, n in zip(inputs, need) if n]
+    with torch.enable_grad():
+        grads = iter(torch.autograd.grad(plain(*inputs), want, gy, create_graph=True))
+    return tuple(next(grads) if n else None for n in need)
+
+
+def _rms_norm_2d(x, weight, eps):
+    return F.rms_norm(x, x.shape[1:], eps=eps) * _per_channel(weight, x)
+
+
+class _RMSNorm2dFunction(torch.autograd.Function):
+    """y = x r_n γ_c, r_n = (mean_{c,h,w} x² + ε)^(-1/2). Backward: with g = ∂L/∂y γ,
+    ∂L/∂x = r g - x r³ mean_{c,h,w}(g x), ∂L/∂γ_c = Σ_{n,h,w} ∂L/∂y x r: both from the per-(n, c) sums
+    Σ_{h,w} ∂L/∂y x (one fused pass), then two passes for ∂L/∂x. (torch's rms_norm backward on CPU is a
+    chain of elementwise ops, three times LayerNorm's.)"""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        n, m = x.shape[0], x[0].numel()
+        eps = torch.finfo(x.dtype).eps if eps is None else eps
+        r = (torch.linalg.vector_norm(x.reshape(n, -1), dim=1).square_().div_(m) + eps).rsqrt_()  # (N,)
+        ctx.save_for_backward(x, weight, r)
+        ctx.eps = eps
+        return x * (r[:, None] * weight).view(n, -1, *[1] * (x.ndim - 2))
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, weight, r = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return (*_plain_grads(ctx, _rms_norm_2d, (x, weight), gy), None)
+        n, c, m = x.shape[0], x.shape[1], x[0].numel()
+        gyx = _channel_dot(gy.reshape(1, n * c, -1), x.reshape(1, n * c, -1)).view(n, c)  # Σ_{h,w} ∂L/∂y x
+        gw = (gyx * r[:, None]).sum(0)
+        coef = (gyx @ weight).mul_(r.pow(3)).div_(m)  # r³ mean(g x), (N,)
+        shape = (n, c, *[1] * (x.ndim - 2))
+        gx = (gy * (r[:, None] * weight).view(shape)).addcmul_(x, coef.view(n, *[1] * (x.ndim - 1)), value=-1)
+        return gx, gw, None
 
 
 class RMSNorm2d(nn.Module):
@@ -43,7 +102,9 @@ class RMSNorm2d(nn.Module):
         self.weight = nn.Parameter(torch.ones(features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, x.shape[1:], eps=self.eps) * _per_channel(self.weight, x)
+        if _transformed():
+            return _rms_norm_2d(x, self.weight, self.eps)
+        return _RMSNorm2dFunction.apply(x, self.weight, self.eps)
 
 
 class _PowerNormFunction(torch.autograd.Function):
@@ -53,33 +114,33 @@ class _PowerNormFunction(torch.autograd.Function):
     Backward: ∂L/∂X = (γ ∂L/∂Y - ν_{t-1} X̂) / ψ_{t-1}, ν_t = ν_{t-1}(1 - (1-α)Γ) + (1-α)Λ,
     Γ = mean_B(X̂ X̂), Λ = mean_B(∂L/∂X̂ X̂). The ν term stands in for the gradient through the
     running statistic, which autograd cannot see (it was computed at earlier steps).
-    Per-channel factors are folded so that each pass over the tensor does one job (X̂ is never stored:
-    Γ = mean_B(X²)/ψ², Λ = γ mean_B(∂L/∂Y X)/ψ): a third of the passes of the written-out formula.
+    Y = γ X / ψ + β is BatchNorm in eval mode with running mean 0 and running variance ψ², so
+    torch's fused batch-norm kernels do the passes over the tensor: the forward's, and in the
+    backward γ ψ⁻¹ ∂L/∂Y, Σ ∂L/∂Y X / ψ (γ's gradient, and Λ) and Σ ∂L/∂Y in one call; the ν term is
+    one more in-place pass (X̂ is never stored: Γ = mean_B(X²)/ψ²).
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, module):
-        axes = _axes(x)
         n = x.numel() // x.shape[1]
-        inv = (module.running_psi2 + module.eps).rsqrt()  # 1 / ψ_{t-1}
-        y = torch.addcmul(_per_channel(bias, x), x, _per_channel(inv * weight, x))
-        sq = torch.linalg.vector_norm(x, dim=axes).square_() / n  # ψ_B², one pass
-        with torch.no_grad():
-            module.running_psi2.mul_(module.alpha).add_(sq, alpha=1 - module.alpha)
-        ctx.save_for_backward(x, inv, weight, sq)
-        ctx.module, ctx.axes, ctx.n = module, axes, n
+        psi2 = module.running_psi2.clone()  # ψ²_{t-1}: the backward divides by it too
+        y = torch.batch_norm(x, weight, bias, torch.zeros_like(psi2), psi2, False, 0.0, module.eps, False)
+        sq = _channel_dot(x, x).div_(n)  # ψ_B²
+        module.running_psi2.lerp_(sq, 1 - module.alpha)
+        ctx.save_for_backward(x, weight, psi2, sq)
+        ctx.module, ctx.n = module, n
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        x, inv, weight, sq = ctx.saved_tensors
-        m, axes, n = ctx.module, ctx.axes, ctx.n
-        nu = m.running_nu
-        gyx = (gy * x).sum(axes)  # Σ ∂L/∂Y X: γ's gradient and Λ from one pass
-        gx = torch.addcmul(gy * _per_channel(weight * inv, gy), x, _per_channel(-nu * inv * inv, gy))
-        gamma, lam = sq * inv * inv, weight * inv * gyx / n
-        nu.mul_(1 - (1 - m.alpha) * gamma).add_((1 - m.alpha) * lam)
-        return gx, gyx * inv, gy.sum(axes), None
+        x, weight, psi2, sq = ctx.saved_tensors
+        m, nu, a = ctx.module, ctx.module.running_nu, 1 - ctx.module.alpha
+        gx, gw, gb = torch.ops.aten.native_batch_norm_backward(  # γ ψ⁻¹ ∂L/∂Y, Σ ∂L/∂Y X / ψ, Σ ∂L/∂Y
+            gy.contiguous(), x, weight, torch.zeros_like(psi2), psi2, None, None, False, m.eps, [True, True, True])
+        inv2 = (psi2 + m.eps).reciprocal_()
+        gx.addcmul_(x, _per_channel(nu * inv2, x), value=-1)
+        nu.addcmul_(nu * sq, inv2, value=-a).addcmul_(weight, gw, value=a / ctx.n)  # Γ = sq ψ⁻², Λ = γ gw / n
+        return gx, gw, gb, None
 
 
 class PowerNorm(nn.Module):
