@@ -84,7 +84,7 @@ class _RMSNorm2dFunction(torch.autograd.Function):
     def backward(ctx, gy):
         x, weight, r = ctx.saved_tensors
         if torch.is_grad_enabled():
-            return (*_plain_grads(ctx, _rms_norm_2d, (x, weight), gy), None)
+            return (*_plain_grads(ctx, lambda x, w: _rms_norm_2d(x, w, ctx.eps), (x, weight), gy), None)
         n, c, m = x.shape[0], x.shape[1], x[0].numel()
         if x.ndim == 2:
             gyx = gy * x
