@@ -3,8 +3,9 @@
 Written by hand because torch has no fused kernel for them: as a chain of torch ops (its variance
 alone is an unvectorized Welford pass on CPU) a forward and backward cost 8-30 LayerNorms; fused here,
 about one. Each function takes C-contiguous float arrays of one dtype and writes its outputs into
-arrays the caller allocates. Statistics are two-pass (mean, then the squared deviations) over
-blocks that fit in cache.
+arrays the caller allocates. B0's statistics are two-pass (mean, then the squared deviations) over
+blocks that fit in cache; S0's groups are often short (64 entries of a layer of 256 features), where
+the second pass doubled the forward's time, so theirs are one pass over x minus the block's first entry.
 
 S0, on x of shape (N, L) (L = C·P, the P positions of a channel consecutive), `groups` blocks of
 L / groups per example, s = σ(v x) given:
@@ -33,17 +34,16 @@ def s0_forward(x, s, w, b, groups, p, eps, y, mean, rstd):
             # compiled to gathers, several times slower)
             lo, hi = g * k, (g + 1) * k
             xb = x[n, lo:hi]
-            t = 0.0
+            x0 = xb[0]  # moments of x - x0 in one pass: no cancellation unless x0 is far out in its block
+            t, q = x0 - x0, x0 - x0
             for j in range(k):
-                t += xb[j]
-            mean[n, g] = t / k
-            mu = mean[n, g]  # read back: in x's dtype, so the loops below stay in it
-            q = 0.0
-            for j in range(k):
-                d = xb[j] - mu
+                d = xb[j] - x0
+                t += d
                 q += d * d
-            rstd[n, g] = 1.0 / np.sqrt(q / k + eps)
-            r = rstd[n, g]
+            m = t / k
+            mean[n, g] = x0 + m
+            rstd[n, g] = 1.0 / np.sqrt(max(q / k - m * m, 0.0) + eps)
+            r = rstd[n, g]  # read back: in x's dtype, so the loops below stay in it
             if p == 1:  # features: a channel per entry
                 sb, yb, wb, bb = s[n, lo:hi], y[n, lo:hi], w[g * cg:(g + 1) * cg], b[g * cg:(g + 1) * cg]
                 for j in range(k):
@@ -69,20 +69,18 @@ def s0_backward(gy, x, s, v, w, mean, rstd, groups, p, gx, gw, gv, gb, coef):
     for n in range(rows):
         for g in range(groups):
             lo, hi, r = g * k, (g + 1) * k, rstd[n, g]
-            gr = 0.0
+            gr = zero  # in x's dtype: a float64 sum of float32 terms costs a conversion per entry
             if p == 1:  # features: a channel per entry, accumulated in place
                 gyb, xb, sb = gy[n, lo:hi], x[n, lo:hi], s[n, lo:hi]
                 wb, aw, av, ab = w[lo:hi], gw[lo:hi], gv[lo:hi], gb[lo:hi]
-                # one output array per loop: with several, LLVM's run-time alias checks gave up vectorizing
                 for j in range(k):
-                    gr += gyb[j] * wb[j] * xb[j] * sb[j]
-                for j in range(k):
-                    aw[j] += gyb[j] * xb[j] * sb[j] * r
-                for j in range(k):
-                    ab[j] += gyb[j]
-                for j in range(k):
-                    xj, sj = xb[j], sb[j]
-                    av[j] += gyb[j] * wb[j] * r * xj * xj * (sj - sj * sj)
+                    xj, sj, gj = xb[j], sb[j], gyb[j]
+                    xs = xj * sj
+                    gyw = gj * wb[j]
+                    gr += gyw * xs
+                    aw[j] += gj * xs * r
+                    ab[j] += gj
+                    av[j] += gyw * r * xj * xj * (sj - sj * sj)
             else:  # feature maps: each channel's sums over its positions
                 for c in range(g * cg, (g + 1) * cg):
                     gyc, xc, sc = gy[n, c * p:(c + 1) * p], x[n, c * p:(c + 1) * p], s[n, c * p:(c + 1) * p]

@@ -137,7 +137,6 @@ def test_second_derivatives_equal_the_formulas(monkeypatch, name, shape, train):
     torch.func refuses, as for BatchNorm) through the layer equal those of the plain torch formula."""
     m = _randomize(LAYERS[name][0]().double()).train(train)
     dense = not (train and name == "evonorm_b0")
-    names = [n for n, _ in m.named_parameters()]
     theta = torch.cat([p.detach().flatten() for p in m.parameters()])
     x = _x(shape).detach()
 
