@@ -45,6 +45,19 @@ def check_groups(groups: int, channels: int, what: str) -> None:
                          f"allowed: {', '.join(map(str, divisors))}")
 
 
+class FeatureGroupNorm(nn.GroupNorm):
+    """nn.GroupNorm that normalizes features (N, C) by LayerNorm over (N, groups, C / groups), then the
+    per-channel affine: the same numbers, but torch's GroupNorm kernel on 2-D input took 7x LayerNorm's
+    time (1.4 ms against 0.2 ms forward and backward on (1024, 256)). Feature maps take nn.GroupNorm."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 2:
+            return super().forward(x)
+        n, c = x.shape
+        y = F.layer_norm(x.reshape(n, self.num_groups, -1), (c // self.num_groups,), eps=self.eps).view(n, c)
+        return torch.addcmul(self.bias, y, self.weight) if self.affine else y
+
+
 def _transformed() -> bool:
     """True under torch.func transforms (the Hessian's vmap/jvp/grad), which do not see into a hand-written
     backward: the layers then run their plain formula, for autograd to differentiate."""

@@ -160,3 +160,14 @@ def test_second_derivatives_equal_the_formulas(monkeypatch, name, shape, train):
     torch.testing.assert_close(got, ref)
     if dense:
         torch.testing.assert_close(torch.func.jacfwd(torch.func.grad(loss))(theta) @ v, ref)
+
+
+def test_feature_group_norm_equals_torch_group_norm():
+    """WS + BCN's GroupNorm on features: LayerNorm over the groups, the same as nn.GroupNorm."""
+    ours, ref = L.FeatureGroupNorm(4, 8).double(), torch.nn.GroupNorm(4, 8).double()
+    _randomize(ours), _randomize(ref)
+    for shape in [(16, 8), (5, 8, 3, 2)]:
+        x = _x(shape)
+        got, want = _grads(ours, x), _grads(ref, x)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b)
