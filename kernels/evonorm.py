@@ -13,7 +13,9 @@ L / groups per example, s = σ(v x) given:
 B0, on x of shape (N, C, P):
     y = x / max(a_c, v_c x + b_nc) γ_c + β_c, b_nc = (var_p(x_nc) + ε)^(1/2),
 a_c = (var_{n,p}(x_c) + ε)^(1/2) in training, from the running variance in eval.
-`*_reference` are the NumPy forms of the forwards, for the tests.
+`*_reference` are the NumPy forms of the forwards, for the tests. The one caller, trainlab.normlayers,
+owns the shapes it passes (no checking wrapper: its cost per call would show on small tensors). The
+first call compiles for about 10 s per dtype, once per machine (cache=True).
 """
 from __future__ import annotations
 
