@@ -4,19 +4,21 @@
 EvoNorm-S0 and RMSNorm2d against `nn.LayerNorm` over the same tensor's (C[, H, W]) axes, in training mode,
 for features (N, C) and feature maps (N, C, H, W). The weight-standardizing norms (WS + BCN, scaled WS)
 act on the layer before them, so theirs is "layer with standardized weight + its norm" against "the
-same plain layer + LayerNorm". Each pair runs in alternating chunks in one process (one torch thread);
-the ratio is the median over chunks. Target: <= 1.5x LayerNorm for every norm written here.
+same plain layer + LayerNorm". Each pair runs in alternating chunks in one process (one torch thread),
+timed in CPU time of this thread (the machine is shared: wall time also counts other processes' turns)
+and taken at the best chunk (interference only ever adds). Shapes: the two of the target, then sizes
+typical of the models (MLP widths 64-1024 at batch 64-256, a CNN's (64, 32, 16, 16)) with `--sizes all`.
+Target: <= 1.5x LayerNorm for every norm written here.
 
 (b) μP's coordinate check, six widths 64 … 2048 (`benchmarks/parts/coord_check.py`, also runnable alone),
 against `mup.coord_check.get_coord_data(..., cuda=False)` on the same work (a plain loop when `mup` is absent).
 Target: <= 3 s.
 
-    python benchmarks/normalization.py [--parts ab] [--repeats 15] [--chunk 20]
+    python benchmarks/normalization.py [--parts ab] [--repeats 15] [--chunk 20] [--sizes all]
 """
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
@@ -27,6 +29,8 @@ from trainlab.norms import follow
 from trainlab.normlayers import EvoNormB0, EvoNormS0, PowerNorm, RMSNorm2d
 
 SHAPES = {"features (1024, 256)": (1024, 256), "maps (32, 32, 16, 16)": (32, 32, 16, 16)}
+TYPICAL = {"features (64, 64)": (64, 64), "features (128, 256)": (128, 256), "features (256, 1024)": (256, 1024),
+           "maps (64, 32, 16, 16)": (64, 32, 16, 16)}
 
 
 def _fwd_bwd(module, x, gy):
@@ -37,28 +41,29 @@ def _fwd_bwd(module, x, gy):
 
 
 def _chunked(fns: dict, repeats: int, chunk: int) -> dict[str, float]:
-    """Median seconds per call of each fn, run in alternating chunks (the order rotating)."""
+    """CPU seconds per call of each fn at its best chunk, run in alternating chunks (the order rotating)."""
     times = {k: [] for k in fns}
     names = list(fns)
     for f in fns.values():  # warm-up
         f()
     for r in range(repeats):
         for k in names[r % len(names):] + names[: r % len(names)]:
-            t = time.perf_counter()
+            t = time.thread_time()
             for _ in range(chunk):
                 fns[k]()
-            times[k].append((time.perf_counter() - t) / chunk)
-    return {k: statistics.median(v) for k, v in times.items()}
+            times[k].append((time.thread_time() - t) / chunk)
+    return {k: min(v) for k, v in times.items()}
 
 
 def _layer(dims: int, c: int) -> nn.Module:
     return nn.Linear(c, c) if dims == 1 else nn.Conv2d(c, c, 3, padding=1)
 
 
-def part_a(repeats: int, chunk: int) -> dict[str, float]:
-    print("\n(a) forward + backward against torch's LayerNorm on the same tensor, training mode")
+def part_a(repeats: int, chunk: int, sizes: str = "target") -> dict[str, float]:
+    print("\n(a) forward + backward against torch's LayerNorm on the same tensor, training mode (CPU ms per call)")
     ratios = {}
-    for label, shape in SHAPES.items():
+    shapes = SHAPES if sizes == "target" else {**SHAPES, **TYPICAL}
+    for label, shape in shapes.items():
         dims, c = (1 if len(shape) == 2 else 2), shape[1]
         g = torch.Generator().manual_seed(0)
         x = torch.randn(shape, generator=g).requires_grad_()
@@ -71,7 +76,7 @@ def part_a(repeats: int, chunk: int) -> dict[str, float]:
         for name, module in ours.items():
             t = _chunked({"ln": _fwd_bwd(ln, x, gy), name: _fwd_bwd(module, x, gy)}, repeats, chunk)
             ratios[f"{name} {label}"] = t[name] / t["ln"]
-            print(f"\n    {name:12s} {t[name] * 1e6:8.0f} us   LayerNorm {t['ln'] * 1e6:8.0f} us   ratio {t[name] / t['ln']:.2f}",
+            print(f"\n    {name:12s} {t[name] * 1e3:8.3f} ms   LayerNorm {t['ln'] * 1e3:8.3f} ms   ratio {t[name] / t['ln']:.2f}",
                   end="")
         for name in ("ws_bcn", "scaled_ws"):
             torch.manual_seed(0)
@@ -80,7 +85,7 @@ def part_a(repeats: int, chunk: int) -> dict[str, float]:
             layer, norm = follow(name, _layer(dims, c), dims, "relu", "benchmark")
             t = _chunked({"ln": _fwd_bwd(plain, x, gy), name: _fwd_bwd(nn.Sequential(layer, norm), x, gy)}, repeats, chunk)
             ratios[f"{name} {label}"] = t[name] / t["ln"]
-            print(f"\n    {name:12s} {t[name] * 1e6:8.0f} us   layer+LN  {t['ln'] * 1e6:8.0f} us   ratio {t[name] / t['ln']:.2f}"
+            print(f"\n    {name:12s} {t[name] * 1e3:8.3f} ms   layer+LN  {t['ln'] * 1e3:8.3f} ms   ratio {t[name] / t['ln']:.2f}"
                   "  (the layer included)", end="")
         print()
     worst = max(ratios, key=ratios.get)
@@ -96,11 +101,13 @@ def main():
     ap.add_argument("--parts", default="".join(PARTS), help="which parts to run")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--chunk", type=int, default=20)
+    ap.add_argument("--sizes", choices=("target", "all"), default="target",
+                    help="part (a)'s shapes: the target's two, or also sizes typical of the models")
     coord_check.add_arguments(ap)
     args = ap.parse_args()
     torch.set_num_threads(1)
     if "a" in args.parts:
-        part_a(args.repeats, args.chunk)
+        part_a(args.repeats, args.chunk, args.sizes)
     if "b" in args.parts:
         coord_check.part_coord_check(args)
 

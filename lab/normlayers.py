@@ -8,6 +8,8 @@ probes, pruning masks and checkpoints see `fc1.weight` as before), the weight st
 """
 from __future__ import annotations
 
+import functools
+import importlib
 import math
 
 import numpy as np
@@ -26,11 +28,86 @@ def _per_channel(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t.view(1, -1, *([1] * (x.ndim - 2)))
 
 
+def _channel_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Σ a b over every axis but the channels', in one fused pass and without an (N, C, ...) temporary:
+    batch norm's backward in eval mode with mean 0, variance 1 and ε 0 returns it as the weight's gradient.
+    (`(a * b).sum(axes)` allocates a temporary whose page faults cost more than the pass on a busy CPU;
+    `vector_norm` and `einsum` over these axes were several times slower.)"""
+    one = torch.ones(a.shape[1], dtype=a.dtype, device=a.device)
+    return torch.ops.aten.native_batch_norm_backward(a.contiguous(), b, None, torch.zeros_like(one), one, None, None,
+                                                     False, 0.0, [False, True, False])[1]
+
+
 def check_groups(groups: int, channels: int, what: str) -> None:
     if channels % groups:
         divisors = [d for d in range(1, channels + 1) if channels % d == 0]
         raise ValueError(f"groups={groups} rejected for {what}: it must divide the {channels} channels; "
                          f"allowed: {', '.join(map(str, divisors))}")
+
+
+class FeatureGroupNorm(nn.GroupNorm):
+    """nn.GroupNorm that normalizes features (N, C) by LayerNorm over (N, groups, C / groups), then the
+    per-channel affine: the same numbers, but torch's GroupNorm kernel on 2-D input took 7x LayerNorm's
+    time (1.4 ms against 0.2 ms forward and backward on (1024, 256)). Feature maps take nn.GroupNorm."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 2:
+            return super().forward(x)
+        n, c = x.shape
+        y = F.layer_norm(x.reshape(n, self.num_groups, -1), (c // self.num_groups,), eps=self.eps).view(n, c)
+        return torch.addcmul(self.bias, y, self.weight) if self.affine else y
+
+
+def _transformed() -> bool:
+    """True under torch.func transforms (the Hessian's vmap/jvp/grad), which do not see into a hand-written
+    backward: the layers then run their plain formula, for autograd to differentiate."""
+    return torch._C._are_functorch_transforms_active()
+
+
+def _plain_grads(ctx, plain, inputs: tuple, gy: torch.Tensor) -> tuple:
+    """The gradients of `plain(*inputs)` by autograd, with their graph: a hand-written backward called with
+    create_graph=True hands over to this, so second derivatives (Hessian-vector products) stay exact."""
+    need = ctx.needs_input_grad[: len(inputs)]
+    want = [t for t, n in zip(inputs, need) if n]
+    with torch.enable_grad():
+        grads = iter(torch.autograd.grad(plain(*inputs), want, gy, create_graph=True))
+    return tuple(next(grads) if n else None for n in need)
+
+
+def _rms_norm_2d(x, weight, eps):
+    return F.rms_norm(x, x.shape[1:], eps=eps) * _per_channel(weight, x)
+
+
+class _RMSNorm2dFunction(torch.autograd.Function):
+    """y = x r_n γ_c, r_n = (mean_{c,h,w} x² + ε)^(-1/2). Backward: with g = ∂L/∂y γ,
+    ∂L/∂x = r g - x r³ mean_{c,h,w}(g x), ∂L/∂γ_c = Σ_{n,h,w} ∂L/∂y x r: both from the per-(n, c) sums
+    Σ_{h,w} ∂L/∂y x (one fused pass), then two passes for ∂L/∂x. (torch's rms_norm backward on CPU is a
+    chain of elementwise ops, three times LayerNorm's.)"""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        n, m = x.shape[0], x[0].numel()
+        eps = torch.finfo(x.dtype).eps if eps is None else eps
+        r = (torch.linalg.vector_norm(x.reshape(n, -1), dim=1).square_().div_(m) + eps).rsqrt_()  # (N,)
+        ctx.save_for_backward(x, weight, r)
+        ctx.eps = eps
+        return x * (r[:, None] * weight).view(n, -1, *[1] * (x.ndim - 2))
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, weight, r = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return (*_plain_grads(ctx, lambda x, w: _rms_norm_2d(x, w, ctx.eps), (x, weight), gy), None)
+        n, c, m = x.shape[0], x.shape[1], x[0].numel()
+        if x.ndim == 2:
+            gyx = gy * x
+        else:  # Σ_{h,w} ∂L/∂y x
+            gyx = _channel_dot(gy.reshape(1, n * c, -1), x.reshape(1, n * c, -1)).view(n, c)
+        gw = (gyx * r[:, None]).sum(0)
+        coef = (gyx @ weight).mul_(r.pow(3)).div_(m)  # r³ mean(g x), (N,)
+        shape = (n, c, *[1] * (x.ndim - 2))
+        gx = (gy * (r[:, None] * weight).view(shape)).addcmul_(x, coef.view(n, *[1] * (x.ndim - 1)), value=-1)
+        return gx, gw, None
 
 
 class RMSNorm2d(nn.Module):
@@ -43,7 +120,9 @@ class RMSNorm2d(nn.Module):
         self.weight = nn.Parameter(torch.ones(features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, x.shape[1:], eps=self.eps) * _per_channel(self.weight, x)
+        if _transformed():
+            return _rms_norm_2d(x, self.weight, self.eps)
+        return _RMSNorm2dFunction.apply(x, self.weight, self.eps)
 
 
 class _PowerNormFunction(torch.autograd.Function):
@@ -53,33 +132,33 @@ class _PowerNormFunction(torch.autograd.Function):
     Backward: ∂L/∂X = (γ ∂L/∂Y - ν_{t-1} X̂) / ψ_{t-1}, ν_t = ν_{t-1}(1 - (1-α)Γ) + (1-α)Λ,
     Γ = mean_B(X̂ X̂), Λ = mean_B(∂L/∂X̂ X̂). The ν term stands in for the gradient through the
     running statistic, which autograd cannot see (it was computed at earlier steps).
-    Per-channel factors are folded so that each pass over the tensor does one job (X̂ is never stored:
-    Γ = mean_B(X²)/ψ², Λ = γ mean_B(∂L/∂Y X)/ψ): a third of the passes of the written-out formula.
+    Y = γ X / ψ + β is BatchNorm in eval mode with running mean 0 and running variance ψ², so
+    torch's fused batch-norm kernels do the passes over the tensor: the forward's, and in the
+    backward γ ψ⁻¹ ∂L/∂Y, Σ ∂L/∂Y X / ψ (γ's gradient, and Λ) and Σ ∂L/∂Y in one call; the ν term is
+    one more in-place pass (X̂ is never stored: Γ = mean_B(X²)/ψ²).
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, module):
-        axes = _axes(x)
         n = x.numel() // x.shape[1]
-        inv = (module.running_psi2 + module.eps).rsqrt()  # 1 / ψ_{t-1}
-        y = torch.addcmul(_per_channel(bias, x), x, _per_channel(inv * weight, x))
-        sq = torch.linalg.vector_norm(x, dim=axes).square_() / n  # ψ_B², one pass
-        with torch.no_grad():
-            module.running_psi2.mul_(module.alpha).add_(sq, alpha=1 - module.alpha)
-        ctx.save_for_backward(x, inv, weight, sq)
-        ctx.module, ctx.axes, ctx.n = module, axes, n
+        psi2 = module.running_psi2.clone()  # ψ²_{t-1}: the backward divides by it too
+        y = torch.batch_norm(x, weight, bias, torch.zeros_like(psi2), psi2, False, 0.0, module.eps, False)
+        sq = _channel_dot(x, x).div_(n)  # ψ_B²
+        module.running_psi2.lerp_(sq, 1 - module.alpha)
+        ctx.save_for_backward(x, weight, psi2, sq)
+        ctx.module, ctx.n = module, n
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        x, inv, weight, sq = ctx.saved_tensors
-        m, axes, n = ctx.module, ctx.axes, ctx.n
-        nu = m.running_nu
-        gyx = (gy * x).sum(axes)  # Σ ∂L/∂Y X: γ's gradient and Λ from one pass
-        gx = torch.addcmul(gy * _per_channel(weight * inv, gy), x, _per_channel(-nu * inv * inv, gy))
-        gamma, lam = sq * inv * inv, weight * inv * gyx / n
-        nu.mul_(1 - (1 - m.alpha) * gamma).add_((1 - m.alpha) * lam)
-        return gx, gyx * inv, gy.sum(axes), None
+        x, weight, psi2, sq = ctx.saved_tensors
+        m, nu, a = ctx.module, ctx.module.running_nu, 1 - ctx.module.alpha
+        gx, gw, gb = torch.ops.aten.native_batch_norm_backward(  # γ ψ⁻¹ ∂L/∂Y, Σ ∂L/∂Y X / ψ, Σ ∂L/∂Y
+            gy.contiguous(), x, weight, torch.zeros_like(psi2), psi2, None, None, False, m.eps, [True, True, True])
+        inv2 = (psi2 + m.eps).reciprocal_()
+        gx.addcmul_(x, _per_channel(nu * inv2, x), value=-1)
+        nu.addcmul_(nu * sq, inv2, value=-a).addcmul_(weight, gw, value=a / ctx.n)  # Γ = sq ψ⁻², Λ = γ gw / n
+        return gx, gw, gb, None
 
 
 class PowerNorm(nn.Module):
@@ -112,6 +191,67 @@ class PowerNorm(nn.Module):
         return f"{self.weight.numel()}, alpha={self.alpha}, eps={self.eps}"
 
 
+@functools.cache
+def _evonorm_kernels():
+    # Numba (about a second to import) only once an EvoNorm runs on CPU
+    return importlib.import_module("trainlab.kernels.evonorm")
+
+
+def _on_kernels(x: torch.Tensor, *params: torch.Tensor) -> bool:
+    """The fused Numba kernels take CPU float32/float64 tensors outside torch.func transforms; anything
+    else (CUDA, half precision, the Hessian's transforms) takes the torch formula."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not _transformed()
+            and all(p.dtype == x.dtype for p in params))
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().contiguous().numpy()
+
+
+def _evonorm_b0(x, v, w, b, var, eps):
+    """The B0 formula in torch ops, var the per-channel variance to use (the batch's, or the running one)."""
+    inst = x.var(list(range(2, x.ndim)), unbiased=False, keepdim=True)
+    den = torch.maximum(_per_channel((var + eps).sqrt(), x), torch.addcmul((inst + eps).sqrt(), x, _per_channel(v, x)))
+    return torch.addcmul(_per_channel(b, x), x / den, _per_channel(w, x))
+
+
+class _EvoNormB0Function(torch.autograd.Function):
+    """B0's forward and backward by the Numba kernels (kernels/evonorm.py); a double backward by autograd
+    of the torch formula."""
+
+    @staticmethod
+    def forward(ctx, x, v, w, b, module):
+        k, (n, c), train = _evonorm_kernels(), x.shape[:2], module.training
+        y = torch.empty(x.shape, dtype=x.dtype)
+        stats = x.new_empty(2, n, c)  # mean_nc, std_nc
+        per_c = x.new_empty(3, c)  # mean_c, var_c, a
+        k.b0_forward(_np(x).reshape(n, c, -1), _np(v), _np(w), _np(b), _np(module.running_var), module.eps, train,
+                     y.numpy().reshape(n, c, -1), *stats.numpy(), *per_c.numpy())
+        if train:
+            module.running_var.lerp_(per_c[1], module.momentum)
+        ctx.save_for_backward(x, v, w, b, stats, per_c, None if train else module.running_var.clone())
+        ctx.train, ctx.eps = train, module.eps
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, v, w, b, stats, per_c, running = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            def plain(x, v, w, b):
+                var = x.var(_axes(x), unbiased=False) if ctx.train else running
+                return _evonorm_b0(x, v, w, b, var, ctx.eps)
+            return (*_plain_grads(ctx, plain, (x, v, w, b), gy), None)
+        n, c = x.shape[:2]
+        gx = torch.empty(x.shape, dtype=x.dtype)
+        grads = x.new_zeros(3, c)  # v, w, b
+        scratch = x.new_zeros(c), x.new_empty(n, c)  # ∂L/∂a (accumulated), ∂L/∂b_nc
+        xn = _np(x)
+        _evonorm_kernels().b0_backward(_np(gy).reshape(n, c, -1), xn.reshape(n, c, -1), _np(v), _np(w), *stats.numpy(),
+                                       per_c[0].numpy(), per_c[2].numpy(), ctx.train, xn.dtype.type(0.5),
+                                       gx.numpy().reshape(n, c, -1), *grads.numpy(), *(t.numpy() for t in scratch))
+        return gx, *grads, None
+
+
 class EvoNormB0(nn.Module):
     """EvoNorm-B0 (Liu et al. 2020), a normalization-activation layer for feature maps:
     y = x / max(sqrt(s²_b(x) + ε), v₁ x + sqrt(s²_{h,w}(x) + ε)) γ + β, with s²_b the batch variance of
@@ -129,16 +269,56 @@ class EvoNormB0(nn.Module):
         self.register_buffer("running_var", torch.ones(features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _on_kernels(x, self.v1, self.weight, self.bias, self.running_var):
+            return _EvoNormB0Function.apply(x, self.v1, self.weight, self.bias, self)
         if self.training:
             var = x.var(_axes(x), unbiased=False)
             with torch.no_grad():
                 self.running_var.lerp_(var.detach(), self.momentum)
         else:
             var = self.running_var
-        inst = x.var(list(range(2, x.ndim)), unbiased=False, keepdim=True)
-        den = torch.maximum(_per_channel((var + self.eps).sqrt(), x),
-                            torch.addcmul((inst + self.eps).sqrt(), x, _per_channel(self.v1, x)))
-        return torch.addcmul(_per_channel(self.bias, x), x / den, _per_channel(self.weight, x))
+        return _evonorm_b0(x, self.v1, self.weight, self.bias, var, self.eps)
+
+
+def _evonorm_s0(x, v, w, b, groups, eps):
+    """The S0 formula in torch ops."""
+    n = x.shape[0]
+    var = x.reshape(n, groups, -1).var(-1, unbiased=False, keepdim=True)
+    num = x * torch.sigmoid(x * _per_channel(v, x))
+    out = (num.reshape(n, groups, -1) * (var + eps).rsqrt()).reshape(x.shape)
+    return torch.addcmul(_per_channel(b, x), out, _per_channel(w, x))
+
+
+class _EvoNormS0Function(torch.autograd.Function):
+    """S0's forward and backward by the Numba kernels (kernels/evonorm.py), σ(v x) by torch (vectorized exp,
+    which Numba lacks here); a double backward by autograd of the torch formula."""
+
+    @staticmethod
+    def forward(ctx, x, v, w, b, groups, eps):
+        n, p = x.shape[0], x[0, 0].numel()
+        s = torch.mul(x, _per_channel(v, x)).sigmoid_().contiguous()
+        y = torch.empty(x.shape, dtype=x.dtype)
+        stats = x.new_empty(2, n, groups)  # mean, rstd
+        _evonorm_kernels().s0_forward(_np(x).reshape(n, -1), s.numpy().reshape(n, -1), _np(w), _np(b), groups, p, eps,
+                                      y.numpy().reshape(n, -1), *stats.numpy())
+        ctx.save_for_backward(x, v, w, b, s, stats)
+        ctx.groups, ctx.eps = groups, eps
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, v, w, b, s, stats = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            plain = lambda x, v, w, b: _evonorm_s0(x, v, w, b, ctx.groups, ctx.eps)  # noqa: E731
+            return (*_plain_grads(ctx, plain, (x, v, w, b), gy), None, None)
+        n, c, p = x.shape[0], x.shape[1], x[0, 0].numel()
+        gx = torch.empty(x.shape, dtype=x.dtype)
+        grads = x.new_zeros(3, c)  # w, v, b
+        _evonorm_kernels().s0_backward(_np(gy).reshape(n, -1), _np(x).reshape(n, -1), s.numpy().reshape(n, -1), _np(v),
+                                       _np(w), *stats.numpy(), ctx.groups, p, gx.numpy().reshape(n, -1), *grads.numpy(),
+                                       x.new_empty(n).numpy())
+        gw, gv, gb = grads
+        return gx, gv, gw, gb, None, None
 
 
 class EvoNormS0(nn.Module):
@@ -156,11 +336,9 @@ class EvoNormS0(nn.Module):
         self.v1 = nn.Parameter(torch.ones(features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        var = x.reshape(n, self.groups, -1).var(-1, unbiased=False, keepdim=True)
-        num = x * torch.sigmoid(x * _per_channel(self.v1, x))
-        out = (num.reshape(n, self.groups, -1) * (var + self.eps).rsqrt()).reshape(x.shape)
-        return torch.addcmul(_per_channel(self.bias, x), out, _per_channel(self.weight, x))
+        if _on_kernels(x, self.v1, self.weight, self.bias):
+            return _EvoNormS0Function.apply(x, self.v1, self.weight, self.bias, self.groups, self.eps)
+        return _evonorm_s0(x, self.v1, self.weight, self.bias, self.groups, self.eps)
 
 
 def activation_gain(activation: str) -> float:
@@ -193,14 +371,17 @@ class _Standardized:
             self.gain = nn.Parameter(torch.ones(self.weight.shape[0], device=self.weight.device))
 
     def standardized_weight(self) -> torch.Tensor:
+        # torch.var_mean on CPU is an unvectorized Welford pass: 3 ms forward and backward on a 256 × 256
+        # weight, 10 times the rest of the layer. WS is LayerNorm over each unit's fan-in (one fused op);
+        # scaled WS floors the variance instead of adding ε, so it takes the deviations' mean square.
         w = self.weight
+        if not self.scaled:
+            return F.layer_norm(w.reshape(w.shape[0], -1), (self.fan_in,), eps=self.ws_eps).view(w.shape)
         dims = list(range(1, w.ndim))
-        var, mean = torch.var_mean(w, dims, unbiased=False, keepdim=True)
-        if self.scaled:
-            scale = (var * self.fan_in).clamp_min(self.ws_eps).rsqrt() * (self.gamma * self.gain).view(-1, *[1] * len(dims))
-        else:
-            scale = (var + self.ws_eps).rsqrt()
-        return (w - mean) * scale
+        dev = w - w.mean(dims, keepdim=True)
+        var = dev.square().mean(dims, keepdim=True)
+        scale = (var * self.fan_in).clamp_min(self.ws_eps).rsqrt() * (self.gamma * self.gain).view(-1, *[1] * len(dims))
+        return dev * scale
 
     def extra_repr(self) -> str:
         kind = f"scaled WS, gamma={self.gamma:.4f}" if self.scaled else "WS"

@@ -82,7 +82,8 @@ def _powernorm(features: int, dims: int, alpha: float = 0.9) -> nn.Module:
 def _ws_bcn(features: int, dims: int, groups: int = 4) -> nn.Module:
     """Weight standardization with batch-channel normalization (Qiao et al. 2019): BatchNorm, then GroupNorm."""
     L.check_groups(groups, features, "ws_bcn")
-    return nn.Sequential(_batchnorm(features, dims), nn.GroupNorm(groups, features))
+    group_norm = L.FeatureGroupNorm if dims == 1 else nn.GroupNorm
+    return nn.Sequential(_batchnorm(features, dims), group_norm(groups, features))
 
 
 @norms.register("evonorm_b0", meta=NormInfo(dims=(2,), why=_MAPS_ONLY, activation=True))

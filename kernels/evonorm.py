@@ -1,0 +1,224 @@
+"""EvoNorm-S0 and -B0 (Liu et al. 2020) forward and backward, each in two passes over the tensor.
+
+Written by hand because torch has no fused kernel for them: as a chain of torch ops (its variance
+alone is an unvectorized Welford pass on CPU) a forward and backward cost 8-30 LayerNorms; fused here,
+about one. Each function takes C-contiguous float arrays of one dtype and writes its outputs into
+arrays the caller allocates. B0's statistics are two-pass (mean, then the squared deviations) over
+blocks that fit in cache; S0's groups are often short (64 entries of a layer of 256 features), where
+the second pass doubled the forward's time, so theirs are one pass over x minus the block's first entry.
+
+S0, on x of shape (N, L) (L = C·P, the P positions of a channel consecutive), `groups` blocks of
+L / groups per example, s = σ(v x) given:
+    y = x s r γ + β, r = (var_block(x) + ε)^(-1/2).
+B0, on x of shape (N, C, P):
+    y = x / max(a_c, v_c x + b_nc) γ_c + β_c, b_nc = (var_p(x_nc) + ε)^(1/2),
+a_c = (var_{n,p}(x_c) + ε)^(1/2) in training, from the running variance in eval.
+`*_reference` are the NumPy forms of the forwards, for the tests. The one caller, trainlab.normlayers,
+owns the shapes it passes (no checking wrapper: its cost per call would show on small tensors). The
+first call compiles for about 10 s per dtype, once per machine (cache=True).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .config import ERROR_MODEL, FASTMATH
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
+def s0_forward(x, s, w, b, groups, p, eps, y, mean, rstd):
+    """y as above; mean and rstd (N, groups) the blocks' mean and r, for the backward."""
+    rows, length = x.shape
+    k, cg = length // groups, length // groups // p
+    for n in range(rows):
+        for g in range(groups):
+            # 1-D slices and loops from 0: contiguous vector loads (an offset range, or 2-D indexing,
+            # compiled to gathers, several times slower)
+            lo, hi = g * k, (g + 1) * k
+            xb = x[n, lo:hi]
+            x0 = xb[0]  # moments of x - x0 in one pass: no cancellation unless x0 is far out in its block
+            t, q = x0 - x0, x0 - x0
+            for j in range(k):
+                d = xb[j] - x0
+                t += d
+                q += d * d
+            m = t / k
+            mean[n, g] = x0 + m
+            rstd[n, g] = 1.0 / np.sqrt(max(q / k - m * m, 0.0) + eps)
+            r = rstd[n, g]  # read back: in x's dtype, so the loops below stay in it
+            if p == 1:  # features: a channel per entry
+                sb, yb, wb, bb = s[n, lo:hi], y[n, lo:hi], w[g * cg:(g + 1) * cg], b[g * cg:(g + 1) * cg]
+                for j in range(k):
+                    yb[j] = xb[j] * sb[j] * r * wb[j] + bb[j]
+            else:  # feature maps: a channel's positions
+                for c in range(g * cg, (g + 1) * cg):
+                    xc, sc, yc = x[n, c * p:(c + 1) * p], s[n, c * p:(c + 1) * p], y[n, c * p:(c + 1) * p]
+                    rw, bc = r * w[c], b[c]
+                    for i in range(p):
+                        yc[i] = xc[i] * sc[i] * rw + bc
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
+def s0_backward(gy, x, s, v, w, mean, rstd, groups, p, gx, gw, gv, gb, coef):
+    """gx, and the parameters' gradients gw, gv, gb (C,), zeroed by the caller. `coef` (N,) is scratch.
+
+    With g = ∂L/∂y γ r and num = x s: ∂L/∂x = g (s + v x s(1-s)) - (Σ_block ∂L/∂y γ num) r³ (x - μ) / k,
+    ∂L/∂γ = Σ ∂L/∂y num r, ∂L/∂v = Σ g x² s(1-s), ∂L/∂β = Σ ∂L/∂y.
+    """
+    rows, length = x.shape
+    k, cg = length // groups, length // groups // p
+    zero = w[0] - w[0]
+    for n in range(rows):
+        for g in range(groups):
+            lo, hi, r = g * k, (g + 1) * k, rstd[n, g]
+            gr = zero  # in x's dtype: a float64 sum of float32 terms costs a conversion per entry
+            if p == 1:  # features: a channel per entry, accumulated in place
+                gyb, xb, sb = gy[n, lo:hi], x[n, lo:hi], s[n, lo:hi]
+                wb, aw, av, ab = w[lo:hi], gw[lo:hi], gv[lo:hi], gb[lo:hi]
+                for j in range(k):
+                    xj, sj, gj = xb[j], sb[j], gyb[j]
+                    xs = xj * sj
+                    gyw = gj * wb[j]
+                    gr += gyw * xs
+                    aw[j] += gj * xs * r
+                    ab[j] += gj
+                    av[j] += gyw * r * xj * xj * (sj - sj * sj)
+            else:  # feature maps: each channel's sums over its positions
+                for c in range(g * cg, (g + 1) * cg):
+                    gyc, xc, sc = gy[n, c * p:(c + 1) * p], x[n, c * p:(c + 1) * p], s[n, c * p:(c + 1) * p]
+                    sw, sv, sbias = zero, zero, zero
+                    for i in range(p):
+                        xi, si, gi = xc[i], sc[i], gyc[i]
+                        xs = xi * si
+                        sw += gi * xs
+                        sbias += gi
+                        sv += gi * xi * xi * (si - si * si)
+                    gr += w[c] * sw
+                    gw[c] += sw * r
+                    gb[c] += sbias
+                    gv[c] += sv * w[c] * r
+            coef[n] = -gr * r * r * r / k
+            cf, mu = coef[n], mean[n, g]
+            if p == 1:
+                gyb, xb, sb, gxb, wb, vb = gy[n, lo:hi], x[n, lo:hi], s[n, lo:hi], gx[n, lo:hi], w[lo:hi], v[lo:hi]
+                for j in range(k):
+                    xj, sj = xb[j], sb[j]
+                    gj = gyb[j] * wb[j] * r
+                    gxb[j] = gj * (sj + vb[j] * xj * (sj - sj * sj)) + cf * (xj - mu)
+            else:
+                for c in range(g * cg, (g + 1) * cg):
+                    gyc, xc, sc, gxc = gy[n, c * p:(c + 1) * p], x[n, c * p:(c + 1) * p], s[n, c * p:(c + 1) * p], \
+                        gx[n, c * p:(c + 1) * p]
+                    rw, vc = r * w[c], v[c]
+                    for i in range(p):
+                        xi, si = xc[i], sc[i]
+                        gxc[i] = gyc[i] * rw * (si + vc * xi * (si - si * si)) + cf * (xi - mu)
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
+def b0_forward(x, v, w, b, running_var, eps, train, y, mean_nc, std_nc, mean_c, var_c, a):
+    """y as above. Out: mean_nc, std_nc (= b_nc) (N, C); mean_c, var_c the batch's (training), a (C,).
+    The batch variance is the law of total variance over the examples' (exact, and stable)."""
+    rows, channels, p = x.shape
+    for n in range(rows):
+        for c in range(channels):
+            xr = x[n, c]  # 1-D rows: contiguous loads (3-D indexing compiled to gathers)
+            t = 0.0
+            for i in range(p):
+                t += xr[i]
+            mean_nc[n, c] = t / p
+            mu = mean_nc[n, c]
+            q = 0.0
+            for i in range(p):
+                d = xr[i] - mu
+                q += d * d
+            std_nc[n, c] = q / p  # the variance for now
+    for c in range(channels):
+        if train:
+            m = 0.0
+            for n in range(rows):
+                m += mean_nc[n, c]
+            m /= rows
+            q = 0.0
+            for n in range(rows):
+                d = mean_nc[n, c] - m
+                q += std_nc[n, c] + d * d
+            mean_c[c], var_c[c] = m, q / rows
+            a[c] = np.sqrt(var_c[c] + eps)
+        else:
+            a[c] = np.sqrt(running_var[c] + eps)
+    for n in range(rows):
+        for c in range(channels):
+            std_nc[n, c] = np.sqrt(std_nc[n, c] + eps)
+            ac, bn, vc, wc, bc = a[c], std_nc[n, c], v[c], w[c], b[c]
+            xr, yr = x[n, c], y[n, c]
+            for i in range(p):
+                xi = xr[i]
+                t = vc * xi + bn
+                d = ac if ac > t else t
+                yr[i] = xi / d * wc + bc
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
+def b0_backward(gy, x, v, w, mean_nc, std_nc, mean_c, a, train, half, gx, gv, gw, gb, ga, gstd):
+    """gx and the parameters' gradients gv, gw, gb (C,), zeroed by the caller; ga (C,) and gstd (N, C)
+    are scratch (∂L/∂a, zeroed by the caller too, and ∂L/∂b_nc). d = max(a, v x + b): ∂L/∂d = -∂L/∂y γ x / d², split between its two
+    sides as torch.maximum does (all to the larger, half each on a tie); a and b_nc pass it on to x
+    through the variances: ∂a/∂x = (x - μ_c) / (a N P), ∂b_nc/∂x = (x - μ_nc) / (b_nc P)."""
+    rows, channels, p = x.shape
+    zero = half - half
+    one = half + half
+    for n in range(rows):
+        for c in range(channels):
+            ac, bn, vc, wc = a[c], std_nc[n, c], v[c], w[c]
+            sw, sb, sa, sn, sv = zero, zero, zero, zero, zero
+            xr, gr = x[n, c], gy[n, c]
+            for i in range(p):
+                xi, gi = xr[i], gr[i]
+                t = vc * xi + bn
+                m = one if t > ac else zero  # the share of v x + b
+                m = half if t == ac else m
+                d = ac if ac > t else t
+                u = xi / d
+                gd = -gi * wc * u / d
+                sw += gi * u
+                sb += gi
+                sa += gd * (one - m)
+                sn += gd * m
+                sv += gd * m * xi
+            gw[c] += sw
+            gb[c] += sb
+            ga[c] += sa
+            gv[c] += sv
+            gstd[n, c] = sn
+    for c in range(channels):  # the factors of (x - μ), kept in x's dtype (as the loop below is)
+        ga[c] = ga[c] / (a[c] * rows * p) if train else zero
+        for n in range(rows):
+            gstd[n, c] = gstd[n, c] / (std_nc[n, c] * p)
+    for n in range(rows):
+        for c in range(channels):
+            ac, bn, vc, wc = a[c], std_nc[n, c], v[c], w[c]
+            ka, kb, mc, mn = ga[c], gstd[n, c], mean_c[c], mean_nc[n, c]
+            xr, gr, gxr = x[n, c], gy[n, c], gx[n, c]
+            for i in range(p):
+                xi = xr[i]
+                t = vc * xi + bn
+                m = one if t > ac else zero
+                m = half if t == ac else m
+                d = ac if ac > t else t
+                gu = gr[i] * wc / d
+                gxr[i] = gu - gu * xi / d * m * vc + ka * (xi - mc) + kb * (xi - mn)
+
+
+def s0_reference(x, s, w, b, groups, p, eps):
+    rows, length = x.shape
+    blocks = x.reshape(rows, groups, -1)
+    r = 1 / np.sqrt(blocks.var(axis=2, keepdims=True) + eps)
+    return ((x * s).reshape(rows, groups, -1) * r).reshape(rows, length) * np.repeat(w, p) + np.repeat(b, p)
+
+
+def b0_reference(x, v, w, b, eps, running_var=None):
+    inst = x.var(axis=2, keepdims=True)
+    var = x.var(axis=(0, 2)) if running_var is None else running_var
+    den = np.maximum(np.sqrt(var + eps)[None, :, None], v[None, :, None] * x + np.sqrt(inst + eps))
+    return x / den * w[None, :, None] + b[None, :, None]

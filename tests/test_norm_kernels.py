@@ -1,0 +1,173 @@
+"""The fast paths of the hand-written norm layers: the EvoNorm Numba kernels against NumPy and against the
+torch formula (forward, gradients, running statistics), the hand-written backwards by finite differences
+(gradcheck, float64), and second derivatives (create_graph, torch.func) equal to autograd of the formula."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import trainlab.normlayers as L
+from trainlab.kernels import evonorm as K
+
+MAPS, FEATURES = (5, 6, 4, 3), (16, 6)
+
+
+def _x(shape, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g, dtype=dtype) * 2 + 0.5).requires_grad_()
+
+
+def _randomize(m, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.rand(p.shape, generator=g, dtype=p.dtype) + 0.5)
+        if hasattr(m, "v1"):
+            m.v1.sub_(1.0)  # both signs: B0's max takes either side somewhere
+    return m
+
+
+LAYERS = {  # name: (build, shapes)
+    "evonorm_s0": (lambda: L.EvoNormS0(6, groups=3), [FEATURES, MAPS]),
+    "evonorm_b0": (lambda: L.EvoNormB0(6), [MAPS]),
+    "rmsnorm2d": (lambda: L.RMSNorm2d(6), [MAPS]),
+}
+CASES = [(name, shape) for name, (_, shapes) in LAYERS.items() for shape in shapes]
+
+
+def _torch_path(monkeypatch):
+    """The layers as on CUDA: the torch formula, with no hand-written backward."""
+    monkeypatch.setattr(L, "_on_kernels", lambda *a: False)
+    monkeypatch.setattr(L, "_transformed", lambda: True)
+
+
+# ---- kernels against NumPy -------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, c, p, groups", [(7, 8, 1, 4), (3, 6, 12, 2), (2, 4, 5, 1)])
+def test_s0_forward_kernel_equals_numpy(dtype, n, c, p, groups):
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.5, 2, (n, c * p)).astype(dtype)
+    s = rng.uniform(0, 1, x.shape).astype(dtype)
+    w, b = (rng.uniform(0.5, 1.5, c).astype(dtype) for _ in range(2))
+    y, stats = np.empty_like(x), np.empty((2, n, groups), dtype)
+    K.s0_forward(x, s, w, b, groups, p, 1e-5, y, *stats)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(y, K.s0_reference(x, s, w, b, groups, p, 1e-5), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("train", [True, False])
+def test_b0_forward_kernel_equals_numpy(dtype, train):
+    rng = np.random.default_rng(1)
+    n, c, p = 4, 5, 9
+    x = rng.normal(0.5, 2, (n, c, p)).astype(dtype)
+    v = rng.uniform(-0.5, 0.5, c).astype(dtype)
+    w, b, running = (rng.uniform(0.5, 1.5, c).astype(dtype) for _ in range(3))
+    y, stats, per_c = np.empty_like(x), np.empty((2, n, c), dtype), np.empty((3, c), dtype)
+    K.b0_forward(x, v, w, b, running, 1e-5, train, y, *stats, *per_c)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    ref = K.b0_reference(x, v, w, b, 1e-5, None if train else running)
+    np.testing.assert_allclose(y, ref, rtol=tol, atol=tol)
+    if train:
+        np.testing.assert_allclose(per_c[1], x.var(axis=(0, 2)), rtol=tol)  # the batch variance, for the running one
+
+
+def test_kernels_without_jit_agree():
+    """With NUMBA_DISABLE_JIT=1 (how coverage sees the kernels) the plain-Python kernels give the same."""
+    code = (
+        "import numpy as np\n"
+        "from trainlab.kernels import evonorm as K\n"
+        "rng = np.random.default_rng(0)\n"
+        "x = rng.normal(size=(3, 4, 5)); v, w, b, r = (rng.uniform(0.5, 1.5, 4) for _ in range(4))\n"
+        "y, st, pc = np.empty_like(x), np.empty((2, 3, 4)), np.empty((3, 4))\n"
+        "K.b0_forward(x, v, w, b, r, 1e-5, True, y, *st, *pc)\n"
+        "assert np.allclose(y, K.b0_reference(x, v, w, b, 1e-5))\n"
+        "x2, s = x.reshape(3, 20), rng.uniform(size=(3, 20)); y2, st2 = np.empty_like(x2), np.empty((2, 3, 2))\n"
+        "K.s0_forward(x2, s, w, b, 2, 5, 1e-5, y2, *st2)\n"
+        "assert np.allclose(y2, K.s0_reference(x2, s, w, b, 2, 5, 1e-5))\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "NUMBA_DISABLE_JIT": "1"},
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+# ---- the layers: fast path against the torch formula ------------------------------------------
+def _grads(m, x, seed=5):
+    y = m(x)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=y.dtype)
+    return (y, *torch.autograd.grad(y, [x, *m.parameters()], gy))
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("name, shape", CASES)
+def test_fast_path_equals_torch_formula(monkeypatch, name, shape, train):
+    build = LAYERS[name][0]
+    fast, plain = _randomize(build()).train(train), _randomize(build()).train(train)
+    for t in range(2):  # twice: B0's running variance moves in training
+        x = _x(shape, seed=t, dtype=torch.float32)
+        got = _grads(fast, x)
+        with monkeypatch.context() as mp:
+            _torch_path(mp)
+            ref = _grads(plain, x)
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5)
+        for a, b in zip(fast.buffers(), plain.buffers()):
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name, shape", CASES)
+def test_hand_written_backward_passes_gradcheck(name, shape):
+    m = _randomize(LAYERS[name][0]().double())
+    names = [n for n, _ in m.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in m.parameters()]
+    f = lambda x, *ps: torch.func.functional_call(m, dict(zip(names, ps)), (x,))  # noqa: E731
+    assert torch.autograd.gradcheck(f, (_x(shape), *params))
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("name, shape", CASES)
+def test_second_derivatives_equal_the_formulas(monkeypatch, name, shape, train):
+    """Hessian-vector products by double backward (create_graph) and the dense Hessian of the Hessian
+    tools (torch.func.jacfwd over grad; in eval mode for B0, whose training step updates a buffer, which
+    torch.func refuses, as for BatchNorm) through the layer equal those of the plain torch formula."""
+    m = _randomize(LAYERS[name][0]().double()).train(train)
+    dense = not (train and name == "evonorm_b0")
+    theta = torch.cat([p.detach().flatten() for p in m.parameters()])
+    x = _x(shape).detach()
+
+    def loss(flat):
+        ps, i = {}, 0
+        for n, p in m.named_parameters():
+            ps[n] = flat[i:i + p.numel()].view(p.shape)
+            i += p.numel()
+        return torch.func.functional_call(m, ps, (x,)).pow(3).mean()
+
+    def hvp(v):
+        t = theta.clone().requires_grad_()
+        g = torch.autograd.grad(loss(t), t, create_graph=True)[0]
+        return torch.autograd.grad(g @ v, t)[0]
+
+    v = torch.randn(theta.shape, generator=torch.Generator().manual_seed(3), dtype=theta.dtype)
+    got = hvp(v)
+    with monkeypatch.context() as mp:
+        _torch_path(mp)
+        ref = hvp(v)
+    torch.testing.assert_close(got, ref)
+    if dense:
+        torch.testing.assert_close(torch.func.jacfwd(torch.func.grad(loss))(theta) @ v, ref)
+
+
+def test_feature_group_norm_equals_torch_group_norm():
+    """WS + BCN's GroupNorm on features: LayerNorm over the groups, the same as nn.GroupNorm."""
+    ours, ref = L.FeatureGroupNorm(4, 8).double(), torch.nn.GroupNorm(4, 8).double()
+    _randomize(ours), _randomize(ref)
+    for shape in [(16, 8), (5, 8, 3, 2)]:
+        x = _x(shape)
+        got, want = _grads(ours, x), _grads(ref, x)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b)
