@@ -11,7 +11,10 @@ the ratio is the median over chunks. Target: <= 1.5x LayerNorm for every norm wr
 against `mup.coord_check.get_coord_data(..., cuda=False)` on the same work (a plain loop when `mup` is absent).
 Target: <= 3 s.
 
-    python benchmarks/normalization.py [--parts ab] [--repeats 15] [--chunk 20]
+(c) μ-Transfer's sweep (the `width_lr` preset) on a 2-worker Dask LocalCluster against the same configurations on
+one core (`benchmarks/parts/transfer_sweep.py`, also runnable alone), passes interleaved: both times, the speed-up.
+
+    python benchmarks/normalization.py [--parts abc] [--repeats 15] [--chunk 20]
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import statistics
 import time
 
 import torch
-from parts import coord_check  # part (b); benchmarks/ is this script's folder, so on sys.path
+from parts import coord_check, transfer_sweep  # parts (b), (c); benchmarks/ is this script's folder, so on sys.path
 from torch import nn
 
 from trainlab.norms import follow
@@ -88,7 +91,7 @@ def part_a(repeats: int, chunk: int) -> dict[str, float]:
     return ratios
 
 
-PARTS = {"a": part_a, "b": coord_check.part_coord_check}
+PARTS = {"a": part_a, "b": coord_check.part_coord_check, "c": transfer_sweep.part_transfer_sweep}
 
 
 def main():
@@ -97,12 +100,15 @@ def main():
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--chunk", type=int, default=20)
     coord_check.add_arguments(ap)
+    transfer_sweep.add_arguments(ap)
     args = ap.parse_args()
     torch.set_num_threads(1)
     if "a" in args.parts:
         part_a(args.repeats, args.chunk)
     if "b" in args.parts:
         coord_check.part_coord_check(args)
+    if "c" in args.parts:
+        transfer_sweep.part_transfer_sweep(args)
 
 
 if __name__ == "__main__":
