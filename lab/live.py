@@ -336,10 +336,12 @@ def coord_check(run: Run, *, progress: bool | Progress = True, widths: tuple[int
 
 def mu_transfer(run: Run, *, progress: bool | Progress = True, widths: tuple[int, ...] = (32, 64, 128, 256),
                 lrs: tuple[float, ...] = tuple(2.0 ** np.arange(-12, -3)), steps: int = 60,
-                parametrizations: tuple[str, ...] = ("sp", "mup")) -> Iterator[dict[str, Any]]:
-    """μ-Transfer on the run's model family and optimizer: one short run per (parametrization, width, lr), the
-    loss against lr per width published as the runs finish (under μP the best lr stays put as width grows)."""
+                parametrizations: tuple[str, ...] = ("sp", "mup"), workers: int | None = None) -> Iterator[dict[str, Any]]:
+    """μ-Transfer on the run's model family and optimizer: one short run per (parametrization, width, lr) on
+    `workers` processes (default: the CPUs this process may use; `trainlab.pool`), the loss against lr per width
+    published as the runs finish, every `len(lrs)` of them (under μP the best lr stays put as width grows)."""
     from .analysis.transfer import best_lr, configurations, run_config
+    from .pool import imap
 
     if run.model_spec is None or run.data.spec is None:
         raise ValueError("μ-Transfer trains the model afresh at several widths: it needs a registered model and data")
@@ -351,14 +353,12 @@ def mu_transfer(run: Run, *, progress: bool | Progress = True, widths: tuple[int
                                             if k not in ("width", "parametrization", "base_width")},
                              hparams=run.optimizer_settings())
     p = as_progress(progress, len(configs), "μ-Transfer: one run per width and lr")
-    rows = []
-    for i, config in enumerate(configs):
-        if p.cancelled:
-            return
-        rows.append(run_config(config))
+    rows: dict[int, dict] = {}
+    for i, row in imap(run_config, configs, workers=workers, progress=p):
+        rows[i] = row
         p.update()
-        if (i + 1) % len(lrs) == 0:  # a whole curve: draw it
-            frame = pd.DataFrame(rows)
+        if len(rows) % len(lrs) == 0 or len(rows) == len(configs):
+            frame = pd.DataFrame([rows[k] for k in sorted(rows)])
             yield {MU_TRANSFER: {"rows": {c: frame[c].to_numpy() for c in ("parametrization", "width", "lr",
                                                                             "mean_train_loss", "loss")},
                                  "best": best_lr(frame, metric="mean_train_loss").to_dict("list"),

@@ -83,8 +83,8 @@ class InitPanel(LabPanel):
       init, Gaussian against orthogonal weights (Gaussian's grows with depth, orthogonal's stays flat).
     - "Coordinate check": the model at widths 64 … 2048, a few steps each under SP and μP: each layer's mean
       |output| against width (μP's lines are flat; SP's later layers grow with width).
-    - "μ-Transfer": one short run per width and lr under SP and μP: the loss against lr per width, as the runs
-      finish. Under μP the best lr stays where it is as the model widens; under SP it moves.
+    - "μ-Transfer": one short run per width and lr under SP and μP, on worker processes over the machine's cores
+      (`trainlab.pool`; Cancel drops the queued runs): the loss against lr per width, as the runs finish. Under μP the best lr stays where it is as the model widens; under SP it moves.
     The model's `init` and `parametrization` (with `base_width` for μP) are options of the model: the
     dashboard's model options, or `Run(model=("mlp", {"init": "lsuv", "parametrization": "mup", ...}))`.
     """
