@@ -5,7 +5,8 @@ lr) are independent plain-data configurations, so they go to worker processes, o
 Dask (`trainlab.sweep`): its LocalCluster takes seconds to start and a scheduler to run, which a button in
 the dashboard should not; `concurrent.futures` is enough for a few dozen runs, and cancellation drops the
 queued ones (a running one ends in well under a second). Workers come from a forkserver that has imported
-the function's module once (spawn where there is none); never fork, since the dashboard runs threads.
+the function's module once (spawn where there is none); never fork, since the dashboard runs threads. As for
+Dask's LocalCluster, a script that calls it needs the `if __name__ == "__main__":` guard (a child imports it).
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ POLL = 0.1  # seconds between two looks at the job's cancellation
 def _context(module: str):
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["torch", module])
+        # what every run needs, imported once by the server (a child forks from it) rather than once per child
+        ctx.set_forkserver_preload(["torch", "trainlab.experiment", "trainlab.run", module])
         return ctx
     return mp.get_context("spawn")
 

@@ -27,26 +27,35 @@ def _preset(steps: int) -> dict:
     return presets.build("width_lr", steps=steps)
 
 
-def sequential(configs: list[dict]) -> float:
+def _cpu(pids=()) -> float:
+    import psutil
+
+    return sum(sum(psutil.Process(p).cpu_times()[:2]) for p in (os.getpid(), *pids))
+
+
+def sequential(configs: list[dict]) -> tuple[float, float]:
+    """(wall, CPU) seconds."""
     from trainlab.sweeps import train
 
-    t = time.perf_counter()
-    for c in configs:
-        row = train(c)
+    t, c = time.perf_counter(), _cpu()
+    for config in configs:
+        row = train(config)
         assert row["status"] in ("finished", "diverged"), row
-    return time.perf_counter() - t
+    return time.perf_counter() - t, _cpu() - c
 
 
-def parallel(client, preset: dict, n: int) -> float:
+def parallel(client, preset: dict, n: int) -> tuple[float, float]:
+    """(wall, CPU of the workers and this process) seconds."""
     import trainlab
 
-    t = time.perf_counter()
+    pids = list(client.run(os.getpid).values())
+    t, c = time.perf_counter(), _cpu(pids)
     sw = trainlab.sweep(**preset, scheduler=client)
     sw.wait()
-    elapsed = time.perf_counter() - t
+    elapsed, cpu = time.perf_counter() - t, _cpu(pids) - c
     frame = sw.results()
     assert len(frame) == n and frame["status"].isin(["finished", "diverged"]).all(), frame
-    return elapsed
+    return elapsed, cpu
 
 
 def part_transfer_sweep(args) -> dict[str, float]:
@@ -72,17 +81,21 @@ def part_transfer_sweep(args) -> dict[str, float]:
             for which in (("seq", "par") if r % 2 == 0 else ("par", "seq")):
                 if which == "seq":
                     seq.append(sequential(configs))
-                    print(f"  pass {r + 1} one core:  {seq[-1]:.2f} s", flush=True)
+                    print(f"  pass {r + 1} one core:  {seq[-1][0]:.2f} s (CPU {seq[-1][1]:.2f} s)", flush=True)
                 else:
                     par.append(parallel(client, preset, len(configs)))
-                    print(f"  pass {r + 1} {args.sweep_workers} workers: {par[-1]:.2f} s", flush=True)
+                    print(f"  pass {r + 1} {args.sweep_workers} workers: {par[-1][0]:.2f} s (CPU, all processes "
+                          f"{par[-1][1]:.2f} s)", flush=True)
     finally:
         client.close()
         cluster.close()
-    s, p = min(seq), min(par)
+    s, p = min(w for w, _ in seq), min(w for w, _ in par)
+    cs, cp = min(c for _, c in seq), min(c for _, c in par)
     print(f"  best: one core {s:.2f} s, {args.sweep_workers} workers {p:.2f} s: speed-up {s / p:.2f}x "
-          f"(ideal {args.sweep_workers}x); load average before {load[0]:.2f}, after {os.getloadavg()[0]:.2f} "
-          f"on {os.cpu_count()} CPUs")
+          f"(ideal {args.sweep_workers}x); CPU seconds {cs:.2f} against {cp:.2f} ({cp / cs:.2f}x the work); load "
+          f"average before {load[0]:.2f}, after {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs. Where the "
+          f"kernel's autogroup is on (/proc/sys/kernel/sched_autogroup_enabled), this session's processes share "
+          f"one slice against other sessions': on a loaded machine two workers then do not get more CPU than one")
     return {"sequential": s, "parallel": p, "speedup": s / p}
 
 
