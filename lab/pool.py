@@ -30,6 +30,14 @@ def _context(module: str):
     return mp.get_context("spawn")
 
 
+def _one_thread() -> None:
+    import torch
+
+    # a run sets its own threads while it steps, but not for what it does around the steps (building, the final
+    # loss): torch's default there, one thread per core in each worker, made the runs several times slower
+    torch.set_num_threads(1)
+
+
 def imap(fn: Callable, items: Iterable, *, workers: int | None = None, progress: Progress | None = None
          ) -> Iterator[tuple[int, Any]]:
     """(index, fn(item)) for each item, in the order they finish, on `workers` processes (default: the CPUs
@@ -46,7 +54,7 @@ def imap(fn: Callable, items: Iterable, *, workers: int | None = None, progress:
                 return
             yield i, fn(item)
         return
-    pool = cf.ProcessPoolExecutor(n, mp_context=_context(fn.__module__))
+    pool = cf.ProcessPoolExecutor(n, mp_context=_context(fn.__module__), initializer=_one_thread)
     try:
         futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
         pending = set(futures)
