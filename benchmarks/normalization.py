@@ -14,7 +14,10 @@ Target: <= 1.5x LayerNorm for every norm written here.
 against `mup.coord_check.get_coord_data(..., cuda=False)` on the same work (a plain loop when `mup` is absent).
 Target: <= 3 s.
 
-    python benchmarks/normalization.py [--parts ab] [--repeats 15] [--chunk 20] [--sizes all]
+(c) μ-Transfer's sweep (the `width_lr` preset) on a 2-worker Dask LocalCluster against the same configurations on
+one core (`benchmarks/parts/transfer_sweep.py`, also runnable alone), passes interleaved: both times, the speed-up.
+
+    python benchmarks/normalization.py [--parts abc] [--repeats 15] [--chunk 20] [--sizes all]
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import argparse
 import time
 
 import torch
-from parts import coord_check  # part (b); benchmarks/ is this script's folder, so on sys.path
+from parts import coord_check, transfer_sweep  # parts (b), (c); benchmarks/ is this script's folder, so on sys.path
 from torch import nn
 
 from trainlab.norms import follow
@@ -93,7 +96,7 @@ def part_a(repeats: int, chunk: int, sizes: str = "target") -> dict[str, float]:
     return ratios
 
 
-PARTS = {"a": part_a, "b": coord_check.part_coord_check}
+PARTS = {"a": part_a, "b": coord_check.part_coord_check, "c": transfer_sweep.part_transfer_sweep}
 
 
 def main():
@@ -104,12 +107,15 @@ def main():
     ap.add_argument("--sizes", choices=("target", "all"), default="target",
                     help="part (a)'s shapes: the target's two, or also sizes typical of the models")
     coord_check.add_arguments(ap)
+    transfer_sweep.add_arguments(ap)
     args = ap.parse_args()
     torch.set_num_threads(1)
     if "a" in args.parts:
         part_a(args.repeats, args.chunk, args.sizes)
     if "b" in args.parts:
         coord_check.part_coord_check(args)
+    if "c" in args.parts:
+        transfer_sweep.part_transfer_sweep(args)
 
 
 if __name__ == "__main__":

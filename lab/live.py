@@ -336,10 +336,12 @@ def coord_check(run: Run, *, progress: bool | Progress = True, widths: tuple[int
 
 def mu_transfer(run: Run, *, progress: bool | Progress = True, widths: tuple[int, ...] = (32, 64, 128, 256),
                 lrs: tuple[float, ...] = tuple(2.0 ** np.arange(-12, -3)), steps: int = 60,
-                parametrizations: tuple[str, ...] = ("sp", "mup")) -> Iterator[dict[str, Any]]:
-    """μ-Transfer on the run's model family and optimizer: one short run per (parametrization, width, lr), the
-    loss against lr per width published as the runs finish (under μP the best lr stays put as width grows)."""
+                parametrizations: tuple[str, ...] = ("sp", "mup"), workers: int | None = None) -> Iterator[dict[str, Any]]:
+    """μ-Transfer on the run's model family and optimizer: one short run per (parametrization, width, lr) on
+    `workers` processes (default: the CPUs this process may use; `trainlab.pool`), the loss against lr per width
+    published as the runs finish, every `len(lrs)` of them (under μP the best lr stays put as width grows)."""
     from .analysis.transfer import best_lr, configurations, run_config
+    from .pool import imap
 
     if run.model_spec is None or run.data.spec is None:
         raise ValueError("μ-Transfer trains the model afresh at several widths: it needs a registered model and data")
@@ -351,15 +353,54 @@ def mu_transfer(run: Run, *, progress: bool | Progress = True, widths: tuple[int
                                             if k not in ("width", "parametrization", "base_width")},
                              hparams=run.optimizer_settings())
     p = as_progress(progress, len(configs), "μ-Transfer: one run per width and lr")
-    rows = []
-    for i, config in enumerate(configs):
-        if p.cancelled:
-            return
-        rows.append(run_config(config))
+    rows: dict[int, dict] = {}
+    for i, row in imap(run_config, configs, workers=workers, progress=p):
+        rows[i] = row
         p.update()
-        if (i + 1) % len(lrs) == 0:  # a whole curve: draw it
-            frame = pd.DataFrame(rows)
+        if len(rows) % len(lrs) == 0 or len(rows) == len(configs):
+            frame = pd.DataFrame([rows[k] for k in sorted(rows)])
             yield {MU_TRANSFER: {"rows": {c: frame[c].to_numpy() for c in ("parametrization", "width", "lr",
                                                                             "mean_train_loss", "loss")},
                                  "best": best_lr(frame, metric="mean_train_loss").to_dict("list"),
                                  "done": len(rows), "total": len(configs)}}
+
+
+SHARPNESS_CURVES = "sharpness_curves"
+
+
+def super_consistency(run: Run, *, progress: bool | Progress = True, widths: tuple[int, ...] = (32, 128, 512),
+                      steps: int = 100, parametrizations: tuple[str, ...] = ("mup", "sp"), every: int | None = None,
+                      max_examples: int = 512, workers: int | None = None) -> Iterator[dict[str, Any]]:
+    """Super consistency (Noci et al. 2024) on the run's model family, data, SGD-like optimizer and lr: one run per
+    (parametrization, width) measuring the sharpness every `every` steps (default: 25 measurements), on `workers`
+    processes; the curves (`transfer.sharpness_run`: lr-scaled under μP) and each parametrization's late-time spread
+    across widths, published as the runs finish. Under μP the curves coincide; under SP they part."""
+    from .analysis.transfer import configurations, sharpness_run, sharpness_spread
+    from .parametrizations import SGD_LIKE
+    from .pool import imap
+
+    if run.model_spec is None or run.data.spec is None:
+        raise ValueError("Super consistency trains the model afresh at several widths: it needs a registered model "
+                         "and data")
+    if run.optimizer not in SGD_LIKE:
+        raise ValueError(f"Super consistency compares the sharpness an SGD step sees against 2/lr; the run's optimizer "
+                         f"is {run.optimizer!r}: use an SGD-like one ({', '.join(sorted(SGD_LIKE))})")
+    name, options = run.model_spec
+    _width_key(options)
+    every = max(1, steps // 25) if every is None else int(every)
+    measure = {"measure": {"Sharpness": {"every": every, "max_examples": int(max_examples)}}}
+    configs = configurations(name, widths, [run.lr], parametrizations, base_width=min(widths), seeds=(run.seed,),
+                             data=run.data.spec, optimizer=run.optimizer, steps=steps, batch_size=run.batch_size,
+                             model_options={k: v for k, v in options.items()
+                                            if k not in ("width", "parametrization", "base_width")},
+                             hparams={**run.optimizer_settings(), **measure})
+    p = as_progress(progress, len(configs), "Super consistency: one run per width, measuring the sharpness")
+    frames: dict[int, pd.DataFrame] = {}
+    for i, frame in imap(sharpness_run, configs, workers=workers, progress=p):
+        frames[i] = frame
+        p.update()
+        curves = pd.concat([frames[k] for k in sorted(frames)], ignore_index=True)
+        yield {SHARPNESS_CURVES: {"curves": {c: curves[c].to_numpy() for c in ("parametrization", "width", "step",
+                                                                                "sharpness", "threshold")},
+                                  "spread": sharpness_spread(curves).to_dict(), "done": len(frames),
+                                  "total": len(configs)}}

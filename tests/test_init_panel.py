@@ -64,3 +64,31 @@ def test_jobs_refuse_a_model_they_cannot_rebuild():
         assert panel.mu_transfer() is None and panel.fluctuations() is None
     finally:
         panel.close()
+
+
+@pytest.mark.slow
+def test_super_consistency_draws_a_line_per_width_and_refuses_adam():
+    run = trainlab.Run(model=("mlp", {"width": 32, "depth": 1}), data="moons", device="cpu", optimizer="sgd", lr=0.5,
+                       batch_size=4096)
+    panel = InitPanel(run, steps=20)
+    try:
+        finish(panel.super_consistency())
+        panel.feed.tick()
+        for par in ("mup", "sp"):
+            data = panel.sharpness_sources[par].data
+            assert data["label"] == ["width 32", "width 128", "width 512", "stability threshold"]
+            assert len(data["xs"][0]) == 40 and np.all(np.asarray(data["ys"][0]) > 0)  # 2 x 20 steps, every step
+            np.testing.assert_allclose(data["ys"][-1], 2 / 0.5)  # 2/lr for plain SGD
+        # μP and SP agree at the base width (μP is SP there)
+        np.testing.assert_allclose(panel.sharpness_sources["mup"].data["ys"][0],
+                                   panel.sharpness_sources["sp"].data["ys"][0], rtol=1e-6)
+    finally:
+        panel.close()
+    adam = trainlab.Run(model=("mlp", {"width": 32, "depth": 1}), data="moons", device="cpu", optimizer="adam")
+    panel = InitPanel(adam)
+    try:
+        job = panel.super_consistency()
+        wait_until(lambda: job.done, 60, "the job to end", every=0.05)
+        assert "SGD-like" in str(job.error)
+    finally:
+        panel.close()

@@ -68,6 +68,34 @@ def _transfer(snap: dict, parametrization: str) -> dict:
     return out
 
 
+def _sharpness(snap: dict, parametrization: str) -> dict:
+    """Sharpness against step, a line per width, for one parametrization, and the stability threshold."""
+    c = snap["curves"]
+    par, width = np.asarray(c["parametrization"]), np.asarray(c["width"])
+    out = {"xs": [], "ys": [], "label": [], "color": [], "dash": []}
+    widths = sorted({int(w) for w, p in zip(width, par) if p == parametrization})
+    for i, w in enumerate(widths):
+        sel = (par == parametrization) & (width == w)
+        out["xs"].append(np.asarray(c["step"], float)[sel])
+        out["ys"].append(np.asarray(c["sharpness"], float)[sel])
+        out["label"].append(f"width {w}")
+        out["color"].append(Category10_10[i % 10])
+        out["dash"].append("solid")
+    if widths:
+        sel = par == parametrization
+        out["xs"].append(np.asarray(c["step"], float)[sel])
+        out["ys"].append(np.asarray(c["threshold"], float)[sel])
+        out["label"].append("stability threshold")
+        out["color"].append("black")
+        out["dash"].append("dashed")
+    return out
+
+
+def _empty_sharpness(parametrization: str):
+    empty = {"xs": [], "ys": [], "label": [], "color": [], "dash": []}
+    return lambda snap: _sharpness(snap, parametrization) if snap else empty
+
+
 def _empty_transfer(parametrization: str):
     return lambda snap: _transfer(snap, parametrization) if snap else {"xs": [], "ys": [], "label": [], "color": []}
 
@@ -83,8 +111,10 @@ class InitPanel(LabPanel):
       init, Gaussian against orthogonal weights (Gaussian's grows with depth, orthogonal's stays flat).
     - "Coordinate check": the model at widths 64 … 2048, a few steps each under SP and μP: each layer's mean
       |output| against width (μP's lines are flat; SP's later layers grow with width).
-    - "μ-Transfer": one short run per width and lr under SP and μP: the loss against lr per width, as the runs
-      finish. Under μP the best lr stays where it is as the model widens; under SP it moves.
+    - "μ-Transfer": one short run per width and lr under SP and μP, on worker processes over the machine's cores
+      (`trainlab.pool`; Cancel drops the queued runs): the loss against lr per width, as the runs finish.
+    - "Super consistency": the sharpness along training at widths 32, 128, 512 under μP and SP, at the run's
+      (SGD-like) optimizer and lr (Noci et al. 2024): μP's lines coincide, at a large enough lr all at 2/lr. Under μP the best lr stays where it is as the model widens; under SP it moves.
     The model's `init` and `parametrization` (with `base_width` for μP) are options of the model: the
     dashboard's model options, or `Run(model=("mlp", {"init": "lsuv", "parametrization": "mup", ...}))`.
     """
@@ -102,21 +132,24 @@ class InitPanel(LabPanel):
         slots = []
         for kind, label, fn in (("fluctuations", "Fluctuations vs depth", self.fluctuations),
                                 ("coord", "Coordinate check", self.coord_check),
-                                ("transfer", "μ-Transfer", self.mu_transfer)):
+                                ("transfer", "μ-Transfer", self.mu_transfer),
+                                ("sharpness", "Super consistency", self.super_consistency)):
             button = pn.widgets.Button(label=label, width=160)
             button.on_click(lambda e, fn=fn: fn())
             self.buttons[kind] = button
             slots.append(self.job_slot(kind, label, [button]))
         self.controls = {n: self.control(n) for n in ("every", "steps")}
         figs = [self._signal_figure(), self._grad_figure(), self._fluct_figure(), self._coord_figure(),
-                *self._transfer_figures()]
+                *self._transfer_figures(), *self._sharpness_figures()]
         self._layout = self.layout(
             [pn.pane.Markdown("### Initialization & μP\nLive, every k steps:"), self.toggle,
              self.controls["every"].widget,
              pn.pane.Markdown("At initialization, across seeds, Gaussian against orthogonal weights:"),
              slots[0].panel(),
              pn.pane.Markdown("Across widths (64 … 2048), under SP and μP, with the run's optimizer and lr:"),
-             slots[1].panel(), self.controls["steps"].widget, slots[2].panel()], figs)
+             slots[1].panel(), self.controls["steps"].widget, slots[2].panel(),
+             pn.pane.Markdown("The sharpness along training at widths 32, 128, 512 (SGD-like optimizers; 2x the steps):"),
+             slots[3].panel()], figs)
         self.toggle.value = True  # cheap: one forward and backward of a fixed batch every k steps
         self._ready()
 
@@ -171,6 +204,18 @@ class InitPanel(LabPanel):
             figs.append(self.hint(fig, src, "press μ-Transfer"))
         return figs
 
+    def _sharpness_figures(self):
+        figs, self.sharpness_sources = [], {}
+        for par, title in (("mup", "μP: sharpness by width"), ("sp", "SP: sharpness by width")):
+            src = self.feed.snapshot(live.SHARPNESS_CURVES, _empty_sharpness(par), None)
+            self.sharpness_sources[par] = src
+            fig = plots.figure(title, "step", "λ_max (lr-scaled under μP)")
+            fig.multi_line("xs", "ys", source=src, color="color", line_dash="dash", legend_field="label",
+                           line_width=1.8)
+            plots.legend(fig, "bottom_right")
+            figs.append(self.hint(fig, src, "press Super consistency"))
+        return figs
+
     # ---- actions ---------------------------------------------------------------------------
     def _toggle(self, event) -> None:
         if event.new:
@@ -200,6 +245,11 @@ class InitPanel(LabPanel):
         if not self._needs("parametrization", "μ-Transfer"):
             return None
         return self.run_job(live.mu_transfer, "transfer", steps=self.steps)
+
+    def super_consistency(self):
+        if not self._needs("parametrization", "Super consistency"):
+            return None
+        return self.run_job(live.super_consistency, "sharpness", steps=2 * self.steps)
 
     def __panel__(self):
         return self._layout

@@ -485,9 +485,11 @@ def stability_threshold(opt: torch.optim.Optimizer) -> tuple[float, str]:
     to (2+2β)/η, Nesterov to (2+2β)/(η(1+2β)) (Cohen et al. 2021, appendix). Adam's bound
     (2+2β1)/(η(1-β1)), 38/η for β1 = 0.9, is on the preconditioned sharpness λ_max(P⁻¹H)
     (Cohen et al. 2022, "Adaptive gradient methods at the edge of stability").
+    The lr is the run's: a group's lr over its multiplier `lr_mult` (μP's per-layer lrs, which the
+    curvature measured against it then carries).
     """
     g = opt.param_groups[0]
-    lr = float(g["lr"])
+    lr = float(g["lr"]) / float(g.get("lr_mult", 1.0))
     if "betas" in g:
         b1 = float(g["betas"][0])
         return (2 + 2 * b1) / (lr * (1 - b1)), "preconditioned"

@@ -96,3 +96,48 @@ def depth_sweep(depths: Iterable[int] = (2, 4, 8, 16), lrs: Iterable[float] = ()
     configs = grid(base, {"model.branch": list(branches), "model.depth": [int(d) for d in depths],
                           "lr": [float(lr) for lr in lrs], "seed": [int(s) for s in seeds]})
     return pd.DataFrame(list(map(run_config, configs)))
+
+
+def sharpness_run(config: dict[str, Any]) -> pd.DataFrame:
+    """Train one configuration that measures `Sharpness` and return its curve: one row per measurement with the
+    model options it was swept over, `step`, `sharpness` (the lr-scaled λ_max(M^1/2 H M^1/2) when its groups carry
+    per-layer lr multipliers M, μP's: the curvature the step sees; else λ_max(H)) and `threshold` (2/lr for SGD)."""
+    from ..experiment import train
+
+    name, options = config["model"]
+    out = train({"device": "cpu", "threads": 1, **config})
+    h = out["history"].dropna(subset=["sharpness"])
+    value = h["scaled_sharpness"] if "scaled_sharpness" in h else h["sharpness"]
+    tags = {k: options[k] for k in _TAGS if k in options}
+    return pd.DataFrame({**tags, "lr": float(config["lr"]), "seed": int(config["seed"]), "step": h["step"].to_numpy(),
+                         "sharpness": value.to_numpy(float), "threshold": h["sharpness_threshold"].to_numpy(float),
+                         "status": out["status"]})
+
+
+def sharpness_curves(model: str = "mlp", widths: Iterable[int] = (64, 256, 1024), lr: float = 1.0,
+                     parametrizations: Iterable[str] = ("mup", "sp"), base_width: int = 64, seeds: Iterable[int] = (0,),
+                     data: Any = ("spirals", {"n": 512}), optimizer: str = "sgd", steps: int = 200,
+                     batch_size: int = 4096, every: int = 10, max_examples: int = 4096,
+                     model_options: dict | None = None, map: Callable = map) -> pd.DataFrame:
+    """Super consistency (Noci et al. 2024): the sharpness along training at each width, under each parametrization,
+    all at one lr: one row per (parametrization, width, seed, measurement). Under μP the curves coincide across
+    widths (at a large enough lr all sit at the edge of stability 2/lr); under SP they do not. Full-batch by default
+    (a batch larger than the data set), so that the sharpness measured is that of the objective being trained;
+    the default model is a one-hidden-layer MLP (`model_options={"depth": 1}`), whose cost grows only linearly
+    with its width."""
+    options = {"depth": 1} if model_options is None else model_options
+    configs = configurations(model, widths, [lr], parametrizations, base_width, seeds, data, optimizer, steps,
+                             batch_size, options,
+                             {"measure": {"Sharpness": {"every": int(every), "max_examples": int(max_examples)}}})
+    return pd.concat(list(map(sharpness_run, configs)), ignore_index=True)
+
+
+def sharpness_spread(curves: pd.DataFrame, late: float = 0.5) -> pd.Series:
+    """Per parametrization, how far the widths' curves lie apart late in training: each width's sharpness averaged
+    over the last `late` fraction of its measurements (and over seeds), then (max - min) / min across widths."""
+    if not 0 < late <= 1:
+        raise ValueError(f"late={late!r} rejected: the fraction of the measurements to average, in (0, 1]")
+    last = curves["step"].max()
+    tail = curves[curves["step"] > last * (1 - late)]
+    means = tail.groupby(["parametrization", "width"])["sharpness"].mean()
+    return means.groupby(level=0).agg(lambda m: (m.max() - m.min()) / m.min())

@@ -24,7 +24,11 @@ class Sharpness(Probe):
     - `sharpness`: λ_max(H), within `tol` relative (the solve stops once ||Hx - θx|| <= tol·θ);
     - `sharpness_threshold`: the optimizer's stability threshold (2/lr for plain GD; (2+2β)/lr with
       momentum β; 38/lr for Adam with β1 = 0.9, which bounds the preconditioned sharpness);
-    - `preconditioned_sharpness` (adaptive optimizers): λ_max(P⁻¹H) = λ_max(P^-1/2 H P^-1/2);
+    - `preconditioned_sharpness` (adaptive optimizers): λ_max(P⁻¹H) = λ_max(P^-1/2 H P^-1/2), with the
+      per-layer lr multipliers M (μP's) folded in: λ_max(M P⁻¹ H);
+    - `scaled_sharpness` (plain steps whose param groups carry lr multipliers M ≠ 1, μP's): λ_max(M^1/2 H M^1/2),
+      the curvature the step η·M·g sees, against the same threshold (raw λ_max(H) is not: under μP with SGD
+      the input and read-out layers step M = width/base_width times faster);
     - `sharpness_hvps`: Hessian-vector products this measurement cost.
     Each solve is block Lanczos from the previous solve's top `block` (>= 2) Ritz vectors, stopped
     once ||Hx - θx|| <= tol·θ for the top pair. At the edge of stability the top eigenvalues come
@@ -47,11 +51,11 @@ class Sharpness(Probe):
                              f"eigenvector when the top two cross), got {block!r}")
         self.tol, self.block, self.max_examples, self.max_hvps = tol, block, int(max_examples), int(max_hvps)
         self._batch = None
-        self._vectors: dict[str, torch.Tensor | None] = {"hessian": None, "preconditioned": None}
+        self._vectors: dict[str, torch.Tensor | None] = {"hessian": None, "preconditioned": None, "scaled": None}
         self._gen = torch.Generator().manual_seed(0)
 
     def _top(self, op: HessianOperator, key: str) -> float:
-        values, vectors, _ = lanczos(op, 1, self.tol, self.block, self.max_hvps, self._vectors[key], self._gen,
+        values, vectors, _ = lanczos(op, 1, self.tol, self.block, self.max_hvps, self._vectors.get(key), self._gen,
                                      Progress(), keep=self.block)
         self._vectors[key] = vectors.clone()
         return float(values[0])
@@ -64,8 +68,11 @@ class Sharpness(Probe):
         self._vectors = {k: None if v is None else v.to(run.device) for k, v in state["vectors"].items()}
 
     def columns(self, run: Run) -> Columns:
-        return Columns({"sharpness": "sharpness", "sharpness_threshold": "threshold",
-                        "preconditioned_sharpness": "preconditioned", "sharpness_hvps": "hvps"})
+        names = {"sharpness": "sharpness", "sharpness_threshold": "threshold",
+                 "preconditioned_sharpness": "preconditioned", "sharpness_hvps": "hvps"}
+        if lr_multipliers(run) is not None:
+            names["scaled_sharpness"] = "scaled"
+        return Columns(names)
 
     def measure(self, run: Run) -> dict[str, float]:
         if self._batch is None:
@@ -75,14 +82,29 @@ class Sharpness(Probe):
         hvps = op.hvps
         threshold, kind = stability_threshold(run.torch_optimizer)
         out["sharpness_threshold"] = threshold
+        M = lr_multipliers(run)
         if kind == "preconditioned":
             P = preconditioner(run.torch_optimizer, [p for _, p in trainable(run.model, "a Hessian")])
             if P is not None:
-                pop = HessianOperator(run.model, run.loss_fn, self._batch, scale=P.rsqrt())
+                scale = P.rsqrt() if M is None else (M.to(P) / P).sqrt()
+                pop = HessianOperator(run.model, run.loss_fn, self._batch, scale=scale)
                 out["preconditioned_sharpness"] = self._top(pop, "preconditioned")
                 hvps += pop.hvps
+        elif M is not None:
+            sop = HessianOperator(run.model, run.loss_fn, self._batch, scale=M.sqrt())
+            out["scaled_sharpness"] = self._top(sop, "scaled")
+            hvps += sop.hvps
         out["sharpness_hvps"] = hvps
         return out
+
+
+def lr_multipliers(run: Run) -> torch.Tensor | None:
+    """The flat vector of each trainable parameter's lr multiplier (its param group's `lr_mult`, μP's per-layer
+    lrs), in `trainable`'s order, or None when every one is 1."""
+    mult = {id(p): float(g.get("lr_mult", 1.0)) for g in run.torch_optimizer.param_groups for p in g["params"]}
+    if all(m == 1.0 for m in mult.values()):
+        return None
+    return torch.cat([torch.full((p.numel(),), mult.get(id(p), 1.0), dtype=p.dtype, device=p.device) for _, p in trainable(run.model, "a Hessian")])
 
 
 class GroupLoss(Probe):
