@@ -145,17 +145,18 @@ class Writer:
 
 
 class Recorder:
-    """Follows a run's history and `run.set` changes into a live folder, flushing every FLUSH_EVERY seconds."""
+    """Follows a run's history and `run.set` changes into a live folder, flushing every FLUSH_EVERY seconds,
+    and writes its periodic checkpoints (`points`, a `trainlab.store.points.Points`) as they are copied."""
 
-    def __init__(self, run, folder: Path, base: list[dict] | None = None):
+    def __init__(self, run, folder: Path, base: list[dict] | None = None, points=None):
         """`base`: the rows the record starts with (None: the run's history as it is now)."""
-        self.run, self.folder = run, folder
+        self.run, self.folder, self.points = run, folder, points
         self.writer = Writer(folder)
         self._queue: deque = deque()
         self._lock = threading.Lock()  # one flush at a time (the thread's, a save's)
         self._changes = 0
         self._events = open(folder / "events.jsonl", "a")
-        self._stop = threading.Event()
+        self._stop, self._wake = threading.Event(), threading.Event()
         held = run.history.listen(self._queue.append)
         if base is not None:  # the stored rows up to where the run is, then any it logged since they were read
             now = held[-1]["step"] if held else 0
@@ -164,11 +165,18 @@ class Recorder:
             held = base + [r for r in held if r["step"] > last]
         self.writer.write(held)
         self._heartbeat = time.monotonic()
+        if points is not None:
+            points.wake = self._wake
+            run.listen_steps(points.after_step)
         self._thread = threading.Thread(target=self._loop, name="trainlab-store", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
-        while not self._stop.wait(FLUSH_EVERY):
+        while not self._stop.is_set():
+            self._wake.wait(FLUSH_EVERY)  # woken early by a checkpoint copied: its memory is freed sooner
+            self._wake.clear()
+            if self._stop.is_set():
+                break
             try:
                 self.flush()
             except Exception:  # a full disk: the run trains on; the next flush tries again
@@ -183,6 +191,8 @@ class Recorder:
                 row = self._queue.popleft()
                 if row is None:  # cleared (reset) or replaced: the record starts over
                     rows = []
+                    if self.points is not None:
+                        self.points.restart(self.run.history.generation)
                     self.writer.reset()
                     self._events.truncate(0)
                     self._events.seek(0)
@@ -196,6 +206,8 @@ class Recorder:
                     self._events.write(json.dumps(pack(c, None, "change")) + "\n")
                 self._changes = len(changes)
                 self._events.flush()
+            if self.points is not None:  # after the rows: the record covers a point's step before it shows
+                self.points.write_pending(self.run.history.generation)
             if rows or time.monotonic() - self._heartbeat > 5:  # a sign of life for other machines
                 os.utime(self.folder)
                 self._heartbeat = time.monotonic()
@@ -203,11 +215,14 @@ class Recorder:
     def detach(self) -> None:
         """Stop following the run (rows from now on are not recorded); the queue still holds the rest."""
         self.run.history.unlisten(self._queue.append)
+        if self.points is not None:
+            self.run.unlisten_steps(self.points.after_step)
 
     def close(self) -> None:
         if self._stop.is_set():
             return
         self._stop.set()
+        self._wake.set()
         self._thread.join()
         self.detach()
         self.flush()
