@@ -30,7 +30,9 @@ from .files import alive, fsync_folder
 
 POINT = re.compile(r"step-(\d{1,12})")
 TEMP = re.compile(r"\.(?:step|gone)-\d+\.(\d+)\.[0-9a-f]*\.?tmp")
-PENDING = 3  # copies waiting for the writer at most: past that a due point is skipped (memory stays bounded)
+# copies waiting for the writer at most (bytes; one always may): past that a due point is skipped and counted,
+# so memory stays bounded when the disk is slower than training
+PENDING_BYTES = 256e6
 _EMPTY = pa.table({})
 
 
@@ -131,9 +133,10 @@ class Points:
 
     def __init__(self, run, folder: Path, policy: Policy):
         self.folder, self.policy = folder, policy
-        self.pending: deque = deque()  # (history generation, checkpoint copy)
+        self.pending: deque = deque()  # (history generation, checkpoint copy, its bytes)
         self.skipped = 0  # due points not taken because the writer was behind
         self.written = 0
+        self._size = 0  # bytes of the last copy
         self._last = time.monotonic()
         self._generation = run.history.generation  # the timeline the points on disk belong to
         self.wake = None  # set by the recorder: an Event to wake its thread
@@ -145,12 +148,14 @@ class Points:
         if not ((p.every is not None and step % p.every == 0) or (p.seconds is not None and now - self._last >= p.seconds)):
             return
         self._last = now
-        if len(self.pending) >= PENDING:
+        held = sum(n for _, _, n in list(self.pending))
+        if held and held + self._size > PENDING_BYTES:
             self.skipped += 1
             return
         ckpt = run.checkpoint(history=False)  # re-entrant: this thread holds the run's step lock
         ckpt["elapsed"] = row["time"]  # `elapsed` counts a step(n) call's steps only once it returns
-        self.pending.append((run.history.generation, ckpt))
+        self._size = _nbytes(ckpt)
+        self.pending.append((run.history.generation, ckpt, self._size))
         if self.wake is not None:
             self.wake.set()
 
@@ -162,7 +167,7 @@ class Points:
     def write_pending(self, generation: int) -> None:
         """On the recorder thread: the copies waiting, written (those of a replaced timeline dropped)."""
         while self.pending:
-            gen, ckpt = self.pending.popleft()
+            gen, ckpt, _ = self.pending.popleft()
             if gen != generation:
                 continue
             if gen != self._generation:
@@ -170,3 +175,14 @@ class Points:
             write(self.folder, ckpt)
             self.written += 1
             thin(self.folder, self.policy.keep)
+
+
+def _nbytes(obj) -> int:
+    """The bytes of the tensors in a checkpoint's tree."""
+    if hasattr(obj, "element_size"):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
