@@ -183,34 +183,41 @@ class Recorder:
                 pass
 
     def flush(self) -> None:
-        from .format import pack
-
         with self._lock:
-            rows = []
-            while self._queue:
-                row = self._queue.popleft()
-                if row is None:  # cleared (reset) or replaced: the record starts over
-                    rows = []
-                    if self.points is not None:
-                        self.points.restart(self.run.history.generation)
-                    self.writer.reset()
-                    self._events.truncate(0)
-                    self._events.seek(0)
-                    self._changes = 0
-                else:
-                    rows.append(row)
-            self.writer.write(rows)
-            changes = self.run.changes
-            if len(changes) > self._changes:
-                for c in changes[self._changes:]:
-                    self._events.write(json.dumps(pack(c, None, "change")) + "\n")
-                self._changes = len(changes)
-                self._events.flush()
-            if self.points is not None:  # after the rows: the record covers a point's step before it shows
-                self.points.write_pending(self.run.history.generation)
-            if rows or time.monotonic() - self._heartbeat > 5:  # a sign of life for other machines
+            wrote = self._write_rows()
+            # each checkpoint after the rows logged before it (the record covers its step before it shows), and
+            # the rows logged while it was written right after it: writing checkpoints never holds the record back
+            while self.points is not None and self.points.write_next(self.run.history.generation):
+                wrote = self._write_rows() or wrote
+            if wrote or time.monotonic() - self._heartbeat > 5:  # a sign of life for other machines
                 os.utime(self.folder)
                 self._heartbeat = time.monotonic()
+
+    def _write_rows(self) -> bool:
+        """The rows and changes queued, written; whether there were rows."""
+        from .format import pack
+
+        rows = []
+        while self._queue:
+            row = self._queue.popleft()
+            if row is None:  # cleared (reset) or replaced: the record starts over
+                rows = []
+                if self.points is not None:
+                    self.points.restart(self.run.history.generation)
+                self.writer.reset()
+                self._events.truncate(0)
+                self._events.seek(0)
+                self._changes = 0
+            else:
+                rows.append(row)
+        self.writer.write(rows)
+        changes = self.run.changes
+        if len(changes) > self._changes:
+            for c in changes[self._changes:]:
+                self._events.write(json.dumps(pack(c, None, "change")) + "\n")
+            self._changes = len(changes)
+            self._events.flush()
+        return bool(rows)
 
     def detach(self) -> None:
         """Stop following the run (rows from now on are not recorded); the queue still holds the rest."""

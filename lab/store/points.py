@@ -164,18 +164,20 @@ class Points:
         drop(self.folder)
         self._generation = generation
 
-    def write_pending(self, generation: int) -> None:
-        """On the recorder thread: the copies waiting, written (those of a replaced timeline dropped)."""
-        while self.pending:
-            gen, ckpt, _ = self.pending.popleft()
-            if gen != generation:
-                continue
-            if gen != self._generation:
-                self.restart(gen)
-            write(self.folder, ckpt)
-            self.written += 1
-            thin(self.folder, self.policy.keep)
-
+    def write_next(self, generation: int) -> bool:
+        """On the recorder thread: the oldest copy waiting written (one of a replaced timeline dropped);
+        whether there was one."""
+        if not self.pending:
+            return False
+        gen, ckpt, _ = self.pending.popleft()
+        if gen != generation:
+            return True
+        if gen != self._generation:
+            self.restart(gen)
+        write(self.folder, ckpt)
+        self.written += 1
+        thin(self.folder, self.policy.keep)
+        return True
 
 def _nbytes(obj) -> int:
     """The bytes of the tensors in a checkpoint's tree."""
