@@ -292,6 +292,10 @@ class Store:
         shutil.rmtree(self.path(t.name) / "live", ignore_errors=True)
         return t.name
 
+    def recording(self, run) -> str | None:
+        """The name `run` is recorded live under in this store (by this process), or None."""
+        return next((k[1] for k, t in list(_tracked.items()) if t.run is run and k[0] == self.root), None)
+
     def _tracked_here(self, name: str) -> Tracked | None:
         return _tracked.get((self.root, name))
 
