@@ -111,8 +111,9 @@ def test_fork_at_a_past_step_from_the_dashboard_continues_live_beside_its_parent
         assert store.recording(forked) == "base.fork-40"
         forked.step(30)
         assert forked.history.frame().step.tolist() == list(range(1, 71))
-        panel = dashboard.open_lab("Runs")  # the tab, rebuilt for the fork: its curve marks where it left
-        panel.choose.value = ["base", "base.fork-40"]
+        assert "the fork of base at step 40" in dashboard.notice
+        panel = dashboard.open_lab("Runs")  # the tab, rebuilt for the fork, draws it beside its parent
+        assert panel.selected == ["base", "base.fork-40"] and panel.pick.value == "base.fork-40"
         assert panel.fork_source.data["run"] == ["base.fork-40"] and list(panel.fork_source.data["step"]) == [40]
         assert panel.fork_source.data["parent"] == ["base"]
         assert panel.fork("base", "lr=0.01", 99) is None and "step=99 rejected" in panel.error

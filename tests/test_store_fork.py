@@ -168,3 +168,8 @@ def test_the_lineage_is_saved_listed_and_compared(store):
     assert {"run": "child", "step": 41, "change": "forked from parent at step 40"} in ch.to_dict("records")
     grandchild = store.fork("child", step=60, device="cpu")
     assert grandchild.parent["run"] == "child" and grandchild.history.frame().step.tolist() == list(range(1, 61))
+    # before it forked, a fork's states are its parent's: forked again there, from the parent's checkpoint
+    assert store.checkpoints("child") == [0, 20, 40, 60]
+    early = store.fork("child", step=30, device="cpu")
+    assert early.steps == 20 and early.parent == {"run": "child", "step": 20, "asked": 30} and early.lr == 0.1
+    np.testing.assert_array_equal(early.history.frame().train_loss, run.history.frame().train_loss[:20])

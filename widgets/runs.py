@@ -107,7 +107,7 @@ class RunsPanel(LabPanel):
         self.param.watch(lambda e: self._draw(), ["selected", "metric"])
         self._layout = self.layout(
             [pn.pane.Markdown(f"### Runs\nStored in `{plain(self.store.root)}`."), self.name_input,
-             self.every_control, self.save_button,
+             self.every_control.widget, self.save_button,
              pn.layout.Divider(), self.choose, self.metric_choice, self.refresh_button, pn.layout.Divider(),
              self.pick, self.fork_step, self.fork_steps, self.fork_input, pn.Row(self.reopen_button, self.fork_button),
              self.note,
@@ -116,6 +116,11 @@ class RunsPanel(LabPanel):
             below=[pn.pane.Markdown("#### Settings that differ (as each run ended)"), self.diff,
                    pn.pane.Markdown("#### What changed mid-run, and when"), self.changes])
         self.refresh()
+        recorded = self.store.recording(run)
+        if recorded is not None:  # a run recorded here (a fork the dashboard now shows): drawn beside its parent
+            parent = (run.parent or {}).get("run")
+            self.choose.value = [n for n in (parent, recorded) if n in self.choose.options]
+            self.pick.value = recorded
         self._ready()
 
     # ---- the store ---------------------------------------------------------------------------
@@ -123,6 +128,8 @@ class RunsPanel(LabPanel):
         names = self.store.names()
         self.choose.options, self.pick.options = names, names
         self.choose.value = [n for n in self.choose.value if n in names]
+        if self.pick.value not in names:  # a Select left at None shows nothing, though Fork would need a run
+            self.pick.value = names[0] if names else None
         self._offer_steps()
         self._draw()
 

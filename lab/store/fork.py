@@ -51,7 +51,8 @@ def fork(store, name: str, step: int | None, build: dict[str, Any], settings: di
     m = store._manifest(folder)
     table = store._table(folder, m)
     last = table["step"][-1].as_py() if table is not None and table.num_rows else (m or {}).get("step", 0) or 0
-    available = store.checkpoints(name)
+    sources = store._sources(name)
+    available = sorted(sources)
     if step is None:
         step = available[-1]
     else:
@@ -60,7 +61,9 @@ def fork(store, name: str, step: int | None, build: dict[str, Any], settings: di
         raise ValueError(f"step={step} rejected for fork of {name!r}: a step from 0 to {last} (the run has taken "
                          f"{last} steps; checkpoints at steps {_listed(available)})")
     at = max(s for s in available if s <= step)
-    ckpt = _checkpoint_at(store, name, folder, m, at)
+    source = sources[at]  # this run's, or its parent's before it forked
+    src = store._existing(source)
+    ckpt = _checkpoint_at(store, source, src, store._manifest(src), at)
     replayed = settings_at(ckpt["initial_settings"] or {}, ckpt["changes"])
     ckpt["settings"] = {k: replayed[k] for k in Run.SETTABLE if k in replayed}
     ckpt["optimizer_hparams"] = {k: v for k, v in replayed.items() if k not in Run.SETTABLE and k not in _EXTRA}

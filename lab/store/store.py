@@ -302,14 +302,34 @@ class Store:
     # ---- forking ------------------------------------------------------------------------------
     def checkpoints(self, name: str) -> list[int]:
         """The steps the run can be forked from: 0 (its seed and initial settings), its periodic checkpoints
-        (`track(run, every=...)`) and its last saved one."""
-        folder = self._existing(name)
-        tracked = self._tracked_here(name)
-        if tracked is not None and tracked.points is not None:
-            tracked.recorder.flush()  # the copies waiting, on disk first
-        m = self._manifest(folder)
-        last = [m["step"]] if self._checkpoint_dir(folder, m) is not None and isinstance(m.get("step"), int) else []
-        return sorted({0, *points.steps(folder / "points"), *last})
+        (`track(run, every=...)`), its last saved one, and for a fork its parent's up to where it forked."""
+        return sorted(self._sources(name))
+
+    def _sources(self, name: str) -> dict[int, str]:
+        """Step -> the run (this one, or an ancestor it was forked from) whose checkpoint holds that state."""
+        out: dict[int, str] = {}
+        first, upto, seen = name, None, set()
+        while name is not None and name not in seen and len(seen) < 100:
+            seen.add(name)
+            folder = self._existing(name)
+            tracked = self._tracked_here(name)
+            if tracked is not None and tracked.points is not None:
+                tracked.recorder.flush()  # the copies waiting, on disk first
+            m = self._manifest(folder)
+            steps = points.steps(folder / "points")
+            if self._checkpoint_dir(folder, m) is not None and isinstance(m.get("step"), int):
+                steps.append(m["step"])
+            for step in steps:
+                if upto is None or step <= upto:
+                    out.setdefault(step, name)
+            parent = ((m or {}).get("summary") or {}).get("settings", {}).get("parent")
+            name = None
+            if isinstance(parent, str) and "@" in parent:
+                of, _, at = parent.rpartition("@")
+                if at.isdigit() and of in self.names():
+                    name, upto = of, int(at) if upto is None else min(upto, int(at))
+        out.setdefault(0, first)
+        return out
 
     def fork(self, name: str, step: int | None = None, **settings) -> Any:
         """A new Run from the stored run `name` as it was at `step` (its latest checkpoint when None), with
