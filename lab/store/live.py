@@ -172,6 +172,11 @@ class Recorder:
         self._thread.start()
 
     def _loop(self) -> None:
+        import torch
+
+        # this thread's own setting: encoding a checkpoint's tensors here must not start a team of intra-op
+        # threads that spin beside the training thread on a small machine
+        torch.set_num_threads(1)
         while not self._stop.is_set():
             self._wake.wait(FLUSH_EVERY)  # woken early by a checkpoint copied: its memory is freed sooner
             self._wake.clear()
