@@ -881,6 +881,7 @@ class Run(param.Parameterized):
             while True:
                 if self._dirty:
                     self._apply_settings()
+                    self._restore_point()  # as a step would: the place to come back to before new settings
                 with self._settings_lock:
                     if not self._dirty:
                         ckpt = checkpoint.state(self, history)

@@ -70,7 +70,7 @@ def fork(store, name: str, step: int | None, build: dict[str, Any], settings: di
     ckpt["schedule"], ckpt["pruning"] = replayed.get("schedule", "constant"), replayed.get("pruning")
     if table is not None and "step" in table.column_names:
         table = table.filter(pc.less_equal(table["step"], at))
-        ckpt["history"] = fmt.table_columns(table.drop_columns(["run"]) if "run" in table.column_names else table)
+        ckpt["history"] = fmt.table_columns(table)
     else:
         ckpt["history"] = {}
     ckpt["parent"] = {"run": name, "step": at, "asked": step}
