@@ -173,3 +173,14 @@ def test_the_lineage_is_saved_listed_and_compared(store):
     early = store.fork("child", step=30, device="cpu")
     assert early.steps == 20 and early.parent == {"run": "child", "step": 20, "asked": 30} and early.lr == 0.1
     np.testing.assert_array_equal(early.history.frame().train_loss, run.history.frame().train_loss[:20])
+
+
+def test_checkpoints_by_time_are_bounded_too(store):
+    run = small_run(probes=[])
+    with store.track(run, "timed", seconds=1e-6, keep=4) as t:  # every step is due: the writer falls behind
+        run.step(60)
+    found = points.steps(store.path("timed") / "points")
+    assert t.points.written + t.points.skipped == 60 and 1 <= len(found) <= 4 and found[0] == 1
+    newest = store.fork("timed", step=found[-1], device="cpu")
+    assert newest.steps == found[-1] and newest.step(60 - found[-1]) == 60 - found[-1]
+    np.testing.assert_allclose(newest.history.frame().train_loss, run.history.frame().train_loss, rtol=1e-6)
