@@ -184,3 +184,18 @@ def test_checkpoints_by_time_are_bounded_too(store):
     newest = store.fork("timed", step=found[-1], device="cpu")
     assert newest.steps == found[-1] and newest.step(60 - found[-1]) == 60 - found[-1]
     np.testing.assert_allclose(newest.history.frame().train_loss, run.history.frame().train_loss, rtol=1e-6)
+
+
+def test_a_fork_replays_a_schedule_and_pruning_chosen_mid_run(store):
+    run = small_run(optimizer="adam", lr=0.01, probes=[], pruning=("magnitude", {"sparsity": 0.5, "schedule": (
+        "gradual", {"start": 2, "end": 60, "frequency": 5})}))
+    with store.track(run, "pruned", every=20):
+        run.step(25)
+        run.set(schedule=("cosine", {"total": 100}), sparsity=0.7)
+        run.step(35)
+    fork = store.fork("pruned", step=40, device="cpu", probes=[])
+    assert (fork.steps, fork.schedule, fork.schedule_start, fork.pruning) == (40, run.schedule, 25, run.pruning)
+    fork.step(20)
+    np.testing.assert_allclose(fork.history.frame().train_loss, run.history.frame().train_loss, rtol=1e-6)
+    for a, b in zip(run.model.state_dict().values(), fork.model.state_dict().values()):
+        torch.testing.assert_close(a, b)
