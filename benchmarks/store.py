@@ -10,7 +10,13 @@ and pandas pickles (a settings pickle and a history pickle per run). "List" buil
 (name, settings, last metrics); "history" the same tidy frame. Each measurement is repeated
 --repeats times, trainlab and the peers interleaved, and the median is printed with the ratios.
 
-    python benchmarks/store.py [--runs 100] [--steps 1000] [--repeats 3]
+Periodic checkpoints (`--part checkpoints`): the training step of the same digits MLP untracked, recorded
+live (`store.track`), and recorded with a checkpoint every --every steps; blocks of --block steps, the three
+interleaved (order alternating), --repeats blocks each; the median step time and the ratios are printed, with
+the training thread's share of a checkpoint (the copy `Run.checkpoint(history=False)` taken between steps).
+
+    python benchmarks/store.py [--part all|list|checkpoints] [--runs 100] [--steps 1000] [--repeats 3]
+                               [--every 100] [--block 500]
 """
 from __future__ import annotations
 
@@ -67,13 +73,60 @@ def timed(fn, *args):
     return time.perf_counter() - t, out
 
 
+def checkpoint_overhead(args) -> None:
+    """Step time untracked / recorded live / recorded with periodic checkpoints, interleaved."""
+    runs = {mode: trainlab.Run(model="mlp", data="digits", device="cpu", threads=1) for mode in
+            ("plain", "tracked", "checkpoints")}
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(tmp)
+        tracked = {"tracked": store.track(runs["tracked"], "tracked"),
+                   "checkpoints": store.track(runs["checkpoints"], "checkpoints", every=args.every, keep=20)}
+        for run in runs.values():
+            run.step(50)  # warm: allocations, the first evaluation
+        times = {mode: [] for mode in runs}
+        order = list(runs)
+        for rep in range(args.repeats):
+            for mode in order if rep % 2 == 0 else order[::-1]:
+                t, _ = timed(runs[mode].step, args.block)
+                times[mode].append(t / args.block)
+        copy = []
+        for _ in range(20):
+            t, _ = timed(runs["plain"].checkpoint, None, False)
+            copy.append(t)
+        points = tracked["checkpoints"].points
+        for t in tracked.values():
+            t.close()
+        written, skipped, kept = points.written, points.skipped, len(store.checkpoints("checkpoints"))
+    plain = statistics.median(times["plain"])
+    n = sum(p.numel() for p in runs["plain"].model.parameters())
+    print(f"periodic checkpoints: digits MLP ({n:,} parameters), blocks of {args.block} steps, median of "
+          f"{args.repeats}, interleaved; a checkpoint every {args.every} steps ({written} written, {skipped} "
+          f"skipped, {kept} kept with step 0 and the last)")
+    print(f"  untracked            {plain * 1e3:.3f} ms/step")
+    for mode, label in (("tracked", "recorded live"), ("checkpoints", f"+ checkpoints/{args.every}")):
+        m = statistics.median(times[mode])
+        print(f"  {label:20s} {m * 1e3:.3f} ms/step  ratio {mode}/untracked {m / plain:.3f}")
+    live, ck = statistics.median(times["tracked"]), statistics.median(times["checkpoints"])
+    print(f"  {'':20s} ratio checkpoints/recorded live {ck / live:.3f}")
+    c = statistics.median(copy)
+    print(f"  the training thread's copy per checkpoint {c * 1e3:.2f} ms (= {c / plain:.1f} steps; "
+          f"{c / plain / args.every:.1%} of the steps between two checkpoints)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--part", choices=("all", "list", "checkpoints"), default="all")
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--every", type=int, default=100)
+    ap.add_argument("--block", type=int, default=500)
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.part in ("all", "checkpoints"):
+        checkpoint_overhead(args)
+    if args.part == "checkpoints":
+        return
     run = trainlab.Run(model="mlp", data="digits", device="cpu", threads=1)
     run.step(args.steps)
     with tempfile.TemporaryDirectory() as tmp:

@@ -31,9 +31,9 @@ if TYPE_CHECKING:
 FORMAT = fmt.FORMAT
 
 
-def state(run: Run) -> dict[str, Any]:
+def state(run: Run, history: bool = True) -> dict[str, Any]:
     """Everything a run needs to continue exactly, as tensors and plain data: copies, taken between two
-    steps, so training may go on while they are written."""
+    steps, so training may go on while they are written (`history=False`: without the history's rows)."""
     return copy.deepcopy({
         "format": FORMAT,
         "version": __version__,
@@ -43,11 +43,12 @@ def state(run: Run) -> dict[str, Any]:
         "optimizer_hparams": run.optimizer_settings(),
         "initial_settings": run.initial_settings,
         "changes": run.changes,
+        "parent": run.parent,
         "seed": run.seed,
         "model_state": run.model.state_dict(),
         "initial_state": run.initial_state,
         "optimizer_state": run.torch_optimizer.state_dict(),
-        "history": run.history.columns(),
+        "history": run.history.columns() if history else {},
         "snapshots": _snapshots(run),
         "step": run.steps,
         "elapsed": run.elapsed,

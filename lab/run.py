@@ -249,6 +249,8 @@ class Run(param.Parameterized):
         self._thread: threading.Thread | None = None
         self.param.watch(self._mark_dirty, list(self.SETTABLE))
         self._watch_opt_params()
+        self._step_listeners: list[Callable] = []
+        self.parent: dict | None = None  # {"run", "step", "asked"}: the stored run and step this one was forked from
         self._init_training_state()
 
     # ---- settings ---------------------------------------------------------------------------
@@ -592,6 +594,16 @@ class Run(param.Parameterized):
         """Optimizer steps taken so far."""
         return self._step
 
+    def listen_steps(self, fn: Callable[[Run, dict], Any]) -> None:
+        """Call `fn(run, row)` on the training thread after every step, its row logged and nothing stepping: the
+        store copies its periodic checkpoints there. It holds up training while it runs, so it must be quick."""
+        # a new list, no lock: the step in progress iterates the old one, and a checkpoint's `then` (holding
+        # the settings lock) may unlisten
+        self._step_listeners = [*self._step_listeners, fn]
+
+    def unlisten_steps(self, fn: Callable[[Run, dict], Any]) -> None:
+        self._step_listeners = [f for f in self._step_listeners if f is not fn]
+
     def _set_state(self, status: str, message: str | None = None) -> None:
         with param.edit_constant(self):
             self.status = status
@@ -703,6 +715,8 @@ class Run(param.Parameterized):
                 row.update(self.evaluate())
         finally:  # the step happened: its row is logged even if a probe failed
             self.history.append(row)
+        for fn in self._step_listeners:
+            fn(self, row)
         return True
 
     def evaluate(self) -> dict[str, float]:
@@ -855,20 +869,22 @@ class Run(param.Parameterized):
         """
         checkpoint.write(self.checkpoint(), path)  # hashed and written outside the locks: training goes on meanwhile
 
-    def checkpoint(self, then: Callable[[], Any] | None = None) -> dict[str, Any]:
+    def checkpoint(self, then: Callable[[], Any] | None = None, history: bool = True) -> dict[str, Any]:
         """Everything needed to continue exactly (`trainlab.checkpoint.state`), copied between two steps.
 
         Settings changed since the last step are applied first, so it holds the optimizer state that goes
         with the settings it records. `then()` is called at the same moment (nothing steps meanwhile):
-        the store takes the rows its live recording has not written yet.
+        the store takes the rows its live recording has not written yet. `history=False` leaves the rows out
+        (a periodic checkpoint: the live record holds them).
         """
         with self._lock:  # no step in progress; the settings lock keeps a concurrent set() out while copying
             while True:
                 if self._dirty:
                     self._apply_settings()
+                    self._restore_point()  # as a step would: the place to come back to before new settings
                 with self._settings_lock:
                     if not self._dirty:
-                        ckpt = checkpoint.state(self)
+                        ckpt = checkpoint.state(self, history)
                         if then is not None:
                             then()
                         return ckpt
@@ -899,6 +915,7 @@ class Run(param.Parameterized):
             self._event = ckpt.get("event")
             self._changes, self._pending_changes = list(ckpt.get("changes", [])), []
             self._initial_settings = ckpt.get("initial_settings") or self._initial_settings
+            self.parent = ckpt.get("parent")
             for name, (step, value) in (ckpt.get("snapshots") or {}).items():
                 self.history.put_snapshot(name, step, _arrays(value))
             self._schedule.start = ckpt.get("schedule_start", 0)

@@ -68,6 +68,8 @@ def test_reopen_and_fork_continue_a_stored_run(tmp_path):
         assert panel.fork("base", "lr=-1") is None and "lr" in panel.error and panel.opened is forked
         assert panel.fork("base", "lr 0.1") is None and "name=value" in panel.error
         assert panel.reopen("missing") is None and "missing" in panel.error
+        assert store.recording(forked) == "base.fork-40"  # recorded beside its parent
+        store.untrack(forked)
     finally:
         panel.close()
     assert parse_settings("betas=(0.9, 0.99), optimizer=adam") == {"betas": (0.9, 0.99), "optimizer": "adam"}
@@ -86,3 +88,36 @@ def test_the_dashboard_shows_a_reopened_run(tmp_path, monkeypatch):
         assert dashboard.run.steps == 20 and dashboard.run is not run and "reopened" in dashboard.notice
     finally:
         dashboard.close()
+
+
+def test_fork_at_a_past_step_from_the_dashboard_continues_live_beside_its_parent(tmp_path, monkeypatch):
+    store = Store(tmp_path / "runs")
+    monkeypatch.setattr("trainlab.widgets.runs.STORE", str(tmp_path / "runs"))
+    dashboard = TrainingDashboard(small(lr=0.1))
+    try:
+        runs = dashboard.open_lab("Runs")
+        runs.checkpoint_every = 20
+        assert runs.save("base") == "base" and store.recording(dashboard.run) == "base"
+        parent = dashboard.run
+        parent.step(70)
+        runs.pick.value = "base"
+        runs.refresh()
+        assert runs.fork_step.options == [0, 20, 40, 60] and "steps 0, 20, 40, 60" in runs.fork_steps.object
+        runs.fork_step.value = 40
+        forked = runs.fork("base", "lr=0.01", 50)  # no checkpoint at 50: from 40, and it says so
+        assert forked is dashboard.run and forked.steps == 40 and forked.lr == 0.01
+        assert "at step 40 (step 50 has no checkpoint" in runs.note.object
+        assert store.recording(parent) is None and store.status("base") == "complete"  # the old one saved whole
+        assert store.recording(forked) == "base.fork-40"
+        forked.step(30)
+        assert forked.history.frame().step.tolist() == list(range(1, 71))
+        assert "the fork of base at step 40" in dashboard.notice
+        panel = dashboard.open_lab("Runs")  # the tab, rebuilt for the fork, draws it beside its parent
+        assert panel.selected == ["base", "base.fork-40"] and panel.pick.value == "base.fork-40"
+        assert panel.fork_source.data["run"] == ["base.fork-40"] and list(panel.fork_source.data["step"]) == [40]
+        assert panel.fork_source.data["parent"] == ["base"]
+        assert panel.fork("base", "lr=0.01", 99) is None and "step=99 rejected" in panel.error
+        assert dashboard.run is forked
+    finally:
+        dashboard.close()
+    assert store.status("base.fork-40") == "complete" and store.list().set_index("name").step["base.fork-40"] == 70

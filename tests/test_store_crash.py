@@ -1,6 +1,6 @@
-"""kill -9 at random moments while runs train, are recorded live, checkpointed and closed: the reopened store
-loses at most the last second of history, never corrupts earlier data and never shows a half-written run as
-complete."""
+"""kill -9 at random moments while runs train, are recorded live, checkpointed (periodic checkpoints too) and
+closed: the reopened store loses at most the last second of history, never corrupts earlier data, never shows a
+half-written run as complete, and every checkpoint it lists to fork from is whole."""
 from __future__ import annotations
 
 import os
@@ -29,7 +29,7 @@ def _train_forever(root: str, conn, seed: int) -> None:
         run = Run(model=SMALL, data="moons", device="cpu", threads=1, probes=[], seed=k)
         name = f"r{k}"
         run.history.listen(lambda row, name=name: row and report(f"row {name} {row['step']} {row['train_loss']!r}\n"))
-        with store.track(run, name):
+        with store.track(run, name, every=rnd.choice([5, 10, 25]), keep=6):
             for _ in range(rnd.randint(20, 200)):
                 run.step(1)
                 time.sleep(0.002)
@@ -67,7 +67,7 @@ def test_kill_9_at_random_moments_loses_at_most_a_second_and_never_shows_half_a_
     fork = mp.get_context("forkserver")
     fork.set_forkserver_preload(["trainlab", "trainlab.store", "test_store_crash"])
     rnd = random.Random(0)
-    worst, statuses = 0.0, []
+    worst, statuses, points = 0.0, [], 0
     for trial in range(20):
         root = tmp_path / f"s{trial}"
         r, w = fork.Pipe(duplex=False)
@@ -117,5 +117,15 @@ def test_kill_9_at_random_moments_loses_at_most_a_second_and_never_shows_half_a_
                 if name in saved:  # its last checkpoint loads, whole
                     run = store.load(name, device="cpu")
                     assert run.steps >= saved[name] and run.step(2) == 2
+            listed = store.checkpoints(name) if name in listing.index else []
+            folder = store.path(name) / "points" if name in listing.index else None
+            if folder is not None and folder.is_dir():  # a half-written checkpoint is never listed
+                assert all(p.name.startswith(".") or p.name == f"step-{int(p.name[5:])}" for p in folder.iterdir())
+            for step in [s for s in listed[-1:] if s]:  # the newest is the one a kill may have been writing: whole
+                forked = store.fork(name, step=step, device="cpu")
+                h = forked.history.frame()  # a checkpoint shows only once the record holds its step
+                assert forked.steps == step and h.step.iloc[-1] == step and h.train_loss.iloc[-1] == stored[step]
+                points += 1
     print(f"\n20 kill -9 trials: {len(statuses)} runs, statuses "
-          f"{ {s: statuses.count(s) for s in set(statuses)} }; most history lost: {worst:.3f} s")
+          f"{ {s: statuses.count(s) for s in set(statuses)} }; most history lost: {worst:.3f} s; {points} newest "
+          f"checkpoints forked from")

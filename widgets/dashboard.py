@@ -248,7 +248,9 @@ class TrainingDashboard(Viewer):
         """Show and control `run` instead (a run reopened from the store); the old one stops."""
         old = self.run
         old.stop()
-        self.error, self.notice = "", f"Showing the reopened run at step {run.steps}; press Start to go on training it."
+        what = (f"the fork of {run.parent['run']} at step {run.parent['step']}" if run.parent
+                else f"the reopened run at step {run.steps}")
+        self.error, self.notice = "", f"Showing {what}; press Start to go on training it."
         self._attach(run)
         old.close()
 

@@ -18,7 +18,7 @@ from bokeh.resources import INLINE
 
 from trainlab import Run
 from trainlab.store import Store
-from trainlab.store.compare import best_steps, changes, settings_diff
+from trainlab.store.compare import best_steps, changes, lineage, settings_diff
 
 from . import plots
 from .base import LabPanel, plain
@@ -44,18 +44,25 @@ def parse_settings(text: str) -> dict:
 class RunsPanel(LabPanel):
     """Stored runs (a `trainlab.store.Store`) compared, and the live run saved among them.
 
-    Choose runs to overlay their curves of one metric, each run's best step marked (●) and its mid-run changes
-    (▼, with what changed on hover); the table below lists only the settings that differ (as the runs ended)
-    and every change with its step. *Save run* stores the live run under a name. *Reopen* loads a stored run,
-    weights, optimizer state and curves, to go on training it; *Fork* does the same with other settings
-    (`lr=0.01, optimizer=adam`), applied before its next step: "what if I had lowered the lr here?". In the
-    dashboard the reopened run replaces the one shown (`opened`). Export: the figure as standalone HTML (the
-    toolbar's save button gives PNG, or SVG with *SVG figure* ticked), the histories as CSV or Parquet.
+    Choose runs to overlay their curves of one metric, each run's best step marked (●), its mid-run changes
+    (▼, with what changed on hover) and where a fork left its parent (◆); the table below lists only the
+    settings that differ (as the runs ended) and every change with its step. *Save run* records the live run
+    under a name from then on, a checkpoint every `checkpoint_every` steps (saved again: a checkpoint now).
+    *Reopen* loads a stored run, weights, optimizer state and curves, to go on training it; *Fork* starts a new
+    run from a stored one at a past step (the slider offers its checkpoints) with other settings
+    (`lr=0.01, optimizer=adam`), applied before its next step: "what if I had lowered the lr at step 500?";
+    the fork is recorded in the store beside its parent. In the dashboard the reopened or forked run replaces
+    the one shown (`opened`). Export: the figure as standalone HTML (the toolbar's save button gives PNG, or SVG
+    with *SVG figure* ticked), the histories as CSV or Parquet. A run this panel records is saved complete
+    when the panel closes (the dashboard moved on to another run, or the page closed).
     """
 
     selected = param.List(default=[], doc="the stored runs overlaid")
     metric = param.String("val_loss", doc="the history column drawn")
     opened = param.ClassSelector(class_=Run, allow_None=True, doc="the run last reopened or forked")
+    checkpoint_every = param.Integer(100, bounds=(1, None), softbounds=(10, 1000),
+                                     doc="steps between the checkpoints of a recorded run (the steps a fork can start "
+                                         "from)")
 
     def __init__(self, run: Run, feed: Feed | None = None, store: Store | str | None = None, **params):
         super().__init__(run, feed, **params)
@@ -67,12 +74,18 @@ class RunsPanel(LabPanel):
         self.name_input = pn.widgets.TextInput(label="save as", placeholder="a name (letters, digits, -_.)")
         self.save_button = pn.widgets.Button(label="Save run", color="primary", width=100)
         self.save_button.on_click(lambda e: self.save())
+        self.every_control = self.control("checkpoint_every")
         self.pick = pn.widgets.Select(label="stored run", options=[])
+        self.pick.param.watch(lambda e: self._offer_steps(), "value")
+        # the steps a fork can start from exactly: a step between two forks from the one before it
+        self.fork_step = pn.widgets.DiscreteSlider(label="fork at step", options=[0], value=0,
+                                                   sizing_mode="stretch_width")
+        self.fork_steps = pn.pane.Markdown("", sizing_mode="stretch_width", styles={"font-size": "0.85em"})
         self.fork_input = pn.widgets.TextInput(label="fork with", placeholder="lr=0.01, optimizer=adam")
         self.reopen_button = pn.widgets.Button(label="Reopen", width=90)
         self.fork_button = pn.widgets.Button(label="Fork", width=90)
         self.reopen_button.on_click(lambda e: self.reopen(self.pick.value))
-        self.fork_button.on_click(lambda e: self.fork(self.pick.value, self.fork_input.value))
+        self.fork_button.on_click(lambda e: self.fork(self.pick.value, self.fork_input.value, self.fork_step.value))
         self.refresh_button = pn.widgets.Button(label="Refresh", width=90)
         self.refresh_button.on_click(lambda e: self.refresh())
         self.svg = pn.widgets.Checkbox(label="SVG figure (the save button then writes .svg)")
@@ -84,6 +97,7 @@ class RunsPanel(LabPanel):
         self.line_source = ColumnDataSource({"xs": [], "ys": [], "run": [], "color": []})
         self.best_source = ColumnDataSource({"step": [], "y": [], "run": [], "color": []})
         self.mark_source = ColumnDataSource({"step": [], "y": [], "run": [], "change": [], "color": []})
+        self.fork_source = ColumnDataSource({"step": [], "y": [], "run": [], "parent": [], "color": []})
         self.fig = self._figure()
         downloads = [pn.widgets.FileDownload(callback=self._csv, filename="histories.csv", label="History CSV",
                                              width=130),
@@ -92,14 +106,21 @@ class RunsPanel(LabPanel):
                      pn.widgets.FileDownload(callback=self._html, filename="runs.html", label="Figure HTML", width=130)]
         self.param.watch(lambda e: self._draw(), ["selected", "metric"])
         self._layout = self.layout(
-            [pn.pane.Markdown(f"### Runs\nStored in `{plain(self.store.root)}`."), self.name_input, self.save_button,
+            [pn.pane.Markdown(f"### Runs\nStored in `{plain(self.store.root)}`."), self.name_input,
+             self.every_control.widget, self.save_button,
              pn.layout.Divider(), self.choose, self.metric_choice, self.refresh_button, pn.layout.Divider(),
-             self.pick, pn.Row(self.reopen_button, self.fork_button), self.fork_input, self.note,
+             self.pick, self.fork_step, self.fork_steps, self.fork_input, pn.Row(self.reopen_button, self.fork_button),
+             self.note,
              pn.layout.Divider(), pn.FlexBox(*downloads), self.svg],
             [self.fig],
             below=[pn.pane.Markdown("#### Settings that differ (as each run ended)"), self.diff,
                    pn.pane.Markdown("#### What changed mid-run, and when"), self.changes])
         self.refresh()
+        recorded = self.store.recording(run)
+        if recorded is not None:  # a run recorded here (a fork the dashboard now shows): drawn beside its parent
+            parent = (run.parent or {}).get("run")
+            self.choose.value = [n for n in (parent, recorded) if n in self.choose.options]
+            self.pick.value = recorded
         self._ready()
 
     # ---- the store ---------------------------------------------------------------------------
@@ -107,18 +128,41 @@ class RunsPanel(LabPanel):
         names = self.store.names()
         self.choose.options, self.pick.options = names, names
         self.choose.value = [n for n in self.choose.value if n in names]
+        if self.pick.value not in names:  # a Select left at None shows nothing, though Fork would need a run
+            self.pick.value = names[0] if names else None
+        self._offer_steps()
         self._draw()
 
+    def _offer_steps(self) -> None:
+        """The fork slider over the picked run's checkpoints (the latest chosen), and which they are."""
+        name = self.pick.value
+        try:
+            steps = self.store.checkpoints(name) if name else [0]
+        except ValueError as e:
+            steps = [0]
+            self.fork_steps.object = plain(str(e))
+            return
+        self.fork_step.options = steps
+        self.fork_step.value = steps[-1]
+        shown = ", ".join(map(str, steps)) if len(steps) <= 12 else \
+            ", ".join(map(str, steps[:4])) + ", ..., " + ", ".join(map(str, steps[-4:]))
+        self.fork_steps.object = plain(f"Checkpoints of {name} at steps {shown}." if name else "")
+
     def save(self, name: str | None = None) -> str | None:
-        """Save the live run into the store (under the name typed, or a fresh one)."""
+        """Record the live run into the store (under the name typed, or a fresh one), a checkpoint every
+        `checkpoint_every` steps from now on; saved again, a checkpoint now."""
         name = name or self.name_input.value.strip() or None
         try:
-            name = self.store.save(self.run, name)
+            if self.store.recording(self.run) is not None and name in (None, self.store.recording(self.run)):
+                name = self.store.save(self.run)
+            else:
+                name = self.store.track(self.run, name, every=self.checkpoint_every).name
         except ValueError as e:
             self.report(str(e))
             return None
         self.report("")
-        self.note.object = plain(f"Saved as {name} at step {self.run.steps}.")
+        self.note.object = plain(f"Saved as {name} at step {self.run.steps}; recorded from now on, a checkpoint "
+                                 f"every {self.checkpoint_every} steps.")
         self.refresh()
         self.choose.value = list(dict.fromkeys([*self.choose.value, name]))
         return name
@@ -138,29 +182,49 @@ class RunsPanel(LabPanel):
         self.opened = run
         return run
 
-    def fork(self, name: str | None, settings: str) -> Run | None:
-        """The stored run `name` reopened with other settings (checked before anything changes)."""
+    def fork(self, name: str | None, settings: str, step: int | None = None) -> Run | None:
+        """A new run from the stored run `name` at `step` (its latest checkpoint when None) with other
+        settings (checked before anything changes), recorded in the store as `<name>.fork-<step>`."""
         try:
             values = parse_settings(settings)
         except ValueError as e:
             self.report(str(e))
             return None
-        if not values:
-            self.report("fork with which settings? say lr=0.01 (or Reopen to continue as it was)")
-            return None
         if not name:
             self.report("choose a stored run to fork")
             return None
         try:
-            run = self.store.load(name)
-            run.set(**values)
+            run = self.store.fork(name, step=step, **values)
         except ValueError as e:
             self.report(str(e))
             return None
+        at = run.parent["step"]
+        child = self._free_name(f"{name}.fork-{at}")
+        self.store.track(run, child, every=self.checkpoint_every)
         self.report("")
-        self.note.object = plain(f"Forked {name} at step {run.steps} with {settings}.")
+        asked = f" (step {step} has no checkpoint: the nearest before it)" if step is not None and step != at else ""
+        self.note.object = plain(f"Forked {name} at step {at}{asked}" + (f" with {settings}" if values else "")
+                                 + f": recorded as {child}.")
+        self.refresh()
+        self.choose.value = list(dict.fromkeys([*self.choose.value, name, child]))
         self.opened = run
         return run
+
+    def _free_name(self, base: str) -> str:
+        names, k = set(self.store.names()), 2
+        name = base
+        while name in names:
+            name, k = f"{base}.{k}", k + 1
+        return name
+
+    def close(self) -> None:
+        """The run this panel shows, if recorded live in its store, saved complete (the dashboard moved on)."""
+        if self.store.recording(self.run) is not None:
+            try:
+                self.store.untrack(self.run)
+            except ValueError:
+                pass
+        super().close()
 
     # ---- drawing ------------------------------------------------------------------------------
     def _figure(self):
@@ -168,10 +232,14 @@ class RunsPanel(LabPanel):
         fig.multi_line("xs", "ys", source=self.line_source, color="color", legend_field="run", line_width=1.8)
         best = fig.scatter("step", "y", source=self.best_source, color="color", size=10, line_color="black")
         marks = fig.scatter("step", "y", source=self.mark_source, color="color", marker="inverted_triangle", size=11)
+        forks = fig.scatter("step", "y", source=self.fork_source, color="color", marker="diamond", size=15,
+                            line_color="black")
         fig.add_tools(HoverTool(renderers=[best], tooltips=[("run", "@run"), ("best at step", "@step"),
                                                             ("value", "@y{0.0000}")]))
         fig.add_tools(HoverTool(renderers=[marks], tooltips=[("run", "@run"), ("step", "@step"),
                                                              ("changed", "@change")]))
+        fig.add_tools(HoverTool(renderers=[forks], tooltips=[("run", "@run"), ("forked from", "@parent"),
+                                                             ("at step", "@step")]))
         plots.legend(fig, "top_right")
         self._placeholder = plots.placeholder(fig, "choose runs (save this one with Save run)")
         return fig
@@ -205,6 +273,15 @@ class RunsPanel(LabPanel):
         self.mark_source.data = {"step": ch["step"].to_numpy(float), "y": np.asarray(ys, float),
                                  "run": ch["run"].tolist(), "change": ch["change"].tolist(),
                                  "color": [colors[r] for r in ch["run"]]}
+        forks = lineage(self.store, names) if names else pd.DataFrame(columns=["run", "parent", "step"])
+        ys = []
+        for r, s in zip(forks["run"], forks["step"]):  # where the fork left its parent, on its curve
+            h = history[(history.run == r) & (history.step <= s)].dropna(subset=[metric]) if metric in history \
+                else pd.DataFrame()
+            ys.append(float(h[metric].iloc[-1]) if len(h) else np.nan)
+        self.fork_source.data = {"step": forks["step"].to_numpy(float), "y": np.asarray(ys, float),
+                                 "run": forks["run"].tolist(), "parent": forks["parent"].tolist(),
+                                 "color": [colors[r] for r in forks["run"]]}
         self.fig.yaxis.axis_label = metric
         self._placeholder.visible = not names
         self.diff.object = settings_diff(self.store, names) if len(names) > 1 else pd.DataFrame()

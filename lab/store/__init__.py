@@ -17,6 +17,13 @@ Recording live (what a sweep worker does):
     # leaving the block = store.untrack(run): the history compacted to Parquet, the run saved "complete"
 
     Without `with`: `t = store.track(run, name)`, train, then `store.untrack(run)` (or `t.close()`).
+
+Forking at a past step (trainlab.store.points, trainlab.store.fork):
+
+    store.track(run, name, every=100)       # + a checkpoint every 100 steps (seconds=, keep= too)
+    store.checkpoints(name)                 # [0, 100, 200, ...]: the steps a fork starts from exactly
+    fork = store.fork(name, step=500, lr=0.01)  # the run as it was at the nearest checkpoint <= 500, lr lowered
+    fork.parent                             # {"run": name, "step": 500, "asked": 500}
     `store.save(run, name)` alone (no tracking) saves a finished run complete in one call.
 
 Layout of a store:
@@ -26,6 +33,7 @@ Layout of a store:
     runs/<name>/ckpt-<n>/             the checkpoint (trainlab.store.format): settings.json, events.json,
                                       weights.safetensors, optimizer.safetensors + optimizer.json,
                                       state.safetensors (sampling state), history.parquet
+    runs/<name>/points/step-<n>/      periodic checkpoints (each committed by renaming its folder whole)
     runs/<name>/live/                 while recorded live: history.<k>.arrows (Arrow IPC streams) and
                                       events.jsonl (run.set changes); removed when the run is saved complete
 

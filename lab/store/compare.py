@@ -1,6 +1,7 @@
-"""Runs side by side: which settings differ, what changed mid-run and when, and each run's best step.
+"""Runs side by side: which settings differ, what changed mid-run and when, each run's best step, and which
+were forked from which (lineage).
 
-All three read a Store (its listing, its events and its histories); nothing is loaded as a Run.
+All read a Store (its listing, its events and its histories); nothing is loaded as a Run.
 """
 from __future__ import annotations
 
@@ -65,3 +66,15 @@ def best_steps(history: pd.DataFrame, metric: str = "val_loss") -> pd.DataFrame:
         i = h[metric].idxmax() if higher else h[metric].idxmin()
         rows.append({"run": name, "step": int(h.loc[i, "step"]), metric: float(h.loc[i, metric])})
     return pd.DataFrame(rows, columns=["run", "step", metric])
+
+
+def lineage(store, names: list[str]) -> pd.DataFrame:
+    """Which of `names` were forked, from which run and at which step (`run.parent`, saved with the run)."""
+    listing = store.list()
+    listing = listing[listing["name"].isin(names)]
+    rows = []
+    for name, parent in zip(listing["name"], listing.get("parent", [None] * len(listing))):
+        if isinstance(parent, str) and "@" in parent:
+            of, _, step = parent.rpartition("@")
+            rows.append({"run": name, "parent": of, "step": int(step)})
+    return pd.DataFrame(rows, columns=["run", "parent", "step"])

@@ -175,6 +175,8 @@ def summary(ckpt: dict[str, Any], table: pa.Table | None = None) -> dict:
     flat["schedule"] = ckpt["schedule"][0] if ckpt.get("schedule") else "constant"
     pruning = ckpt.get("pruning")
     flat["pruning"] = pruning["method"][0] if isinstance(pruning, dict) else pruning
+    parent = ckpt.get("parent")
+    flat["parent"] = f"{parent['run']}@{parent['step']}" if isinstance(parent, dict) else None  # name@step
     columns = table_columns(table) if table is not None else ckpt["history"]
     metrics = {}
     for name, values in columns.items():

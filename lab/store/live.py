@@ -145,17 +145,18 @@ class Writer:
 
 
 class Recorder:
-    """Follows a run's history and `run.set` changes into a live folder, flushing every FLUSH_EVERY seconds."""
+    """Follows a run's history and `run.set` changes into a live folder, flushing every FLUSH_EVERY seconds,
+    and writes its periodic checkpoints (`points`, a `trainlab.store.points.Points`) as they are copied."""
 
-    def __init__(self, run, folder: Path, base: list[dict] | None = None):
+    def __init__(self, run, folder: Path, base: list[dict] | None = None, points=None):
         """`base`: the rows the record starts with (None: the run's history as it is now)."""
-        self.run, self.folder = run, folder
+        self.run, self.folder, self.points = run, folder, points
         self.writer = Writer(folder)
         self._queue: deque = deque()
         self._lock = threading.Lock()  # one flush at a time (the thread's, a save's)
         self._changes = 0
         self._events = open(folder / "events.jsonl", "a")
-        self._stop = threading.Event()
+        self._stop, self._wake = threading.Event(), threading.Event()
         held = run.history.listen(self._queue.append)
         if base is not None:  # the stored rows up to where the run is, then any it logged since they were read
             now = held[-1]["step"] if held else 0
@@ -164,50 +165,76 @@ class Recorder:
             held = base + [r for r in held if r["step"] > last]
         self.writer.write(held)
         self._heartbeat = time.monotonic()
+        if points is not None:
+            points.wake = self._wake
+            run.listen_steps(points.after_step)
         self._thread = threading.Thread(target=self._loop, name="trainlab-store", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
-        while not self._stop.wait(FLUSH_EVERY):
+        import torch
+
+        # this thread's own setting: encoding a checkpoint's tensors here must not start a team of intra-op
+        # threads that spin beside the training thread on a small machine
+        torch.set_num_threads(1)
+        while not self._stop.is_set():
+            self._wake.wait(FLUSH_EVERY)  # woken early by a checkpoint copied: its memory is freed sooner
+            self._wake.clear()
+            if self._stop.is_set():
+                break
             try:
                 self.flush()
             except Exception:  # a full disk: the run trains on; the next flush tries again
                 pass
 
     def flush(self) -> None:
-        from .format import pack
-
         with self._lock:
-            rows = []
-            while self._queue:
-                row = self._queue.popleft()
-                if row is None:  # cleared (reset) or replaced: the record starts over
-                    rows = []
-                    self.writer.reset()
-                    self._events.truncate(0)
-                    self._events.seek(0)
-                    self._changes = 0
-                else:
-                    rows.append(row)
-            self.writer.write(rows)
-            changes = self.run.changes
-            if len(changes) > self._changes:
-                for c in changes[self._changes:]:
-                    self._events.write(json.dumps(pack(c, None, "change")) + "\n")
-                self._changes = len(changes)
-                self._events.flush()
-            if rows or time.monotonic() - self._heartbeat > 5:  # a sign of life for other machines
+            wrote = self._write_rows()
+            # each checkpoint after the rows logged before it (the record covers its step before it shows), and
+            # the rows logged while it was written right after it: writing checkpoints never holds the record back
+            while self.points is not None and self.points.write_next(self.run.history.generation):
+                wrote = self._write_rows() or wrote
+            if wrote or time.monotonic() - self._heartbeat > 5:  # a sign of life for other machines
                 os.utime(self.folder)
                 self._heartbeat = time.monotonic()
+
+    def _write_rows(self) -> bool:
+        """The rows and changes queued, written; whether there were rows."""
+        from .format import pack
+
+        rows = []
+        while self._queue:
+            row = self._queue.popleft()
+            if row is None:  # cleared (reset) or replaced: the record starts over
+                rows = []
+                if self.points is not None:
+                    self.points.restart(self.run.history.generation)
+                self.writer.reset()
+                self._events.truncate(0)
+                self._events.seek(0)
+                self._changes = 0
+            else:
+                rows.append(row)
+        self.writer.write(rows)
+        changes = self.run.changes
+        if len(changes) > self._changes:
+            for c in changes[self._changes:]:
+                self._events.write(json.dumps(pack(c, None, "change")) + "\n")
+            self._changes = len(changes)
+            self._events.flush()
+        return bool(rows)
 
     def detach(self) -> None:
         """Stop following the run (rows from now on are not recorded); the queue still holds the rest."""
         self.run.history.unlisten(self._queue.append)
+        if self.points is not None:
+            self.run.unlisten_steps(self.points.after_step)
 
     def close(self) -> None:
         if self._stop.is_set():
             return
         self._stop.set()
+        self._wake.set()
         self._thread.join()
         self.detach()
         self.flush()

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from .. import checkpoint
 from . import format as fmt
-from . import live
+from . import live, points
 from .files import alive, check_name, digest, fsync_folder, inside, write_atomic
 
 CHECKPOINT = re.compile(r"ckpt-(\d{1,9})")
@@ -39,6 +39,11 @@ class Tracked:
 
     def __init__(self, store: Store, run, name: str, recorder: live.Recorder):
         self.store, self.run, self.name, self.recorder = store, run, name, recorder
+
+    @property
+    def points(self) -> points.Points | None:
+        """Its periodic checkpoints (`written`, `skipped`: due while the writer was behind), or None."""
+        return self.recorder.points
 
     def close(self) -> str:
         return self.store.untrack(self.run, self.name)
@@ -154,10 +159,12 @@ class Store:
             self._save_live(tracked)
             return name
         folder = self.path(name)
+        same = _names.get(run, {}).get(self.root) == name
         ckpt = run.checkpoint()
         files, m = checkpoint.files(ckpt)
         self._commit(folder, files, m)
         shutil.rmtree(folder / "live", ignore_errors=True)  # a replaced live record
+        points.drop(folder / "points", ckpt["step"] if same else -1)  # those of a timeline it does not continue
         _names.setdefault(run, {})[self.root] = name
         return name
 
@@ -213,11 +220,17 @@ class Store:
                 shutil.rmtree(p, ignore_errors=True)
 
     # ---- live recording -------------------------------------------------------------------------
-    def track(self, run, name: str | None = None, overwrite: bool = False) -> Tracked:
+    def track(self, run, name: str | None = None, overwrite: bool = False, every: int | None = None,
+              seconds: float | None = None, keep: int = 20) -> Tracked:
         """Record `run` live under `name`: its history appended every 0.25 s as it trains (a kill -9 loses at
         most that), `store.save(run)` checkpoints it meanwhile, `store.untrack(run)` (or the Tracked's
         close(), or the end of `with store.track(run):`) saves it complete. A run saved or loaded here
-        before continues its stored history."""
+        before continues its stored history.
+
+        Periodic checkpoints, to fork from later (`store.fork(name, step=...)`): one at every multiple of
+        `every` steps and/or every `seconds` seconds, at most `keep` (older ones thinned). The training thread
+        only copies the state between two steps; the recorder thread writes it."""
+        policy = points.policy(every, seconds, keep)  # checked before anything is written
         with _tracked_lock:
             if any(t.run is run for t in _tracked.values()):
                 raise ValueError("this run is already recorded live: store.untrack(run) first")
@@ -232,7 +245,9 @@ class Store:
                 table = self._table(folder, m)
                 base = _rows(table) if table is not None else None
             shutil.rmtree(folder / "live", ignore_errors=True)
-            recorder = live.Recorder(run, folder / "live", base)
+            points.drop(folder / "points", run.steps if continuing else -1)
+            recorder = live.Recorder(run, folder / "live", base,
+                                     None if policy is None else points.Points(run, folder / "points", policy))
             tracked = _tracked[(self.root, name)] = Tracked(self, run, name, recorder)
         summary = fmt.summary(_light(run))
         running = {"status": "running", "writer": {"pid": os.getpid(), "host": HOST}}
@@ -276,6 +291,61 @@ class Store:
                 _tracked.pop(found[0], None)
         shutil.rmtree(self.path(t.name) / "live", ignore_errors=True)
         return t.name
+
+    def recording(self, run) -> str | None:
+        """The name `run` is recorded live under in this store (by this process), or None."""
+        return next((k[1] for k, t in list(_tracked.items()) if t.run is run and k[0] == self.root), None)
+
+    def _tracked_here(self, name: str) -> Tracked | None:
+        return _tracked.get((self.root, name))
+
+    # ---- forking ------------------------------------------------------------------------------
+    def checkpoints(self, name: str) -> list[int]:
+        """The steps the run can be forked from: 0 (its seed and initial settings), its periodic checkpoints
+        (`track(run, every=...)`), its last saved one, and for a fork its parent's up to where it forked."""
+        return sorted(self._sources(name))
+
+    def _sources(self, name: str) -> dict[int, str]:
+        """Step -> the run (this one, or an ancestor it was forked from) whose checkpoint holds that state."""
+        out: dict[int, str] = {}
+        first, upto, seen = name, None, set()
+        while name is not None and name not in seen and len(seen) < 100:
+            seen.add(name)
+            folder = self._existing(name)
+            tracked = self._tracked_here(name)
+            if tracked is not None and tracked.points is not None:
+                tracked.recorder.flush()  # the copies waiting, on disk first
+            m = self._manifest(folder)
+            steps = points.steps(folder / "points")
+            if self._checkpoint_dir(folder, m) is not None and isinstance(m.get("step"), int):
+                steps.append(m["step"])
+            for step in steps:
+                if upto is None or step <= upto:
+                    out.setdefault(step, name)
+            parent = ((m or {}).get("summary") or {}).get("settings", {}).get("parent")
+            name = None
+            if isinstance(parent, str) and "@" in parent:
+                of, _, at = parent.rpartition("@")
+                if at.isdigit() and of in self.names():
+                    name, upto = of, int(at) if upto is None else min(upto, int(at))
+        out.setdefault(0, first)
+        return out
+
+    def fork(self, name: str, step: int | None = None, **settings) -> Any:
+        """A new Run from the stored run `name` as it was at `step` (its latest checkpoint when None), with
+        `settings` applied before its next step: "what if I had lowered the lr at step 500?".
+
+        It starts from the nearest checkpoint at or before `step` (`checkpoints(name)` lists them; `run.parent`
+        = {"run", "step", "asked"} says which, and so does the event of its next row), with the settings in
+        force there replayed from the run's changes, and its history up to there. Settings are checked as
+        `run.set` checks them; a step outside the run, a bad setting or an unknown run raises ValueError,
+        and nothing is written. The fork is not stored: `store.save(fork, ...)` or `store.track(fork, ...)`.
+        `model=`, `data=`, `device=`, `probes=`, `threads=` rebuild it, as for `load`."""
+        from . import fork as forking
+
+        build = {k: settings.pop(k) for k in forking.BUILD if k in settings}
+        build.setdefault("device", "auto")
+        return forking.fork(self, name, step, build, settings)
 
     # ---- reading ------------------------------------------------------------------------------
     def checkpoint(self, name: str) -> dict[str, Any]:
@@ -406,7 +476,8 @@ def _light(run) -> dict:
     return {"model_spec": list(run.model_spec) if run.model_spec else None,
             "data_spec": list(run.data.spec) if run.data.spec else None,
             "settings": {k: getattr(run, k) for k in run.SETTABLE}, "optimizer_hparams": run.optimizer_settings(),
-            "seed": run.seed, "schedule": list(run.schedule), "pruning": run.pruning, "history": {}}
+            "seed": run.seed, "schedule": list(run.schedule), "pruning": run.pruning, "parent": run.parent,
+            "history": {}}
 
 
 def _rows(table: pa.Table) -> list[dict]:
