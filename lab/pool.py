@@ -7,6 +7,8 @@ the dashboard should not; `concurrent.futures` is enough for a few dozen runs, a
 queued ones (a running one ends in well under a second). Workers come from a forkserver that has imported
 the function's module once (spawn where there is none); never fork, since the dashboard runs threads. As for
 Dask's LocalCluster, a script that calls it needs the `if __name__ == "__main__":` guard (a child imports it).
+On a served lab (a `Share` installed) the default is one process: the server's cores are its sessions', and a job
+holds one of its job slots, not all of them.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import multiprocessing as mp
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from . import share
 from .jobs import Progress
 from .threads import available_cpus
 
@@ -41,10 +44,13 @@ def _one_thread() -> None:
 def imap(fn: Callable, items: Iterable, *, workers: int | None = None, progress: Progress | None = None
          ) -> Iterator[tuple[int, Any]]:
     """(index, fn(item)) for each item, in the order they finish, on `workers` processes (default: the CPUs
-    this process may use; 1 runs them here, in order). `fn` must be a module-level function and the items
+    this process may use, or 1 on a served lab; 1 runs them here, in order). `fn` must be a module-level function and the items
     plain data. Stops early, dropping what is queued, once `progress` is cancelled; a run's exception is raised."""
     items = list(items)
-    n = available_cpus() if workers is None else int(workers)
+    if workers is None:
+        n = 1 if share.current() is not None else available_cpus()
+    else:
+        n = int(workers)
     if n < 1:
         raise ValueError(f"workers={workers!r} rejected: a whole number >= 1, or None for the machine's CPUs")
     n = min(n, len(items))

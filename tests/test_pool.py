@@ -41,3 +41,18 @@ def test_one_worker_runs_here_in_order_and_workers_are_checked():
     assert out == [0, 1]
     with pytest.raises(ValueError, match="workers=0"):
         list(imap(run_config, _configs(), workers=0))
+
+
+def test_a_served_lab_runs_a_jobs_configurations_in_its_own_process(monkeypatch):
+    import trainlab.pool as pool
+    from trainlab.share import Share, install
+
+    made = []
+    monkeypatch.setattr(pool.cf, "ProcessPoolExecutor", lambda *a, **k: made.append(a) or pytest.fail("a pool"))
+    monkeypatch.setattr(pool, "available_cpus", lambda: 4)
+    old = install(Share(concurrent=2, jobs=2))
+    try:
+        assert [i for i, _ in imap(run_config, _configs(2))] == [0, 1, 2, 3]  # in order: here, one after another
+    finally:
+        install(old)
+    assert made == []
