@@ -147,7 +147,7 @@ class OptimizerPanel(LabPanel):
                                               list(columns.values())), medians, only))
         layers = list(columns.values())
         hist = feed.snapshot(moment.columns(run).snapshots[0], _histogram(layers), None)
-        fig = plots.figure("Second moment v̂: distribution", "log10 v̂", "weights", width=plots.SIZE["width"] - 80)
+        fig = plots.figure("Second moment v̂: distribution", "log10 v̂", "weights")
         for i, layer in enumerate(layers):
             fig.step("x", layer, source=hist, mode="center", color=Category10_10[i % 10], legend_label=layer, line_width=1.5)
         plots.legend(fig, "top_right", outside=True)
