@@ -54,7 +54,7 @@ def test_every_lab_has_the_same_layout(dashboard, lab):
             assert fig.min_width == plots.MIN_WIDTH and fig.styles["flex"].startswith("1 1")
         for box in fig.legend:
             assert box.click_policy == "hide", f"{fig.title.text}: a legend entry hides its curve"
-            assert box in fig.right, f"{fig.title.text}: its legend sits beside the plot, off the curves"
+            assert box in fig.right or box in fig.below, f"{fig.title.text}: its legend sits off the curves"
 
 
 def test_the_training_tab_has_an_export_card_and_a_grid(dashboard):
@@ -62,7 +62,7 @@ def test_the_training_tab_has_an_export_card_and_a_grid(dashboard):
     assert isinstance(training.objects[0], pn.FlexBox)
     assert training.objects[1].objects[0].title.startswith("Export")
     for fig in export.figures_in(training.objects[0].objects):
-        assert all(box in fig.right for box in fig.legend)
+        assert all(box in fig.right or box in fig.below for box in fig.legend)
 
 
 def test_learning_rates_are_drawn_on_log_axes(dashboard):
@@ -163,3 +163,35 @@ def test_legends_go_outside_and_hide_on_click():
     assert box in fig.right and box not in fig.center and box.click_policy == "hide"
     plots.legend(fig)  # again: still one legend, once
     assert fig.right.count(box) == 1
+    wide = plots.figure("t", "step", "y")
+    wide.line([0, 1], [1, 2], legend_label="threshold (2/lr for GD)")
+    height = wide.height
+    plots.tidy(wide)
+    assert wide.legend[0] in wide.below and wide.height > height  # long labels: below, the plot keeps its width
+
+
+def test_the_long_analyses_a_notebook_calls_count_progress_and_cancel():
+    """The fluctuation study (seconds) and the coordinate check count their work on a Progress (a tqdm bar by
+    default) and stop when it is cancelled, before the next unit of work."""
+    from torch import nn
+
+    from trainlab.analysis.fluctuations import depth_study
+    from trainlab.analysis.signal import coord_check
+    from trainlab.data import as_data
+    from trainlab.jobs import Cancelled, Progress
+
+    for fn in (depth_study, coord_check):
+        import inspect
+
+        assert inspect.signature(fn).parameters["progress"].default is True, f"{fn.__name__}: a bar by default"
+    p = Progress()
+    frame = coord_check(lambda w: nn.Sequential(nn.Linear(64, w), nn.ReLU(), nn.Linear(w, 10)), [8, 16], steps=2,
+                        progress=p)
+    assert p.done == p.total == 2 and len(frame)
+    cancelled = Progress()
+    cancelled.cancel()
+    with pytest.raises(Cancelled):
+        coord_check(lambda w: nn.Sequential(nn.Linear(64, w), nn.ReLU(), nn.Linear(w, 10)), [8, 16], progress=cancelled)
+    assert cancelled.done == 0
+    with pytest.raises(Cancelled):
+        depth_study("mlp", as_data("digits"), [1, 2], seeds=2, m=4, width=8, progress=cancelled)

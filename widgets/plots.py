@@ -13,7 +13,7 @@ from bokeh.plotting import figure as _bokeh_figure
 
 TRAIN, VAL = "#1f77b4", "#d62728"
 SIZE = dict(width=400, height=250)  # a figure's size where nothing stretches it (a fixed-width figure, a notebook)
-TOOLS = "save,pan,wheel_zoom,box_zoom,reset"  # save first: a narrow toolbar folds the last ones away
+TOOLS = "save,pan,wheel_zoom,box_zoom,reset"  # save first: a short toolbar folds the last ones away
 # A figure without a width of its own stretches across a grid cell: cells at least MIN_WIDTH wide, as many
 # to a row as fit (two beside a lab's controls in a 1,400-pixel window, three in 1,920), a lone last one at
 # most MAX_WIDTH. The flex item is the figure itself (Panel's FlexBox wraps each child in `display: contents`).
@@ -68,8 +68,8 @@ _WHOLE = ("layer", "depth", "rank")  # x axes of whole numbers: no ticks at 1.5
 
 def figure(title: str, x_label: str = "step", y_label: str = "", *, log_x: bool = False, log_y: bool = False,
            hover: bool = False, **kw):
-    """A figure of the lab's tools (above the plot, beside the title), without the Bokeh logo; `hover` adds
-    a step/value tooltip. Without a `width` it fills a cell of the lab's grid (see GRID_CELL).
+    """A figure of the lab's tools (a toolbar beside the plot: above it, beside a long title, it folded the save
+    button away), without the Bokeh logo; `hover` adds a step/value tooltip. Without a `width` it fills a cell of the lab's grid (see GRID_CELL).
 
     Log axes label only powers of ten when they span more than a decade, and at most a few values
     inside one, so labels never run into each other ("0.030.040.05")."""
@@ -78,7 +78,7 @@ def figure(title: str, x_label: str = "step", y_label: str = "", *, log_x: bool 
         size.update(width=SIZE["width"], sizing_mode="stretch_width", min_width=MIN_WIDTH, styles=dict(GRID_CELL))
     fig = _bokeh_figure(title=title, x_axis_label=x_label, y_axis_label=y_label,
                         x_axis_type="log" if log_x else "linear", y_axis_type="log" if log_y else "linear",
-                        **{"tools": TOOLS, "toolbar_location": "above", **size, **kw})
+                        **{"tools": TOOLS, **size, **kw})
     for axis, log, label, rng in ((fig.xaxis, log_x, x_label, fig.x_range), (fig.yaxis, log_y, y_label, fig.y_range)):
         if log:
             axis.ticker.desired_num_ticks = 4
@@ -110,13 +110,27 @@ def legend(fig, location: str = "top_right", outside: bool = True) -> None:
     box.label_text_font_size = "9pt"
     box.spacing, box.padding = 0, 4
     box.glyph_width, box.label_standoff = 16, 3
-    if outside and box not in fig.right:
+    if outside and box not in fig.right and box not in fig.below:
         box.location = "top_left"
         if box in fig.center:
             fig.center.remove(box)
-        fig.add_layout(box, "right")
+        # beside the plot, unless its labels are long ("λ_max(P⁻¹H) (adaptive)"): there it would leave a
+        # 340-pixel cell a plot 130 pixels wide, so it goes below, and the figure grows by its height
+        if max(map(len, _labels(box)), default=0) > LONG_LABEL:
+            fig.add_layout(box, "below")
+            fig.height += 16 * len(box.items) + 8
+        else:
+            fig.add_layout(box, "right")
     elif not outside:
         box.location = location
+
+
+LONG_LABEL = 14  # characters
+
+
+def _labels(box) -> list[str]:
+    """A legend's labels as text (a label read from a data column counts as short: its values are unknown here)."""
+    return [getattr(item.label, "value", "") or "" for item in box.items if item.label is not None]
 
 
 def tidy(fig) -> None:
@@ -171,7 +185,7 @@ def sparsity_map(title: str, source: ColumnDataSource, layers: list[str], every:
     from bokeh.transform import linear_cmap
 
     fig = _bokeh_figure(title=title, x_axis_label="step", y_range=FactorRange(*reversed(layers or ["-"])),
-                        tools=TOOLS, toolbar_location="above", height=SIZE["height"], width=SIZE["width"],
+                        tools=TOOLS, height=SIZE["height"], width=SIZE["width"],
                         sizing_mode="stretch_width", min_width=MIN_WIDTH, styles=dict(GRID_CELL))
     fig.xaxis.formatter = NumeralTickFormatter(format=_STEP_LABELS)
     fig.toolbar.logo = None
