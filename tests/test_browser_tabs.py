@@ -31,6 +31,13 @@ SOURCES_JS = """(keys) => {
   return out;
 }"""
 
+# the data of the ColumnDataSource named `name`
+NAMED_JS = """(name) => {
+  for (const m of Bokeh.documents[0].all_models)
+    if (m.type === "ColumnDataSource" && m.name === name) return {lr: Array.from(m.data.lr)};
+  return null;
+}"""
+
 # a widget as a person sets it: the Bokeh model titled `title` gets `value`, which the page sends to the server
 SET_JS = """([title, value]) => {
   for (const m of Bokeh.documents[0].all_models)
@@ -79,10 +86,23 @@ def _changes(what: str, before, now, timeout: float = 90) -> None:
     wait_until(lambda: now() != before, timeout, what, every=0.2)
 
 
+# the dashboard's status line ("running · step 1162 · lr 0.05"), as the page has it
+STATUS_JS = """() => {
+  for (const m of Bokeh.documents[0].all_models)
+    if (typeof m.text === "string" && m.text.includes(" · step ")) return m.text;
+  return "";
+}"""
+
+
 def _pause(page) -> None:
-    """Pause, and wait until the plots stop moving: then a change is the control's doing, not training's."""
+    """Pause, and wait for the status to say so: then a change is the control's doing, not training's."""
     _press(page, "Pause")
-    page.locator(".alert", has_text="paused").first.wait_for(timeout=60_000)
+    wait_until(lambda: "paused" in page.evaluate(STATUS_JS), 60, "the status saying paused")
+
+
+def _resume(page) -> None:
+    _press(page, "Start")
+    wait_until(lambda: "running" in page.evaluate(STATUS_JS), 60, "the status saying running after Start")
 
 
 # ---- one step per tab: move a control, wait for the drawing to change ---------------------------------------
@@ -94,12 +114,13 @@ def _training(page):
 
 
 def _optimizer(page):
-    _pause(page)  # the schedule preview starts at the run's step
-    before = _digest(page, "step", "lr")
+    # the schedule preview is one lr while constant, many once cosine
+    levels = lambda: {round(v, 12) for v in _finite((page.evaluate(NAMED_JS, "schedule_preview") or {}).get("lr", []))}  # noqa: E731
+    wait_until(lambda: len(levels()) == 1, 60, "a constant schedule's preview, one lr")
     _select(page, "schedule", "cosine")
-    _changes("the schedule preview redrawn after choosing cosine", before, lambda: _digest(page, "step", "lr"))
+    wait_until(lambda: len(levels()) > 10, 60, "the schedule preview decaying after choosing cosine")
     _select(page, "schedule", "constant")  # a cosine run would reach lr 0 before the later tabs
-    _press(page, "Start")
+    wait_until(lambda: len(levels()) == 1, 60, "the preview flat again after choosing constant")
 
 
 def _playground(page):
@@ -111,11 +132,12 @@ def _playground(page):
 
 def _landscape(page):
     wait_until(lambda: _filled(page, "level"), 120, "the landscape's contours")
-    _pause(page)  # following the run, the plane is recomputed every few hundred steps
-    before = _digest(page, "xs", "ys")
     _select(page, "view", "surface")
-    _changes("a wireframe drawn after choosing the surface view", before, lambda: _digest(page, "xs", "ys"))
-    _press(page, "Start")
+    # the wireframe's axes (their own source) turn with the azimuth alone, whatever the run does meanwhile
+    axes = ("xs", "ys", "x", "y", "text")
+    before = _digest(page, *axes)
+    _keys(page, "azimuth", "ArrowRight", 5)
+    _changes("the surface's axes turned after the azimuth slider moved", before, lambda: _digest(page, *axes))
 
 
 def _curvature(page):
@@ -130,7 +152,7 @@ def _spectrum(page):
     before = _digest(page, "left", "right", "top")
     _select(page, "layer", "fc2")
     _changes("the ESD redrawn after choosing layer fc2", before, lambda: _digest(page, "left", "right", "top"))
-    _press(page, "Start")
+    _resume(page)
 
 
 def _pruning(page):
@@ -177,13 +199,15 @@ def _slug(title: str) -> str:
 
 def test_every_tab_draws_what_its_control_says(server, page):  # noqa: F811
     errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
+    shown = ["Training"]
+    page.on("pageerror", lambda e: errors.append(f"{shown[0]} tab: {e}"))
     page.set_viewport_size({"width": 1400, "height": 900})
     _open(page, server)
     _press(page, "Start")
     SHOTS.mkdir(parents=True, exist_ok=True)
     missing = []
     for title in [t for t in ["Training", *(lab.title for lab in LABS)] if t in os.environ.get("TABS", t)]:
+        shown[0] = title
         page.locator(".bk-tab", has_text=title).first.click()  # Bokeh's tab headers carry no ARIA role
         page.locator("canvas").first.wait_for()
         step = STEPS.get(title)

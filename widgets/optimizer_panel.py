@@ -80,7 +80,7 @@ class OptimizerPanel(LabPanel):
         self.schedule_select = self._chooser.widget
         self._options = pn.Column(sizing_mode="stretch_width")
         self._shown: tuple | None = None
-        self._preview = ColumnDataSource({"step": np.array([]), "lr": np.array([])})
+        self._preview = ColumnDataSource({"step": np.array([]), "lr": np.array([])}, name="schedule_preview")
         self._preview_key: tuple | None = None
         self._now = Span(location=run.steps, dimension="height", line_color="#555555", line_dash="dashed")
         used = self.feed.source(["lr"])
