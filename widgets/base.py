@@ -29,7 +29,7 @@ from . import export, plots
 from .controls import Control
 from .feed import Feed
 
-SIDEBAR = 300  # pixels: a lab's controls; two plots fit beside it and the dashboard's own in 1,500
+SIDEBAR = 300  # pixels: a lab's controls; two grid cells fit beside it and the dashboard's own in 1,400
 
 
 def plain(text: str) -> str:
