@@ -48,12 +48,13 @@ r.setv({start: 10 ** (c - span / 2), end: 10 ** (c + span / 2)});
 """
 # LogTickFormatter names every tick by its nearest power of ten: inside one decade, where the ticker
 # picks 0.02 0.05, it printed "0.1" at 0.05. Powers of ten read 0.01 ... 100 and 10⁻³ beyond; other ticks
-# read as numbers (0.05, 2e-4), unless they crowd between powers of ten
+# read as numbers (0.05, 2e-4); where they crowd (more than four), only 1, 2 and 5 times a power of ten
 _LOG_LABELS = """
 if (!(tick > 0)) return "";
 const power = (t) => Math.abs(Math.log10(t) - Math.round(Math.log10(t))) < 1e-6;
 const e = Math.log10(tick), r = Math.round(e);
-if (!power(tick) && ticks.length > 4 && ticks.some((t) => t > 0 && power(t))) return "";  // 0.01 0.02 0.03 ...
+const m = tick / 10 ** Math.floor(e + 1e-9), readable = [1, 2, 5].some((k) => Math.abs(m - k) < 1e-6);
+if (!readable && ticks.length > 4) return "";  // 0.01 0.02 0.03 0.04 ... reads 0.01 0.02 0.05
 if (power(tick)) {
   if (Math.abs(r) < 3) return String(Number((10 ** r).toPrecision(1)));
   const sup = {"-": "⁻", "0": "⁰", "1": "¹", "2": "²", "3": "³", "4": "⁴", "5": "⁵", "6": "⁶", "7": "⁷", "8": "⁸", "9": "⁹"};
@@ -81,7 +82,7 @@ def figure(title: str, x_label: str = "step", y_label: str = "", *, log_x: bool 
                         **{"tools": TOOLS, **size, **kw})
     for axis, log, label, rng in ((fig.xaxis, log_x, x_label, fig.x_range), (fig.yaxis, log_y, y_label, fig.y_range)):
         if log:
-            axis.ticker.desired_num_ticks = 4
+            axis.ticker.desired_num_ticks = 6
             axis.formatter = CustomJSTickFormatter(code=_LOG_LABELS)
             if isinstance(rng, DataRange1d):  # a callback of its own: a model belongs to one document
                 widen = CustomJS(args={"span": LOG_SPAN}, code=_MIN_DECADES)
