@@ -326,7 +326,7 @@ def coord_check(run: Run, *, progress: bool | Progress = True, widths: tuple[int
             return {}
         frame = check(lambda w: (name, {**options, key: int(w), "parametrization": par, "base_width": base}), widths,
                       data=run.data.spec or run.data, steps=steps, optimizer=run.optimizer, lr=run.lr,
-                      batch_size=min(run.batch_size, 64), seed=run.seed)
+                      batch_size=min(run.batch_size, 64), seed=run.seed, progress=False)
         last = frame[frame.t == frame.t.max()]
         out[par] = {"width": last["width"].to_numpy(float), "module": last["module"].to_numpy(object),
                     "l1": last["l1"].to_numpy(float)}

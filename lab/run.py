@@ -418,7 +418,8 @@ class Run(param.Parameterized):
                 name, opts = _parse(spec, "pruning")
                 spec = {"method": name, **opts}
             spec = {**spec, "sparsity": sparsity}
-        new = Pruning.of(self, spec)
+        with self._lock:  # between steps: a probe's torch.func call swaps the weights for plain tensors meanwhile,
+            new = Pruning.of(self, spec)  # and the model looked as if it had no prunable layer (seen in the dashboard)
         if new is not None and keep_start:
             new.sparsifier.load(current.sparsifier.state())  # the same plan, its final sparsity changed
             keep_start = self._next_pruning[1] if self._next_pruning is not _UNSET else True

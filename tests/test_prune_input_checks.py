@@ -92,3 +92,34 @@ def test_a_model_without_prunable_layers_and_bad_weights():
     with pytest.raises(ValueError, match="n=2.5, m=4 rejected"):
         from trainlab.kernels.nm import nm_keep
         nm_keep(torch.zeros(2, 4).numpy(), 2.5, 4)
+
+
+def test_turning_pruning_on_waits_for_the_step_a_probe_is_in():
+    """A probe's torch.func call swaps the weights for plain tensors during a step; run.set(pruning=...) from
+    the UI thread meanwhile saw no prunable layer and refused (the dashboard's Turn pruning on, Sharpness on)."""
+    import threading
+
+    run = small_run()
+    swapped, release = threading.Event(), threading.Event()
+
+    def step_with_swapped_weights():
+        with run._lock:  # what a step holds while its probes run
+            layers = [m for m in run.model.modules() if isinstance(m, nn.Linear)]
+            weights = [m.weight for m in layers]
+            for m, w in zip(layers, weights):
+                del m.weight
+                m.weight = w.detach().clone()  # as torch.func.functional_call leaves them during the call
+            swapped.set()
+            release.wait(10)
+            for m, w in zip(layers, weights):
+                del m.weight
+                m.weight = w
+
+    t = threading.Thread(target=step_with_swapped_weights)
+    t.start()
+    swapped.wait(10)
+    threading.Timer(0.2, release.set).start()
+    run.set(pruning="magnitude", sparsity=0.5)  # waits for the step, then sees the model as it is
+    t.join(10)
+    run.step(1)  # applied between steps
+    assert run.pruning["method"][0] == "magnitude" and run.pruning["sparsity"] == 0.5

@@ -5,6 +5,9 @@
 - `run_job(fn, slot, **options)`: one of `trainlab.live`'s analyses on a Job thread, with the slot's
   progress bar, Cancel button and status line; its results reach the plots as history snapshots.
 - `control(name)`: a widget bound both ways to one of the panel's own param settings.
+- `layout(sidebar, figures)`: every lab's page: the controls in a column (ending with the Export card:
+  the run's history as CSV/Parquet, the plots as PNG/SVG), the plots in a grid that uses the width.
+- `hint(fig, source, text)`: an empty plot says what fills it (and shows no legend) until data arrives.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import html
 import weakref
 from typing import Any, Callable
 
+import numpy as np
 import panel as pn
 import param
 from bokeh.models import LayoutDOM
@@ -21,11 +25,11 @@ from trainlab import Run, live
 from trainlab.jobs import Cancelled, Job
 from trainlab.probes import Probe
 
-from . import plots
+from . import export, plots
 from .controls import Control
 from .feed import Feed
 
-SIDEBAR = 300  # pixels: a lab's controls; two plots fit beside it and the dashboard's own in 1,500
+SIDEBAR = 300  # pixels: a lab's controls; two grid cells fit beside it and the dashboard's own in 1,400
 
 
 def plain(text: str) -> str:
@@ -107,6 +111,7 @@ class LabPanel(Viewer):
         self._added: list[Probe] = []
         self.alert = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width")
         self._hints: list[tuple] = []
+        self._page_figures: list = []
         self.feed.on_tick(self._tick_slots)
 
     def _ready(self) -> None:
@@ -165,23 +170,40 @@ class LabPanel(Viewer):
     def _tick_slots(self) -> None:
         for s in self.slots.values():
             s.tick()
-        for note, source in self._hints:
-            empty = not any(len(v) for k, v in source.data.items() if k != "step")  # all-NaN counts as data here
+        for fig, note, source, needs in self._hints:
+            if needs:  # these columns must hold a number (a sparse source's other columns fill regardless)
+                empty = not all(np.isfinite(np.asarray(source.data[c], dtype=float)).any() for c in needs)
+            else:
+                empty = not any(len(v) for k, v in source.data.items() if k != "step")  # all-NaN counts as data here
             if note.visible != empty:
                 note.visible = empty
+            for box in fig.legend:  # an empty plot's legend lists lines nobody can see, beside the note
+                if box.visible == empty:
+                    box.visible = not empty
 
-    def hint(self, fig, source, text: str):
-        """Say on `fig` what fills it ("press LR range test") while `source` is empty."""
-        self._hints.append((plots.placeholder(fig, text), source))
+    def hint(self, fig, source, text: str, needs: tuple[str, ...] = ()):
+        """Say on `fig` what fills it ("press LR range test") while `source` is empty (or, with `needs`, while
+        those columns hold no number); its legend shows only once there is something to tell apart."""
+        self._hints.append((fig, plots.placeholder(fig, text), source, tuple(needs)))
+        self._tick_slots()
         return fig
 
     def layout(self, sidebar: list, figures: list, below: list = ()) -> pn.Row:
-        """Every lab's layout: its controls in a column on the left, its plots wrapping in the width left."""
+        """Every lab's layout: its controls in a column on the left, ending with the Export card; its plots
+        in a grid that wraps in the width left (as many to a row as fit, see plots.GRID_CELL)."""
         panes = [pn.pane.Bokeh(f) if isinstance(f, LayoutDOM) else f for f in figures]
+        for fig in export.figures_in(figures):
+            plots.tidy(fig)
+        self._page_figures = [*figures, *below]
+        sidebar = [*sidebar, export.card(lambda: self.run.history.frame(), self.figures_shown)]
         return pn.Row(pn.Column(*sidebar, width=SIDEBAR),
                       pn.Column(self.alert, pn.FlexBox(*panes, sizing_mode="stretch_width"), *below,
                                 sizing_mode="stretch_width"),
                       sizing_mode="stretch_width")
+
+    def figures_shown(self) -> list:
+        """The Bokeh figures of this panel's page now (a view switch may have swapped some)."""
+        return export.figures_in(self._page_figures)
 
     # ---- own settings --------------------------------------------------------------------------
     def control(self, name: str) -> Control:

@@ -118,7 +118,7 @@ class CurvaturePanel(LabPanel):
 
     @staticmethod
     def _top_figure(source: ColumnDataSource):
-        fig = plots.figure("Top Hessian eigenvalues", "rank", "eigenvalue", tools="pan,wheel_zoom,reset,save")
+        fig = plots.figure("Top Hessian eigenvalues", "rank", "eigenvalue", tools="save,pan,wheel_zoom,reset")
         fig.scatter("rank", "eigenvalue", source=source, size=9, color=plots.VAL)
         fig.segment("rank", 0, "rank", "eigenvalue", source=source, color=plots.VAL)
         fig.add_tools(HoverTool(tooltips=[("rank", "@rank"), ("λ", "@eigenvalue{0.0000}")]))

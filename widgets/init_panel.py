@@ -209,7 +209,7 @@ class InitPanel(LabPanel):
         for par, title in (("mup", "μP: sharpness by width"), ("sp", "SP: sharpness by width")):
             src = self.feed.snapshot(live.SHARPNESS_CURVES, _empty_sharpness(par), None)
             self.sharpness_sources[par] = src
-            fig = plots.figure(title, "step", "λ_max (lr-scaled under μP)")
+            fig = plots.figure(title, "step", "λ_max (under μP: scaled by the per-layer multipliers)")
             fig.multi_line("xs", "ys", source=src, color="color", line_dash="dash", legend_field="label",
                            line_width=1.8)
             plots.legend(fig, "bottom_right")

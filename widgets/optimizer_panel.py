@@ -80,7 +80,7 @@ class OptimizerPanel(LabPanel):
         self.schedule_select = self._chooser.widget
         self._options = pn.Column(sizing_mode="stretch_width")
         self._shown: tuple | None = None
-        self._preview = ColumnDataSource({"step": np.array([]), "lr": np.array([])})
+        self._preview = ColumnDataSource({"step": np.array([]), "lr": np.array([])}, name="schedule_preview")
         self._preview_key: tuple | None = None
         self._now = Span(location=run.steps, dimension="height", line_color="#555555", line_dash="dashed")
         used = self.feed.source(["lr"])
@@ -147,7 +147,7 @@ class OptimizerPanel(LabPanel):
                                               list(columns.values())), medians, only))
         layers = list(columns.values())
         hist = feed.snapshot(moment.columns(run).snapshots[0], _histogram(layers), None)
-        fig = plots.figure("Second moment v̂: distribution", "log10 v̂", "weights", width=plots.SIZE["width"] - 80)
+        fig = plots.figure("Second moment v̂: distribution", "log10 v̂", "weights")
         for i, layer in enumerate(layers):
             fig.step("x", layer, source=hist, mode="center", color=Category10_10[i % 10], legend_label=layer, line_width=1.5)
         plots.legend(fig, "top_right", outside=True)

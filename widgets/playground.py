@@ -139,9 +139,11 @@ class Playground2D(Viewer):
             first = fig.scatter("x", "y", source=start, color=color, size=11, line_color="white", line_width=2)
             self.sources.append(path), self.starts.append(start), self._renderers.append((line, dots, first))
         fig.add_layout(ColorBar(color_mapper=self._mapper, width=10, title="log10 loss"), "right")
-        self._legend = Legend(items=[], location="bottom_right", click_policy="hide", background_fill_alpha=0.7,
-                              label_text_font_size="9pt", spacing=0, padding=4)
-        fig.add_layout(self._legend)
+        # below the map, three to a row, off the paths it names (inside, it hid a corner of the function)
+        self._legend = Legend(items=[], location="top_left", click_policy="hide", orientation="horizontal", ncols=3,
+                              label_text_font_size="9pt", spacing=8, padding=4, border_line_alpha=0)
+        fig.add_layout(self._legend, "below")
+        fig.height += 50
         fig.on_event(Tap, self._on_tap)
         self.figure = fig
 

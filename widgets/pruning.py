@@ -187,7 +187,7 @@ class PruningPanel(LabPanel):
         self.hint(churn, self.churn, "after each mask update (gradual, imp, set, rigl)")
 
         self.surviving = feed.snapshot(SURVIVING, _histogram, None)
-        hist = plots.figure("Surviving (nonzero) weights", "weight", "count", width=plots.SIZE["width"] - 80)
+        hist = plots.figure("Surviving (nonzero) weights", "weight", "count")
         for i, layer in enumerate(layers.values()):  # the probe's layer names, as its counts are keyed
             hist.step("x", layer, source=self.surviving, mode="center", color=Category10_10[i % 10],
                       legend_label=layer, line_width=1.5)
@@ -210,7 +210,8 @@ class PruningPanel(LabPanel):
         self.quality = feed.source({"sparsity": "sparsity", y: y}, sparse=True)
         quality = plots.figure(f"{label.capitalize()} against sparsity", "sparsity", label)
         quality.scatter("sparsity", y, source=self.quality, color=plots.VAL, size=5, alpha=0.6)
-        self.hint(quality, self.quality, f"turn pruning on: a point per validation (every {run.eval_every} steps)")
+        self.hint(quality, self.quality, f"turn pruning on: a point per validation (every {run.eval_every} steps)",
+                  needs=("sparsity",))
         return [plan, per, churn, hist, var, quality]
 
     def _receive(self, snap: dict | None) -> dict[str, list]:

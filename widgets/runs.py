@@ -20,7 +20,7 @@ from trainlab import Run
 from trainlab.store import Store
 from trainlab.store.compare import best_steps, changes, lineage, settings_diff
 
-from . import plots
+from . import export, plots
 from .base import LabPanel, plain
 from .feed import Feed
 
@@ -52,8 +52,8 @@ class RunsPanel(LabPanel):
     run from a stored one at a past step (the slider offers its checkpoints) with other settings
     (`lr=0.01, optimizer=adam`), applied before its next step: "what if I had lowered the lr at step 500?";
     the fork is recorded in the store beside its parent. In the dashboard the reopened or forked run replaces
-    the one shown (`opened`). Export: the figure as standalone HTML (the toolbar's save button gives PNG, or SVG
-    with *SVG figure* ticked), the histories as CSV or Parquet. A run this panel records is saved complete
+    the one shown (`opened`). Export: the chosen runs' histories as CSV or Parquet and the figure as standalone
+    HTML; PNG/SVG and the live run's history from the Export card. A run this panel records is saved complete
     when the panel closes (the dashboard moved on to another run, or the page closed).
     """
 
@@ -88,8 +88,6 @@ class RunsPanel(LabPanel):
         self.fork_button.on_click(lambda e: self.fork(self.pick.value, self.fork_input.value, self.fork_step.value))
         self.refresh_button = pn.widgets.Button(label="Refresh", width=90)
         self.refresh_button.on_click(lambda e: self.refresh())
-        self.svg = pn.widgets.Checkbox(label="SVG figure (the save button then writes .svg)")
-        self.svg.param.watch(lambda e: setattr(self.fig, "output_backend", "svg" if e.new else "canvas"), "value")
         self.note = pn.pane.Markdown("", sizing_mode="stretch_width")
         # plain HTML tables: they render in any page (a Tabulator needs its extension loaded by the page first)
         self.diff = pn.pane.DataFrame(pd.DataFrame(), sizing_mode="stretch_width", max_height=260)
@@ -99,10 +97,7 @@ class RunsPanel(LabPanel):
         self.mark_source = ColumnDataSource({"step": [], "y": [], "run": [], "change": [], "color": []})
         self.fork_source = ColumnDataSource({"step": [], "y": [], "run": [], "parent": [], "color": []})
         self.fig = self._figure()
-        downloads = [pn.widgets.FileDownload(callback=self._csv, filename="histories.csv", label="History CSV",
-                                             width=130),
-                     pn.widgets.FileDownload(callback=self._parquet, filename="histories.parquet",
-                                             label="History Parquet", width=140),
+        downloads = [*export.downloads(self._histories, "histories", "Chosen runs"),
                      pn.widgets.FileDownload(callback=self._html, filename="runs.html", label="Figure HTML", width=130)]
         self.param.watch(lambda e: self._draw(), ["selected", "metric"])
         self._layout = self.layout(
@@ -111,7 +106,7 @@ class RunsPanel(LabPanel):
              pn.layout.Divider(), self.choose, self.metric_choice, self.refresh_button, pn.layout.Divider(),
              self.pick, self.fork_step, self.fork_steps, self.fork_input, pn.Row(self.reopen_button, self.fork_button),
              self.note,
-             pn.layout.Divider(), pn.FlexBox(*downloads), self.svg],
+             pn.layout.Divider(), pn.FlexBox(*downloads)],
             [self.fig],
             below=[pn.pane.Markdown("#### Settings that differ (as each run ended)"), self.diff,
                    pn.pane.Markdown("#### What changed mid-run, and when"), self.changes])
@@ -228,7 +223,7 @@ class RunsPanel(LabPanel):
 
     # ---- drawing ------------------------------------------------------------------------------
     def _figure(self):
-        fig = plots.figure("Runs compared", "step", self.metric, hover=False, width=620, height=320)
+        fig = plots.figure("Runs compared", "step", self.metric, hover=False, height=320)
         fig.multi_line("xs", "ys", source=self.line_source, color="color", legend_field="run", line_width=1.8)
         best = fig.scatter("step", "y", source=self.best_source, color="color", size=10, line_color="black")
         marks = fig.scatter("step", "y", source=self.mark_source, color="color", marker="inverted_triangle", size=11)
@@ -292,13 +287,10 @@ class RunsPanel(LabPanel):
         return self.store.history(self.selected) if self.selected else pd.DataFrame({"run": [], "step": []})
 
     def _csv(self) -> io.BytesIO:
-        return io.BytesIO(self._histories().to_csv(index=False).encode())
+        return export.csv_bytes(self._histories())
 
     def _parquet(self) -> io.BytesIO:
-        buf = io.BytesIO()
-        self._histories().to_parquet(buf, index=False)
-        buf.seek(0)
-        return buf
+        return export.parquet(self._histories())
 
     def _html(self) -> io.StringIO:
         return io.StringIO(file_html(self.fig, INLINE, "trainlab runs"))

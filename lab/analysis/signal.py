@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..functional import eval_mode
+from ..jobs import Cancelled, Progress, as_progress
 from ..parametrizations import input_scale
 
 _WEIGHTED = (nn.Linear, nn.modules.conv._ConvNd)
@@ -152,7 +153,7 @@ def _threads(n: int):
 
 def coord_check(model_fn: Callable[[int], Any], widths, data: Any = "digits", steps: int = 3,
                 optimizer: str = "sgd", lr: float | None = None, batch_size: int = 64, seed: int = 0,
-                threads: int = 1) -> pd.DataFrame:
+                threads: int = 1, progress: bool | Progress = True) -> pd.DataFrame:
     """Train the model of each width `steps` steps on one fixed batch and record, at every step's forward,
     the mean |x| of each Linear/conv layer's output: a tidy frame of width, module, t (1 = at init), l1.
 
@@ -160,6 +161,7 @@ def coord_check(model_fn: Callable[[int], Any], widths, data: Any = "digits", st
     "mup", "base_width": 64}); the optimizer is built as Run builds it (μP's per-layer lrs included), with
     `lr` (default: the optimizer's usual one) and its default settings. Under μP every curve is flat in width;
     under SP the later layers' grow with it. The same work as `mup.coord_check.get_coord_data` (its l1, its t).
+    A tqdm bar by default, a unit per width; cancelling `progress` stops it between widths with Cancelled.
     """
     from ..data import as_data
     from ..models import default_loss, models
@@ -172,8 +174,12 @@ def coord_check(model_fn: Callable[[int], Any], widths, data: Any = "digits", st
     x, y = data.fixed_sample(batch_size, seed=seed)
     loss_fn = default_loss(data.task)
     records = []  # (width, module, t, l1 tensor): one sync at the end
+    p = as_progress(progress, len(widths), "coordinate check (widths)")
     with _threads(threads), torch.random.fork_rng(devices=[]):
         for width in widths:
+            if p.cancelled:
+                p.close()
+                raise Cancelled("the coordinate check was cancelled")
             torch.manual_seed(seed)
             model = model_fn(width)
             if not isinstance(model, nn.Module):
@@ -199,6 +205,8 @@ def coord_check(model_fn: Callable[[int], Any], widths, data: Any = "digits", st
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+            p.update()
+    p.close()
     l1 = torch.stack([r[3] for r in records]).tolist() if records else []
     return pd.DataFrame({"width": [r[0] for r in records], "module": [r[1] for r in records],
                          "t": [r[2] for r in records], "l1": l1})
