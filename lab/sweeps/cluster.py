@@ -44,12 +44,17 @@ def connect(scheduler: Any = None, workers: int | None = None, timeout: float = 
             raise
     if workers is not None:
         raise ValueError("workers= sizes the embedded local cluster; an existing cluster has its own workers")
+    if isinstance(scheduler, str) and scheduler == "shared":  # the process's one cluster (a served lab's sessions)
+        from .shared import client
+
+        return client(), None, False
     if isinstance(scheduler, Client):
         return scheduler, None, False
     if hasattr(scheduler, "scheduler_address"):  # a cluster object (LocalCluster, a dask-jobqueue cluster, ...)
         return Client(scheduler), None, True
     if not isinstance(scheduler, str):
-        raise ValueError(f"scheduler={scheduler!r} rejected: None (a local cluster), an address such as "
+        raise ValueError(f"scheduler={scheduler!r} rejected: None (a local cluster), \"shared\" (this process's shared "
+                         f"local cluster), an address such as "
                          f"'tcp://host:8786', a distributed.Client or a cluster object")
     try:
         client = Client(scheduler, timeout=timeout)
