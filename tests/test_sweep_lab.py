@@ -68,7 +68,7 @@ def test_a_preset_started_from_the_tab_draws_live_and_closing_cancels_it(served)
     drawn = set(panel.lines.data["row"])
     frame = sw.results()
     assert set(frame.loc[frame["status"] == "finished", "index"]) >= drawn
-    assert panel.settings == ["optimizer", "lr"] and "results" in lab.info.object
+    assert panel.settings == ["optimizer", "lr"] and "/18 done" in lab.info.object and "results" in panel.status.object
     lab.close()  # the session ended
     sw.wait(120)
     frame = sw.results()
