@@ -10,7 +10,7 @@ columns come back in the history (without it a run measures nothing but its loss
 from __future__ import annotations
 
 import math
-import time
+from contextlib import nullcontext
 from typing import Any, Callable
 
 import numpy as np
@@ -62,59 +62,94 @@ def full_loss(run) -> float:
 def train(config: dict[str, Any], *, stop: Callable[[], bool] | None = None, chunk: int = 50,
           on_progress: Callable[[int, dict[str, float]], None] | None = None, keep_history: bool = True,
           run_hook: Callable | None = None, whole_train_loss: bool = False) -> dict[str, Any]:
-    """Train `config["steps"]` steps and return the result row: `status` ("finished", "diverged" or "cancelled", as a sweep's rows say),
-    `steps`, `seconds`, `train_loss` (the mean of the last tenth of the steps), `val_loss`/`val_acc` at the end,
-    `best_val_loss`, `best_step`, `mean_train_loss` (over every step: how fast it learned; inf if it diverged),
-    with `whole_train_loss` the loss over the whole training set at the end (`full_train_loss`), and (with
-    `keep_history`) `history`, the run's history as a DataFrame.
+    """Train `config["steps"]` steps and return the result row: `status` ("finished", "diverged" or "cancelled"),
+    `error` (why it diverged), `steps`, `seconds` (the run's own training time), `train_loss`/`train_acc` (the last
+    logged step's), `val_loss`/`val_acc` at the final weights, `best_val_loss`, `best_step`, `best_val_acc` (over
+    the validation passes and the final weights), `mean_train_loss` (over every step: how fast it learned; inf if
+    it diverged), with `whole_train_loss` the loss over the whole training set at the end (`full_train_loss`),
+    and (with `keep_history`) `history`, the run's history as a DataFrame.
 
     `stop()` is asked every `chunk` steps (a sweep's cancellation); `on_progress(step, metrics)` is told then
-    too (live metrics). `run_hook(run)` sees the Run once built (a store that records it live)."""
+    too (live metrics). `run_hook(run)` sees the Run once built; if it returns a context manager, the steps run
+    inside it (a store recording the run live, saving it as the block ends). A configuration `threads` also
+    holds torch to that many threads outside the steps (building, evaluating)."""
+    from .run import _torch_threads
+
     steps = _steps(config)
-    run = build(config, probes=[])  # the default probes would measure what nobody asked for (`measure` adds some)
-    if run_hook is not None:
-        run_hook(run)
-    t0, status = time.perf_counter(), "finished"
+    threads = config.get("threads")
+    with _torch_threads(threads) if isinstance(threads, int) and not isinstance(threads, bool) else nullcontext():
+        run = build(config, probes=[])  # the default probes would measure what nobody asked for (`measure` adds some)
+        try:
+            hook = run_hook(run) if run_hook is not None else None
+            with hook if hasattr(hook, "__enter__") else nullcontext():
+                status = _steps_until(run, steps, stop, chunk, on_progress)
+            return _row(run, status, keep_history, whole_train_loss)
+        finally:
+            run.close()
+
+
+def _steps_until(run, steps: int, stop, chunk: int, on_progress) -> str:
+    """Step until `steps`, a stop or a divergence; the status."""
     while run.steps < steps:
         if stop is not None and stop():
-            status = "cancelled"
-            break
+            return "cancelled"
         n = min(chunk, steps - run.steps)
         if run.step(n) < n:
-            status = "diverged"
-            break
+            return "diverged"
         if on_progress is not None:
             on_progress(run.steps, _last(run))
-    seconds = time.perf_counter() - t0
+    return "finished"
+
+
+def _row(run, status: str, keep_history: bool, whole_train_loss: bool) -> dict[str, Any]:
     frame = run.history.frame()
-    row: dict[str, Any] = {"status": status, "steps": run.steps, "seconds": seconds}
+    row: dict[str, Any] = {"status": status, "error": run.message if status == "diverged" else "",
+                           "steps": run.steps, "seconds": run.elapsed}
     if "train_loss" in frame and len(frame):
-        tail = frame["train_loss"].iloc[-max(1, len(frame) // 10):]
-        row["train_loss"] = float(tail.mean())
+        row["train_loss"] = float(frame["train_loss"].iloc[-1])
+        if "train_acc" in frame:
+            row["train_acc"] = float(frame["train_acc"].iloc[-1])
         losses = frame["train_loss"].to_numpy(float)
         row["mean_train_loss"] = float(losses.mean()) if status == "finished" and np.isfinite(losses).all() else math.inf
     if whole_train_loss:
         row["full_train_loss"] = full_loss(run) if status == "finished" else math.inf
-    if run.data.has_val and status != "diverged":
-        row.update(run.evaluate())
-    if "val_loss" in frame and frame["val_loss"].notna().any():
-        best = frame["val_loss"].idxmin()
-        row["best_val_loss"], row["best_step"] = float(frame.loc[best, "val_loss"]), int(frame.loc[best, "step"])
+    if run.data.has_val and run.steps and status != "diverged":
+        final = run.evaluate()  # at the final weights, whatever eval_every left out
+        row.update(final)
+        val = frame.dropna(subset=["val_loss"]) if "val_loss" in frame else pd.DataFrame(columns=["step", "val_loss"])
+        losses = [*val["val_loss"].tolist(), final["val_loss"]]
+        at = [*val["step"].tolist(), run.steps]
+        best = int(np.nanargmin(losses)) if not all(map(math.isnan, losses)) else len(losses) - 1
+        row.update(best_val_loss=float(losses[best]), best_step=int(at[best]))
+        if "val_acc" in final:
+            row["best_val_acc"] = float(max([*val.get("val_acc", pd.Series(dtype=float)).tolist(), final["val_acc"]]))
     for key in ("train_loss", "val_loss", "best_val_loss"):
         if key in row and not math.isfinite(row[key]):
             row["status"] = "diverged"
     if keep_history:
         row["history"] = frame
-    run.close()
     return row
 
 
 def _last(run) -> dict[str, float]:
-    """The newest logged row's numbers (rows since the step before the last)."""
-    rows = run.history.since(run.history.last_step - 1)
-    if not len(rows):
+    """The newest logged row's numbers."""
+    return {k: float(v) for k, v in run.history.last().items() if isinstance(v, (int, float)) and math.isfinite(v)}
+
+
+def curve(frame: pd.DataFrame, points: int = 200) -> dict[str, list]:
+    """A few hundred rows of a history's training curve (every validation row kept), as plain lists: what a
+    result carries back from a worker for panels to draw."""
+    if not len(frame):
         return {}
-    return {k: float(v) for k, v in rows.iloc[-1].items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    keep = np.unique(np.linspace(0, len(frame) - 1, min(points, len(frame))).round().astype(int))
+    out = {"step": frame["step"].iloc[keep].tolist(), "train_loss": frame["train_loss"].iloc[keep].tolist()}
+    if "val_loss" in frame:
+        val = frame.dropna(subset=["val_loss"])
+        out["val_step"] = val["step"].tolist()
+        out["val_loss"] = val["val_loss"].tolist()
+        if "val_acc" in val:
+            out["val_acc"] = val["val_acc"].tolist()
+    return out
 
 
 def results(rows: list[dict[str, Any]], configs: list[dict[str, Any]]) -> pd.DataFrame:

@@ -96,6 +96,12 @@ class History:
             last = self._recent[-1] if self._recent else (self._old[-1] if self._old else None)
             return last["step"] if last else -1
 
+    def last(self) -> dict[str, Any]:
+        """The newest row (a copy; empty if none)."""
+        with self._lock:
+            last = self._recent[-1] if self._recent else (self._old[-1] if self._old else {})
+            return dict(last)
+
     def since(self, step: int) -> pd.DataFrame:
         """Rows logged after `step`, as a DataFrame."""
         with self._lock:

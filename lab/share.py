@@ -146,6 +146,22 @@ class Share:
             if got:
                 self._jobs.release()
 
+    def try_job(self):
+        """Take a job slot now if one is free, for something that holds it a long while (a sweep): a function
+        releasing it (calling it again does nothing), or None when every slot is held."""
+        if not self._jobs.acquire(blocking=False):
+            return None
+        held = [True]
+        lock = threading.Lock()
+
+        def release() -> None:
+            with lock:
+                if held[0]:
+                    held[0] = False
+                    self._jobs.release()
+
+        return release
+
     @property
     def jobs_waiting(self) -> int:
         return self._jobs_waiting

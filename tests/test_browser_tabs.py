@@ -189,9 +189,20 @@ def _runs(page):
              lambda: _digest(page, "xs", "ys", "run", "color"))
 
 
+def _sweeps(page):
+    steps = page.locator(".bk-input-group", has_text="Steps").locator("input").first
+    steps.fill("20", timeout=60_000)
+    steps.press("Enter")
+    _press(page, "Start sweep")
+    # the metric behind the parallel-coordinates lines: finished runs' values, not only a canvas
+    wait_until(lambda: len([v for v in max(_columns(page, "metric"), key=len, default=[]) if v == v and v > 0]) >= 2,
+               240, "two sweep results drawn after Start sweep", every=0.5)
+    _press(page, "Cancel sweep")
+
+
 STEPS = {"Training": _training, "Optimizer": _optimizer, "Playground": _playground, "Landscape": _landscape,
          "Curvature": _curvature, "Spectrum": _spectrum, "Pruning": _pruning, "Normalization": _normalization,
-         "Init & μP": _init, "Runs": _runs}
+         "Init & μP": _init, "Runs": _runs, "Sweeps": _sweeps}
 
 
 def _slug(title: str) -> str:

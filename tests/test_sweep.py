@@ -403,3 +403,41 @@ def test_the_search_space_comes_from_the_declared_parameters():
     assert got["batch_size"] == d.IntDistribution(16, 128, log=True)
     with pytest.raises(ValueError, match=r"space\['optimizer'\]: choice='nosuch' rejected: unknown optimizer"):
         distributions(base, {"optimizer": ["sgd", "nosuch"]})
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_batch_loses_only_its_unfinished_run(monkeypatch, tmp_path):
+    """Three runs to a task: the batch's ended run stays ended (and stored), the one training fails, the one
+    after it, never started, trains elsewhere; each result came as its run ended."""
+    from trainlab.sweeps import monitor
+
+    monkeypatch.setattr(monitor.Sweep, "_batch_size", lambda self: 3)
+    seen = []
+    sw = trainlab.sweep(BASE, grid={"lr": [0.01, 0.02, 0.03, 0.04, 0.05, 0.06]}, steps=STEPS, workers=2,
+                        report_every=0.1, store=FileStore(tmp_path))
+    sw.on_result(lambda row: seen.append((row["index"], time.monotonic())))
+
+    def second_of_a_batch_training():
+        assert not sw.done, sw.results()[["status", "error"]].to_string()
+        for i, info in sw.running().items():
+            key = sw._key_of.get(i)
+            batch = sw._futures.get(key, ([],))[0]
+            live = sw.curves(i)
+            if batch[1:2] == [i] and sw.progress().finished and live.shape[0] and live["step"].iloc[-1] < STEPS // 2:
+                return i, batch, info
+        return None
+
+    victim, batch, info = wait_until(second_of_a_batch_training, 180, "the second run of a batch training")
+    done_before = {i for i, _ in seen}
+    assert batch[0] in done_before  # its batch-mate's result came before the batch ended
+    os.kill(info["pid"], signal.SIGKILL)
+    killed = time.time()
+    sw.wait(300)
+    frame = sw.results().set_index("index")
+    _no_duplicates(sw)
+    assert frame.loc[victim, "status"] == "failed" and "died" in frame.loc[victim, "error"]
+    assert [f["index"] for f in sw.failures] == [victim] and sw.failures[0]["time"] - killed < 5
+    others = frame.drop(index=victim)
+    assert (others["status"] == "finished").all() and (others["steps"] == STEPS).all(), others[["status", "error"]]
+    assert frame.loc[batch[0], "attempts"] == 1 and frame.loc[batch[2], "attempts"] == 1  # never run twice
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == sorted(f"{n}.pt" for n in others["name"])

@@ -13,6 +13,7 @@ from .pruning import PruningPanel
 from .runs import RunsPanel
 from .spectrum import SpectrumPanel
 from .sweep import SweepPanel
+from .sweep_lab import SweepLab
 
 __all__ = ["LABS", "CurvaturePanel", "Feed", "InitPanel", "Lab", "LabPanel", "LandscapePanel", "NormalizationPanel", "OptimizerPanel", "Playground2D",
-           "PruningPanel", "RunsPanel", "SpectrumPanel", "SweepPanel", "TrainingDashboard"]
+           "PruningPanel", "RunsPanel", "SpectrumPanel", "SweepLab", "SweepPanel", "TrainingDashboard"]

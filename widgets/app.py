@@ -58,6 +58,8 @@ def create_app(limits: Limits | None = None, **run_options):
     """One session's app: a fresh Run (an MLP on digits by default) and its dashboard; past the session
     limit, a page saying so (nothing built)."""
     quiet_closed_connections()  # here, so `panel serve binder/dashboard.py` is as quiet as `trainlab serve`
+    # the Sweeps tab's table is a Tabulator, built after the page loaded: its script must come with the page
+    pn.extension("tabulator")
     if limits is not None:
         with _LIVE_LOCK:
             if len(_LIVE) >= limits.sessions:

@@ -41,4 +41,5 @@ LABS = (
     Lab("Normalization", "normalization", "NormalizationPanel", fills="xs", press="Compare norms"),
     Lab("Init & μP", "init_panel", "InitPanel", fills="theory_std"),
     Lab("Runs", "runs", "RunsPanel", fills="xs", press="Save run"),
+    Lab("Sweeps", "sweep_lab", "SweepLab", needs_run=False, fills="metric", press="Start sweep"),
 )

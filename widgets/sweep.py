@@ -2,6 +2,7 @@
 configurations, and a run's curves on click, refreshed as results arrive."""
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,9 @@ RESULT_COLUMNS = {"status", "error", "steps", "seconds", "time", "train_loss", "
                   "best_val_loss", "best_val_acc", "best_step", "mean_train_loss", "full_train_loss", "history", "curve",
                   "worker", "pid", "attempts", "name", "index", "id", "trial"}
 _POLL_MS = 500  # results reach the page within a second of arriving
+# the small plots are new figures each time: redrawn at most this often while results arrive (replaced every
+# tick, the browser never finished laying them out: seen as empty, squashed plots in the served tab)
+_GRID_EVERY = 3.0
 
 
 def _settings_of(frame: pd.DataFrame, metric: str) -> list[str]:
@@ -45,6 +49,8 @@ class SweepPanel(pn.viewable.Viewer):
 
     metric = param.String("val_loss", doc="the result column the colours, the grid and the table rank by")
     top = param.Integer(10, bounds=(1, None), doc="rows in the best-configurations table")
+    poll = param.Boolean(True, doc="refresh on a periodic callback of its own once shown (off: its owner calls "
+                                   "refresh(), as the dashboard's Sweeps tab does on its tick)")
 
     def __init__(self, sweep: Any, **params):
         super().__init__(**params)
@@ -58,7 +64,9 @@ class SweepPanel(pn.viewable.Viewer):
         self.curve = ColumnDataSource({"step": [], "train_loss": [], "val_loss": []})
         self.mapper = LinearColorMapper(palette=Viridis256, low=0, high=1, nan_color="#bbbbbb")
         self.parallel = self._parallel_figure()
-        self.grid = pn.FlexBox(sizing_mode="stretch_width")
+        # a Row: figures made anew inside a FlexBox after the page loaded rendered squashed to nothing (seen in
+        # the served Sweeps tab); a sweep has a few settings, so a row of 300-pixel plots fits
+        self.grid = pn.Row(sizing_mode="stretch_width")
         self.table = pn.widgets.Tabulator(pd.DataFrame(), disabled=True, selectable=1, height=260,
                                           sizing_mode="stretch_width", show_index=False)
         self.table.param.watch(self._pick, "selection")
@@ -72,6 +80,7 @@ class SweepPanel(pn.viewable.Viewer):
         plots.legend(curve, "top_right")
         self.curve_fig = curve
         self._shown: tuple | None = None
+        self._grid_at, self._grid_stale = -float("inf"), False
         self._callback = None
         self.refresh()
 
@@ -98,6 +107,10 @@ class SweepPanel(pn.viewable.Viewer):
             self._shown = state
             self.frame = frame
             self._draw()
+        ended = getattr(self.sweep, "done", True)  # a frame, or a sweep with nothing more to come
+        if self._grid_stale and (ended or time.monotonic() - self._grid_at >= _GRID_EVERY):
+            self._grid_stale, self._grid_at = False, time.monotonic()
+            self._draw_grid(self._ok())
         self._say()
 
     def _ok(self) -> pd.DataFrame:
@@ -113,7 +126,7 @@ class SweepPanel(pn.viewable.Viewer):
         if ok.empty or not self.settings:
             for s in (self.lines, self.points, self.ticks):
                 s.data = {k: [] for k in s.data}
-            self._draw_grid(ok)
+            self._grid_stale = True
             self._draw_table(ok)
             return
         axes = parallel_axes(ok, columns, self._base_config())
@@ -133,7 +146,7 @@ class SweepPanel(pn.viewable.Viewer):
         self.parallel.xaxis.ticker = FixedTicker(ticks=xs)
         self.parallel.xaxis.major_label_overrides = {i: (f"{c} (log)" if axes[c]["kind"] == "log" else c)
                                                      for i, c in enumerate(columns)}
-        self._draw_grid(ok)
+        self._grid_stale = True
         self._draw_table(ok)
 
     def _base_config(self) -> dict[str, Any]:
@@ -228,15 +241,21 @@ class SweepPanel(pn.viewable.Viewer):
         if not event.new or self.table.value.empty:
             return
         row = int(self.table.value.iloc[event.new[0]]["row"])
-        self.show_run(row)
+        doc = pn.state.curdoc
+        if doc is not None and doc.session_context is not None:
+            # a widget's event runs without the document's lock: a raw Bokeh source changes on the next tick,
+            # under it (changed here, the server raised and the curve never showed)
+            doc.add_next_tick_callback(lambda: self.show_run(row))
+        else:
+            self.show_run(row)
 
     def show_run(self, row: int) -> None:
-        """Draw result `row`'s training curve (from its kept history, or the sweep's `history(row)`)."""
+        """Draw result `row`'s training curve (from its kept history, or the sweep's `curves(index)`)."""
         history = None
         if "history" in self.frame and isinstance(self.frame.loc[row, "history"], pd.DataFrame):
             history = self.frame.loc[row, "history"]
-        elif hasattr(self.sweep, "history"):
-            history = self.sweep.history(row)
+        elif hasattr(self.sweep, "curves"):  # a running Sweep: live rows while it trains, its thinned curve once ended
+            history = self.sweep.curves(int(self.frame.loc[row, "index"]) if "index" in self.frame else row)
         if history is None or history.empty:
             self.curve.data = {"step": [], "train_loss": [], "val_loss": []}
             return
@@ -259,6 +278,10 @@ class SweepPanel(pn.viewable.Viewer):
         fig.ygrid.visible = False
         return fig
 
+    def tick(self) -> None:
+        """One refresh, with the parallel plot's x range fitted to the axes."""
+        self._periodic()
+
     def _periodic(self) -> None:
         self.refresh()
         columns = len(self.settings) + 1
@@ -275,7 +298,8 @@ class SweepPanel(pn.viewable.Viewer):
             self._callback = None
 
     def __panel__(self):
-        self.start()
+        if self.poll:
+            self.start()
         return pn.Column(pn.Row(self.status, self.cancel_button, sizing_mode="stretch_width"),
                          pn.Row(pn.pane.Bokeh(self.parallel), pn.pane.Bokeh(self.curve_fig)),
                          pn.pane.Markdown("#### Best configurations (click a row for its curves)"), self.table,

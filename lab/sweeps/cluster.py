@@ -26,7 +26,9 @@ def connect(scheduler: Any = None, workers: int | None = None, timeout: float = 
         n = available_cpus() if workers is None else workers
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"workers={workers!r} rejected: a whole number >= 1 (this machine has {available_cpus()} CPUs)")
-        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        # no statistical profiler on the workers: it walks the running run's stack every 10 ms on the worker's
+        # event loop (taking the GIL from the training thread) for a dashboard this cluster does not start
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0, "distributed.worker.profile.enabled": False}):
             try:
                 # no dashboard (it would import Bokeh); the scheduler's HTTP routes (health, metrics) on any
                 # free loopback port, not on 8787, which another cluster may hold
@@ -44,12 +46,17 @@ def connect(scheduler: Any = None, workers: int | None = None, timeout: float = 
             raise
     if workers is not None:
         raise ValueError("workers= sizes the embedded local cluster; an existing cluster has its own workers")
+    if isinstance(scheduler, str) and scheduler == "shared":  # the process's one cluster (a served lab's sessions)
+        from .shared import client
+
+        return client(), None, False
     if isinstance(scheduler, Client):
         return scheduler, None, False
     if hasattr(scheduler, "scheduler_address"):  # a cluster object (LocalCluster, a dask-jobqueue cluster, ...)
         return Client(scheduler), None, True
     if not isinstance(scheduler, str):
-        raise ValueError(f"scheduler={scheduler!r} rejected: None (a local cluster), an address such as "
+        raise ValueError(f"scheduler={scheduler!r} rejected: None (a local cluster), \"shared\" (this process's shared "
+                         f"local cluster), an address such as "
                          f"'tcp://host:8786', a distributed.Client or a cluster object")
     try:
         client = Client(scheduler, timeout=timeout)

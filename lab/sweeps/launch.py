@@ -29,7 +29,8 @@ def sweep(base: dict[str, Any], grid: dict[str, list] | None = None, *, samples:
 
     Every configuration is checked before anything starts: a bad one raises ValueError naming the
     configuration and the setting. `scheduler=None` starts a LocalCluster of `workers` single-threaded
-    processes (default: this machine's CPUs), closed when the sweep ends; an address ("tcp://host:8786"),
+    processes (default: this machine's CPUs), closed when the sweep ends; "shared" the process's one LocalCluster,
+    kept for later sweeps (a served lab's, `trainlab.sweeps.shared`); an address ("tcp://host:8786"),
     a distributed.Client or a cluster object runs the same sweep there (an address that does not answer
     within `timeout` s raises ConnectionError). `store` (a trainlab.store.Store, or its folder) receives
     each finished run as "<name>-<index>". A run whose worker dies fails (reported within seconds), or is

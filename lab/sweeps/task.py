@@ -1,24 +1,28 @@
-"""One run of a sweep, as a Dask worker runs it: a configuration in, a row of results out.
+"""Runs of a sweep as a Dask worker runs them: configurations in, a results row each out, reported one by one.
 
-The task says when it starts and how it trains on the sweep's topic (`Worker.log_event`, read by the
-client with `Client.subscribe_topic`), checks between steps whether it should stop (the sweep's Dask
-`Event`, or its own future cancelled), and saves the finished run to the store. Outside a worker
-(`train(config)` in a plain process) it simply trains: the benchmark's sequential reference.
+`run_batch` is the Dask task: it trains a few configurations in turn (short runs share a task, so Dask's
+own cost per task is paid once for several of them) and says on the sweep's topic (`Worker.log_event`, read
+by the client with `Client.subscribe_topic`) when each starts, how it trains, and its row as soon as it
+ends: results stream back per configuration, however they were batched. Between steps it checks whether it
+should stop (the sweep's Dask `Event`, or its own future cancelled); once stopped, the configurations it had
+not started come back cancelled. What a run is and what its row holds is `trainlab.experiment.train`'s;
+here are only the worker's parts: the events, the worker's identity, the store. `train(config)` is one
+configuration of it; outside a worker it simply trains (the benchmark's sequential reference).
 """
 from __future__ import annotations
 
 import math
 import os
 import time
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Callable
 
 import numpy as np
 
-from ..run import Run, _torch_threads
+from .. import experiment
 from .config import run_kwargs
 
 CHECK_EVERY = 0.25  # seconds between two looks at the cancellation flag (each is a round trip to the scheduler)
-CURVE_POINTS = 200  # rows of the training curve a result carries back
 
 
 def _worker():
@@ -32,99 +36,104 @@ def _worker():
 
 class _Stop:
     """Whether the task should stop: its future was cancelled (seen on the worker, no round trip) or the
-    sweep's cancellation Event is set (looked at every CHECK_EVERY seconds)."""
+    sweep's cancellation Event is set (looked at every CHECK_EVERY seconds). Once it says stop, it stays so."""
 
     def __init__(self, worker, event: str | None):
-        self.worker, self.name, self.event, self.last = worker, event, None, time.monotonic()
+        self.worker, self.name, self.event, self.last, self.fired = worker, event, None, time.monotonic(), False
         self.key = worker.get_current_task() if worker is not None else None
 
     def __call__(self) -> bool:
-        if self.worker is None:
-            return False
+        if self.fired or self.worker is None:
+            return self.fired
         now = time.monotonic()
         if now - self.last < CHECK_EVERY:
             return False
         self.last = now
         state = getattr(getattr(self.worker, "state", None), "tasks", {}).get(self.key)
         if state is not None and state.state in ("cancelled", "released", "forgotten"):
-            return True
-        if self.name is None:
-            return False
-        if self.event is None:
-            from distributed import Event
+            self.fired = True
+        elif self.name is not None:
+            if self.event is None:
+                from distributed import Event
 
-            self.event = Event(self.name)
-        return self.event.is_set()
+                self.event = Event(self.name)
+            self.fired = self.event.is_set()
+        return self.fired
 
 
-def train(config: dict[str, Any], *, topic: str | None = None, cancel: str | None = None, store: Any = None,
-          name: str | None = None, report_every: float = 0.5) -> dict[str, Any]:
-    """Train one configuration; returns its results row (status finished, diverged, cancelled or failed)."""
+def run_batch(items: list[tuple[int, dict, str | None]], *, topic: str | None = None, cancel: str | None = None,
+              store: Any = None, report_every: float = 0.5) -> list[dict[str, Any]]:
+    """Train each (index, configuration, store name) in turn; each row (with its index) is also sent on `topic`
+    as it ends. A stop leaves the configurations not yet started cancelled."""
     worker = _worker()
     key = worker.get_current_task() if worker is not None else None
+    where = {"worker": worker.address if worker is not None else None, "pid": os.getpid()}
 
-    def emit(kind: str, **msg) -> None:
+    def emit(kind: str, index: int, **msg) -> None:
         if worker is not None and topic is not None:
-            worker.log_event(topic, {"kind": kind, "key": key, **msg})
+            worker.log_event(topic, {"kind": kind, "key": key, "index": index, **msg})
 
-    emit("started", worker=worker.address if worker else None, pid=os.getpid())
-    stop = _Stop(worker, cancel)
+    if isinstance(store, str):  # a store's folder: opened here, on the worker, once for the batch
+        from ..store import Store
+
+        store = Store(store)
+    stop, rows = _Stop(worker, cancel), []
+    for index, config, name in items:
+        if stop():
+            rows.append({"index": index, "status": "cancelled"})
+            continue
+        emit("started", index, **where)
+        began = time.perf_counter()
+        row = {"index": index, **train(config, store=store, name=name, stop=stop, report_every=report_every,
+                                       report=lambda live, i=index: emit("metrics", i, rows=live)), **where}
+        emit("result", index, row=row, elapsed=time.perf_counter() - began)
+        rows.append(row)
+    return rows
+
+
+def train(config: dict[str, Any], *, store: Any = None, name: str | None = None, stop: _Stop | None = None,
+          report: Callable[[list[dict]], None] | None = None, report_every: float = 0.5) -> dict[str, Any]:
+    """Train one configuration (`experiment.train`, one torch thread); its results row with a thinned `curve`
+    (status failed, saying why, when it could not be built or trained). `report(rows)` gets the history's
+    rows every `report_every` s; a finished or diverged run is saved to `store` as `name`."""
+    ran: dict[str, Any] = {}
+    last = [time.monotonic(), 0]
+
+    def hook(run):
+        ran["run"] = run
+        return _recorded(run, store, name, stop, ran) if store is not None else None
+
+    def progress(step: int, metrics: dict) -> None:
+        if report is not None and time.monotonic() - last[0] >= report_every:
+            report(_rows(ran["run"].history.since(last[1])))
+            last[:] = time.monotonic(), step
+
     try:
         kwargs, steps = run_kwargs(config)
         kwargs.setdefault("threads", 1)  # one run per worker thread: torch's own threads would only compete
-        kwargs.setdefault("probes", [])  # the results are losses and accuracies; probes would cost time
-        with _torch_threads(kwargs["threads"] if isinstance(kwargs["threads"], int) else 1):
-            result = _build_and_train(kwargs, steps, store, name, stop, emit, report_every)
-    except Exception as e:  # the run could not be built: its failure is its result, the sweep goes on
-        result = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
-    result.update(worker=worker.address if worker else None, pid=os.getpid())
-    return result
-
-
-def _build_and_train(kwargs: dict, steps: int, store: Any, name: str | None, stop, emit, report_every: float) -> dict:
-    """Build the run, train it (recorded live if the store can), save it; the results row. Outside the Run's
-    steps too (building, evaluating) torch keeps the run's thread count."""
-    run = None
-    try:
-        run = Run(**kwargs)
-        if isinstance(store, str):  # a store's folder: opened here, on the worker
-            from ..store import Store
-
-            store = Store(store)
-        track = getattr(store, "track", None)
-        saved = None
-        if callable(track):  # recorded live (trainlab.store): leaving the block saves the run, however it ended
-            with track(run, name) as recording:
-                status, error = _train(run, steps, stop, emit, report_every)
-            saved = getattr(recording, "name", name)
-        else:
-            status, error = _train(run, steps, stop, emit, report_every)
-            if store is not None and status in ("finished", "diverged"):  # runs that ended by themselves
-                saved = store.save(run, name)
-        result = summarize(run, status, error)
-        if saved is not None:
-            result["name"] = saved
+        # a step at a time: a stop is seen within a step (the flag itself is looked at every CHECK_EVERY s)
+        row = experiment.train({**kwargs, "steps": steps}, stop=stop, chunk=1, on_progress=progress, run_hook=hook)
+        row["curve"] = experiment.curve(row.pop("history"))
     except Exception as e:  # the run's own failure is its result: the sweep goes on
-        result = summarize(run, "failed", f"{type(e).__name__}: {e}") if run is not None else \
-            {"status": "failed", "error": f"{type(e).__name__}: {e}"}
-    finally:
-        if run is not None:
-            run.close()
-    return result
+        row = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+    if ran.get("saved") is not None:
+        row["name"] = ran["saved"]
+    return row
 
 
-def _train(run: Run, steps: int, stop, emit, report_every: float) -> tuple[str, str]:
-    """Step until `steps`, a stop or a divergence; live metrics every `report_every` s. (status, error)."""
-    last, reported = time.monotonic(), 0
-    while run.steps < steps:
-        if stop():
-            return "cancelled", ""
-        if run.step(1) == 0:
-            return "diverged", run.message
-        if time.monotonic() - last >= report_every:
-            emit("metrics", rows=_rows(run.history.since(reported)))
-            last, reported = time.monotonic(), run.steps
-    return "finished", ""
+@contextmanager
+def _recorded(run, store, name, stop, ran):
+    """Around the run's steps: recorded live if the store can (saved as the block ends, however it ended),
+    else saved once it ended by itself (finished or diverged, not stopped)."""
+    track = getattr(store, "track", None)
+    if callable(track):
+        with track(run, name) as recording:
+            yield
+        ran["saved"] = getattr(recording, "name", name)
+    else:
+        yield
+        if not getattr(stop, "fired", False):  # a stop that fired ended the steps: the run was cancelled
+            ran["saved"] = store.save(run, name)
 
 
 LIVE = ("step", "time", "lr", "train_loss", "train_acc", "grad_norm", "val_loss", "val_acc")
@@ -143,41 +152,4 @@ def _rows(frame, points: int = 50) -> list[dict[str, Any]]:
         row = frame.iloc[i]
         out.append({c: int(row[c]) if c == "step" else float(row[c]) for c in cols
                     if not (isinstance(row[c], float) and math.isnan(row[c]))})
-    return out
-
-
-def summarize(run: Run, status: str, error: str = "") -> dict[str, Any]:
-    """The results row of a run: final and best losses and accuracies, steps, time, a thinned curve."""
-    frame = run.history.frame()
-    row: dict[str, Any] = {"status": status, "error": error, "steps": run.steps, "time": run.elapsed}
-    if len(frame):
-        row["train_loss"] = float(frame["train_loss"].iloc[-1])
-        if "train_acc" in frame:
-            row["train_acc"] = float(frame["train_acc"].iloc[-1])
-    if run.data.has_val and run.steps:
-        final = run.evaluate()  # at the final weights, whatever eval_every left out
-        val = frame.dropna(subset=["val_loss"]) if "val_loss" in frame else frame.iloc[:0]
-        losses = [*val["val_loss"].tolist(), final["val_loss"]] if len(val) else [final["val_loss"]]
-        steps = [*val["step"].tolist(), run.steps] if len(val) else [run.steps]
-        best = int(np.nanargmin(losses)) if not all(map(math.isnan, losses)) else len(losses) - 1
-        row.update(val_loss=final["val_loss"], best_val_loss=losses[best], best_step=int(steps[best]))
-        if "val_acc" in final:
-            accs = [*val["val_acc"].tolist(), final["val_acc"]] if len(val) else [final["val_acc"]]
-            row.update(val_acc=final["val_acc"], best_val_acc=max(accs))
-    row["curve"] = _curve(frame)
-    return row
-
-
-def _curve(frame) -> dict[str, list]:
-    """A few hundred rows of the training curve (every validation row kept), for panels to draw."""
-    if not len(frame):
-        return {}
-    keep = np.unique(np.linspace(0, len(frame) - 1, min(CURVE_POINTS, len(frame))).round().astype(int))
-    out = {"step": frame["step"].iloc[keep].tolist(), "train_loss": frame["train_loss"].iloc[keep].tolist()}
-    if "val_loss" in frame:
-        val = frame.dropna(subset=["val_loss"])
-        out["val_step"] = val["step"].tolist()
-        out["val_loss"] = val["val_loss"].tolist()
-        if "val_acc" in val:
-            out["val_acc"] = val["val_acc"].tolist()
     return out
