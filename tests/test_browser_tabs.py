@@ -200,6 +200,8 @@ def _sweeps(page):
     _press(page, "Cancel sweep")
 
 
+DRAW_ON_START = {"Sweeps"}  # tabs with no plot before their Start (the page says so)
+
 STEPS = {"Training": _training, "Optimizer": _optimizer, "Playground": _playground, "Landscape": _landscape,
          "Curvature": _curvature, "Spectrum": _spectrum, "Pruning": _pruning, "Normalization": _normalization,
          "Init & μP": _init, "Runs": _runs, "Sweeps": _sweeps}
@@ -222,9 +224,10 @@ def test_every_tab_draws_what_its_control_says(server, page):  # noqa: F811
     for title in [t for t in ["Training", *(lab.title for lab in LABS)] if t in os.environ.get("TABS", t)]:
         shown[0] = title
         page.locator(".bk-tab", has_text=title).first.click()  # Bokeh's tab headers carry no ARIA role
-        page.locator("canvas").first.wait_for()
         step = STEPS.get(title)
         try:
+            if title not in DRAW_ON_START:
+                page.locator("canvas:visible").first.wait_for()
             if step is None:  # a tab added after this test: screenshot it, and say it lacks a check
                 missing.append(title)
             else:
