@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .jobs import Progress, as_progress
+from .prune.masks import load_state
 
 if TYPE_CHECKING:
     from .run import Run
@@ -113,7 +114,7 @@ def intrinsic(run: Run, *, progress: bool | Progress = True, steps: int = 100, m
     from .analysis.intrinsic import intrinsic_dimension
 
     model = run.model_copy()
-    model.load_state_dict(run.initial_state)  # the subspace is anchored at the initialization
+    load_state(model, run.initial_state)  # the subspace is anchored at the initialization (masks as they were then)
     n = sum(p.numel() for p in run.params)
     dims = [d for d in (2**k for k in range(20)) if d <= min(max_dim, n)]
     val = (run.data.X_val, run.data.y_val) if run.data.X_val is not None else None
@@ -294,7 +295,7 @@ def signal_at_init(run: Run, *, progress: bool | Progress = True, n: int = 256) 
     from .analysis.signal import propagation
 
     model = run.model_copy()
-    model.load_state_dict(run.initial_state)
+    load_state(model, run.initial_state)  # the model at init: without the masks pruning added since
     x = run.data.fixed_sample(n, seed=0, device=run.device)
     return {SIGNAL_INIT: _signal_frame(propagation(model, x, loss_fn=run.loss_fn, n=n))}
 

@@ -34,6 +34,23 @@ def test_signal_is_drawn_now_and_at_init_beside_the_theory():
         panel.close()
 
 
+def test_the_signal_at_init_is_the_dense_initial_model_after_pruning_added_masks():
+    """Pruning adds mask buffers the initial state lacks: the at-init line is still drawn (it once failed to load)."""
+    run = trainlab.Run(model=("mlp", {"width": 64, "depth": 3}), data="digits", device="cpu",
+                       pruning={"method": "magnitude", "sparsity": 0.9})
+    run.step(5)
+    before = InitPanel(trainlab.Run(model=("mlp", {"width": 64, "depth": 3}), data="digits", device="cpu"))
+    panel = InitPanel(run)
+    try:
+        panel.feed.tick()
+        before.feed.tick()
+        assert not panel.error, panel.error
+        np.testing.assert_allclose(panel.init_source.data["std"], before.init_source.data["std"], rtol=1e-5)
+    finally:
+        panel.close()
+        before.close()
+
+
 @pytest.mark.slow
 def test_the_jobs_reach_their_plots():
     run = trainlab.Run(model=("mlp", {"width": 64, "activation": "linear"}), data="digits", device="cpu",

@@ -47,16 +47,16 @@ const c = (lo + hi) / 2;
 r.setv({start: 10 ** (c - span / 2), end: 10 ** (c + span / 2)});
 """
 # LogTickFormatter names every tick by its nearest power of ten: inside one decade, where the ticker
-# picks 0.02 0.05, it printed "0.1" at 0.05. Powers of ten read 0.01 ... 100 and 10⁻³ beyond; other ticks
-# read as numbers (0.05, 2e-4); where they crowd (more than four), only 1, 2 and 5 times a power of ten
+# picks 0.02 0.05, it printed "0.1" at 0.05. Powers of ten read 0.001 ... 10000 and 10⁻⁴ beyond; other ticks
+# read as numbers (0.05, 2e-4); where there are more than two, only 1, 2 and 5 times a power of ten
 _LOG_LABELS = """
 if (!(tick > 0)) return "";
 const power = (t) => Math.abs(Math.log10(t) - Math.round(Math.log10(t))) < 1e-6;
 const e = Math.log10(tick), r = Math.round(e);
 const m = tick / 10 ** Math.floor(e + 1e-9), readable = [1, 2, 5].some((k) => Math.abs(m - k) < 1e-6);
-if (!readable && ticks.length > 4) return "";  // 0.01 0.02 0.03 0.04 ... reads 0.01 0.02 0.05
+if (!readable && ticks.length > 2) return "";  // 0.01 0.02 0.03 0.04 ... reads 0.01 0.02 0.05; 1000 1500 2000 reads 1000 2000
 if (power(tick)) {
-  if (Math.abs(r) < 3) return String(Number((10 ** r).toPrecision(1)));
+  if (r >= -3 && r < 5) return String(Number((10 ** r).toPrecision(1)));  // as the other ticks read: 500 1000 2000
   const sup = {"-": "⁻", "0": "⁰", "1": "¹", "2": "²", "3": "³", "4": "⁴", "5": "⁵", "6": "⁶", "7": "⁷", "8": "⁸", "9": "⁹"};
   return "10" + String(r).split("").map((c) => sup[c]).join("");
 }
