@@ -28,9 +28,9 @@ def test_panel_builds_with_controls_from_declared_parameters(panel):
     w = panel.controls["resolution"].widget
     assert (w.start, w.end) == LandscapePanel.param.resolution.softbounds
     panel.controls["view"].widget.value = "surface"
-    assert panel.view == "surface" and panel._view_box.objects == [panel._surf_pane]
+    assert panel.view == "surface" and panel.surf_fig.visible and not panel.map_fig.visible
     panel.view = "contour"
-    assert panel._view_box.objects == [panel._map_pane] and not panel.heat.visible
+    assert panel.map_fig.visible and not panel.surf_fig.visible and not panel.heat.visible
     panel.__panel__()
     panel.close()
     assert not any(isinstance(q, TrajectoryProbe) for q in panel.run.probes)  # the probe it added goes with it

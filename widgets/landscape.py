@@ -145,7 +145,7 @@ class LandscapePanel(LabPanel):
         self.id_status.object = ("Trains the initial weights in random d-dimensional subspaces "
                                  "(Li et al. 2018); d_int90 reaches 90% of the full model.")
         self._map_pane, self._surf_pane = pn.pane.Bokeh(self.map_fig), pn.pane.Bokeh(self.surf_fig)
-        self._view_box = pn.Column()
+        self._view_box = pn.Column(self._map_pane, self._surf_pane)
         self.hint(self.map_fig, self.contours, "computing the plane …")
         self.hint(self.line_fig, self.interp, "computed after the plane")
         self.hint(self.id_fig, self.dims, "press Measure intrinsic dimension")
@@ -161,8 +161,11 @@ class LandscapePanel(LabPanel):
 
     # ---- controls ---------------------------------------------------------------------------
     def _show_view(self, *events) -> None:
-        # swapped in a container: a Bokeh pane's `visible` does not come back once set False (panel 1.9)
-        self._view_box.objects = [self._surf_pane if self.view == "surface" else self._map_pane]
+        # both figures stay in the page and only the Bokeh figures' own `visible` changes: swapping the panes in
+        # and out of a container raced the surface's updates in the browser ("reference p2859 isn't known"), and
+        # a Bokeh pane's `visible` does not come back once set False (panel 1.9)
+        self.surf_fig.visible = self.view == "surface"
+        self.map_fig.visible = self.view != "surface"
         self.heat.visible = self.view == "heatmap"
 
     # ---- jobs -------------------------------------------------------------------------------
