@@ -5,6 +5,7 @@ import glob
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -95,3 +96,16 @@ def remove_stale(path: str | os.PathLike) -> None:
             os.unlink(tmp)
         except OSError:
             pass
+
+
+def write_folder(tmp: Path, files: dict[str, bytes]) -> None:
+    """`files` written into a fresh folder `tmp` (any leftover there removed first), each file and the folder
+    synced: ready to be renamed whole into place, so no reader ever sees part of it."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for name, data in files.items():
+        with open(tmp / name, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    fsync_folder(tmp)

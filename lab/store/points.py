@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from ..registry import validate
 from . import format as fmt
-from .files import alive, fsync_folder
+from .files import alive, fsync_folder, write_folder
 
 POINT = re.compile(r"step-(\d{1,12})")
 TEMP = re.compile(r"\.(?:step|gone)-\d+\.(\d+)\.[0-9a-f]*\.?tmp")
@@ -115,14 +115,7 @@ def write(folder: Path, ckpt: dict[str, Any]) -> None:
     files[fmt.MANIFEST] = fmt.dumps(fmt.manifest(files, ckpt, _EMPTY, status="point"))  # last
     step = ckpt["step"]
     tmp = folder / f".step-{step}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for name, data in files.items():
-        with open(tmp / name, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    fsync_folder(tmp)
+    write_folder(tmp, files)
     remove(folder, step)  # the same step again (a run continued from an earlier checkpoint): the newer one
     os.rename(tmp, folder / f"step-{step}")  # the commit: a folder renamed whole
     fsync_folder(folder)

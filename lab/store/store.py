@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from .. import checkpoint
 from . import format as fmt
 from . import live, points
-from .files import alive, check_name, digest, fsync_folder, inside, write_atomic
+from .files import alive, check_name, digest, fsync_folder, inside, write_atomic, write_folder
 
 CHECKPOINT = re.compile(r"ckpt-(\d{1,9})")
 HOST = socket.gethostname()
@@ -203,14 +203,7 @@ class Store:
         taken = [int(g.group(1)) for p in folder.iterdir() if (g := CHECKPOINT.fullmatch(p.name))]
         n = max(taken, default=0) + 1
         tmp = folder / f".ckpt-{n}.{os.getpid()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        for name, data in files.items():
-            with open(tmp / name, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        fsync_folder(tmp)
+        write_folder(tmp, files)
         os.rename(tmp, folder / f"ckpt-{n}")  # a folder renamed whole: no reader sees part of it
         fsync_folder(folder)
         write_atomic(folder / fmt.MANIFEST, fmt.dumps({**m, "checkpoint": f"ckpt-{n}"}), sync_folder=True)
