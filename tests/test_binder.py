@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ARTIFACTS, _on_ci, answers, free_port, wait_until
+from conftest import ARTIFACTS, _on_ci, answers, free_port, stop_group, wait_until
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -164,18 +164,6 @@ def _start(cmd, env, log: Path, **kw) -> subprocess.Popen:
                                 start_new_session=True, **kw)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    import signal
-
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def tour(binder_env) -> dict:
     """The tour notebook executed in the Binder environment's kernel, which stays up until the module ends."""
@@ -199,7 +187,7 @@ def tour(binder_env) -> dict:
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            _stop(proc)
+            stop_group(proc, grace=20)
 
 
 def _children(pid: int) -> list[int]:
@@ -264,7 +252,7 @@ def jupyter(binder_env, tour):
         wait_until(up, 120, "jupyter lab to answer", every=0.25)
         yield {"url": f"http://127.0.0.1:{port}", "proc": proc, "started": started, "log": log}
     finally:
-        _stop(proc)
+        stop_group(proc, grace=20)
 
 
 def _get(url: str, timeout: float = 300) -> tuple[int, str]:
