@@ -121,9 +121,13 @@ class Residual(nn.Module):
     depth=param.Integer(4, bounds=(1, None), softbounds=(1, 32), doc="number of residual blocks L"),
     branch=param.Selector(default="1", objects=list(_BRANCH),
                           doc="each residual branch's multiplier: 1, 1/sqrt(L) (depth-μP) or 1/L"),
+    ends_lr_mult=param.Number(1.0, bounds=(0, None), inclusive_bounds=(False, True), softbounds=(0.01, 100),
+                              doc="lr multiplier of the embedding and the read-out: a depth study sweeps the blocks' "
+                                  "lr with theirs held fixed"),
     **_common,
 )
-def resmlp(data: Data, width=128, depth=4, branch="1", activation="relu", norm="none") -> nn.Module:
+def resmlp(data: Data, width=128, depth=4, branch="1", ends_lr_mult=1.0, activation="relu",
+           norm="none") -> nn.Module:
     """A residual MLP: a linear embedding, L blocks x + s·W act(norm(x)) with s = branch(L), a linear read-out."""
     scale = _BRANCH[branch](depth)
     layers: dict[str, nn.Module] = {"flatten": nn.Flatten(), "inp": nn.Linear(data.n_features, width)}
@@ -131,7 +135,11 @@ def resmlp(data: Data, width=128, depth=4, branch="1", activation="relu", norm="
         layers[f"block{i}"] = Residual(width, norm, activation, scale)
     layers["act"] = ACTIVATIONS[activation]()
     layers["out"] = nn.Linear(width, data.n_out)
-    return nn.Sequential(OrderedDict(layers))
+    model = nn.Sequential(OrderedDict(layers))
+    if ends_lr_mult != 1.0:  # read by parametrizations.multipliers, on top of the parametrization's own
+        model.trainlab_lr_mult = {n: float(ends_lr_mult) for n, _ in model.named_parameters()
+                                  if n.startswith(("inp.", "out."))}
+    return model
 
 
 @models.register(

@@ -96,15 +96,22 @@ def family(optimizer: str) -> str:
 
 def multipliers(model: nn.Module, optimizer: str) -> dict[str, tuple[float, float]] | None:
     """{parameter name: (lr multiplier, weight-decay multiplier)} the optimizer's groups carry for `model`, or
-    None when there are none (SP, NTK, a model of the user's own). Refuses an optimizer μP has no rule for."""
+    None when there are none (SP, NTK, a model of the user's own): the parametrization's times the model's own
+    (`model.trainlab_lr_mult`, by parameter name). Refuses an optimizer μP has no rule for."""
     applied = getattr(model, "trainlab_parametrization", None)
-    if applied is None or not applied.per_layer_lr:
+    own = getattr(model, "trainlab_lr_mult", {})  # the model's own (resmlp's ends_lr_mult): any optimizer's
+    per_layer = applied is not None and applied.per_layer_lr
+    if not per_layer and not own:
         return None
-    kind = family(optimizer)
+    kind = family(optimizer) if per_layer else None
+    if own and optimizer not in SGD_LIKE | ADAM_LIKE:
+        raise ValueError(f"optimizer={optimizer!r} does not go with the model's own lr multipliers (resmlp's "
+                         f"ends_lr_mult): it builds its own parameter groups or scales each layer itself; use an "
+                         f"SGD-like ({', '.join(sorted(SGD_LIKE))}) or Adam-like optimizer, or ends_lr_mult=1")
     out = {}
     for name, _ in model.named_parameters():
-        s = applied.scalings.get(name)
-        m = 1.0 if s is None else getattr(s, kind)
+        s = applied.scalings.get(name) if per_layer else None
+        m = (1.0 if s is None else getattr(s, kind)) * own.get(name, 1.0)
         out[name] = (m, 1.0 / m)
     return None if all(v == (1.0, 1.0) for v in out.values()) else out
 

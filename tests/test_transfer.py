@@ -13,6 +13,8 @@ import pickle
 import numpy as np
 import pytest
 
+import trainlab
+
 from trainlab.analysis import transfer
 from trainlab.analysis.transfer import best_lr, configurations, lr_sweep, run_config
 
@@ -44,9 +46,30 @@ def test_mu_transfer_holds_under_mup_and_fails_under_sp():
 
 @pytest.mark.slow
 def test_depth_transfer_holds_for_branches_scaled_by_one_over_sqrt_depth():
-    frame = transfer.depth_sweep(depths=(2, 4, 8, 16), lrs=2.0 ** np.arange(-10, 1), branches=("1", "1/sqrt(L)"),
-                                 steps=80)
+    """The blocks' lr swept with the embedding and read-out at a fixed lr: theory puts the blocks' best lr
+    ∝ 1/(L s²), so it falls with depth for s = 1, holds for 1/sqrt(L) and rises for 1/L."""
+    frame = transfer.depth_sweep(depths=(2, 4, 8, 16), lrs=2.0 ** np.arange(-8, 7), seeds=(0, 1), steps=80,
+                                 ends_lr=0.25)
     best = transfer.best_lr(frame, by="depth", metric="mean_train_loss", group="branch").set_index(["branch", "depth"])
-    moves = best["index"].groupby(level=0).agg(lambda i: i.max() - i.min())
-    assert moves["1/sqrt(L)"] <= 1  # measured: 2^-1 at every depth
-    assert moves["1"] >= 3          # measured: 2^-2 at depth 2 down to 2^-9 at depth 16
+    index = best["index"]
+    moves = index.groupby(level=0).agg(lambda i: i.max() - i.min())
+    assert moves["1/sqrt(L)"] <= 1, best  # measured: 2^1 at depth 2, 2^0 from 4 on
+    assert index["1"][2] - index["1"][16] >= 3, best  # measured: 2^0 at depth 2 down to 2^-6 at 16
+    assert index["1/L"][16] - index["1/L"][2] >= 2, best  # measured: 2^2 at depth 2 up to 2^4 at 16
+
+
+def test_depth_sweep_holds_the_ends_lr_fixed():
+    frame = transfer.depth_sweep(depths=(2,), lrs=(0.5, 2.0), branches=("1/L",), steps=2, ends_lr=0.25)
+    assert len(frame) == 2 and not frame["diverged"].any()
+    run = trainlab.Run(model=("resmlp", {"depth": 2, "width": 8, "ends_lr_mult": 0.125}), data="digits",
+                       optimizer="sgd", lr=2.0)
+    lrs = {name: g["lr"] for g in run.torch_optimizer.param_groups
+           for name, p in run.model.named_parameters() if any(p is q for q in g["params"])}
+    assert lrs["inp.weight"] == lrs["out.bias"] == 0.25 and lrs["block1.fc.weight"] == 2.0
+    run.set(lr=4.0)
+    run.step(1)
+    assert sorted(g["lr"] for g in run.torch_optimizer.param_groups) == [0.5, 4.0]  # every group by the same factor
+    with pytest.raises(ValueError, match="ends_lr must be a positive lr"):
+        transfer.depth_sweep(depths=(2,), lrs=(0.5,), ends_lr=0.0)
+    with pytest.raises(ValueError, match="ends_lr_mult"):
+        trainlab.Run(model=("resmlp", {"ends_lr_mult": 0.5}), data="digits", optimizer="muon_po")

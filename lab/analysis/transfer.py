@@ -83,18 +83,29 @@ def best_lr(frame: pd.DataFrame, by: str = "width", metric: str = "loss", group:
 
 def depth_sweep(depths: Iterable[int] = (2, 4, 8, 16), lrs: Iterable[float] = (), branches=("1", "1/sqrt(L)", "1/L"),
                 width: int = 64, seeds: Iterable[int] = (0,), data: Any = "digits", optimizer: str = "sgd",
-                steps: int = 80, batch_size: int = 64, model_options: dict | None = None,
+                steps: int = 80, batch_size: int = 64, model_options: dict | None = None, ends_lr: float | None = None,
                 map: Callable = map) -> pd.DataFrame:
     """Depth transfer: the residual MLP at each depth, branch multiplier and lr (one `run_config` row each).
-    With branches × 1 the best lr falls as the network deepens; with × 1/sqrt(L) it stays (Bordelon et al. 2023)."""
+
+    With `ends_lr` the swept lr is the blocks' and the embedding and read-out train at `ends_lr` throughout
+    (resmlp's `ends_lr_mult` = ends_lr / lr), which is what the theory speaks of: an SGD step moves the
+    output of L blocks scaled by s by about L·s²·η, so the blocks' best lr goes as 1/(L·s²): ∝ 1/L for s = 1,
+    flat for 1/sqrt(L) (Bordelon et al. 2023, depth-μP), ∝ L for 1/L. With one lr for every layer
+    (`ends_lr=None`) the embedding and read-out, which no branch multiplier scales, can set the best lr
+    by themselves, and 1/L's then stays put while its loss is worse."""
     from ..experiment import grid
 
     if not list(lrs):
         raise ValueError("lrs must hold at least one learning rate")
+    if ends_lr is not None and not (math.isfinite(ends_lr) and ends_lr > 0):
+        raise ValueError(f"ends_lr must be a positive lr (the embedding's and read-out's) or None; got {ends_lr!r}")
     base = dict(model=("resmlp", {"width": int(width), **(model_options or {})}), data=data, optimizer=optimizer,
                 steps=int(steps), batch_size=int(batch_size))
     configs = grid(base, {"model.branch": list(branches), "model.depth": [int(d) for d in depths],
                           "lr": [float(lr) for lr in lrs], "seed": [int(s) for s in seeds]})
+    if ends_lr is not None:
+        configs = [{**c, "model": (c["model"][0], {**c["model"][1], "ends_lr_mult": ends_lr / c["lr"]})}
+                   for c in configs]
     return pd.DataFrame(list(map(run_config, configs)))
 
 
