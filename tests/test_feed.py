@@ -148,3 +148,43 @@ def test_plots_go_out_every_tick_for_a_while_after_a_change():
     assert steps(src) == [1, 2, 3]
     feed._periodic()  # tick 5: the beat
     assert steps(src) == [1, 2, 3, 4]
+
+
+def test_many_connected_pages_slow_down_unless_just_changed(monkeypatch):
+    """Past FULL_RATE_PAGES connected pages an untouched page updates every pace() ticks; a page whose
+    settings just changed keeps every tick; a closed page stops counting."""
+    from trainlab.widgets import feed as feed_module
+
+    open_pages = {}
+    monkeypatch.setattr(feed_module, "connections", lambda: open_pages.get(current[0], 1))
+    current = [None]
+    h = History()
+    fill(h, 1, 3)
+    feeds, calls = [], []
+    n = 3 * feed_module.FULL_RATE_PAGES
+    for i in range(n):
+        f = Feed(h)
+        f.on_tick(lambda i=i: calls.append(i))
+        feeds.append(f)
+
+    def tick_all():
+        for i, f in enumerate(feeds):
+            current[0] = i
+            f._periodic()
+
+    tick_all()  # each registers as connected on its first tick
+    assert feed_module.pace() == 3
+    calls.clear()
+    feeds[0].soon(ticks=6)
+    for _ in range(6):
+        tick_all()
+    assert calls.count(0) == 6  # just changed: every tick
+    assert all(calls.count(i) == 2 for i in range(1, n))  # the others: every third
+    for i in range(1, n):  # their pages close: back to the full rate
+        open_pages[i] = 0
+    tick_all()
+    assert feed_module.pace() == 1
+    calls.clear()
+    tick_all()
+    tick_all()
+    assert calls == [0, 0]

@@ -11,6 +11,11 @@ times a second left a click waiting 1.6 s; twice a second, 0.2 s):
 - plots get new data every `plot_every` ticks (2 a second), the listeners (status line, controls)
   every tick (10 a second); each tick's changes go out as one message (Panel's hold);
 - plots of a hidden tab get nothing until it is shown, then catch up from the history at once;
+- the pace follows the server's load: every page's ticks run on one event loop, and twenty pages each
+  updating 10 times a second kept it busy all the time (measured: a slider's change waited behind them for
+  over 30 s, 20 sessions on 2 cores). Past FULL_RATE_PAGES connected pages, an untouched page's status and
+  plots slow down in proportion (the plots to the status's pace); a page whose settings just changed (`soon`) keeps the full rate for its
+  next ticks, so its change is drawn as fast as with one page;
 - each source holds at most `length` points: when full, it keeps every other point and from then on
   takes every other new row (a stride that doubles), so a long run's plot keeps its whole shape at
   bounded size, never re-reads the history while it streams, and never joins a gap with a line.
@@ -23,6 +28,8 @@ behind; a ColumnDataSource.stream of the same rows costs about 0.03 ms.
 from __future__ import annotations
 
 import contextlib
+import math
+import weakref
 from typing import Any, Callable
 
 import numpy as np
@@ -33,6 +40,15 @@ from bokeh.models import ColumnDataSource
 from trainlab.history import History
 
 from .quiet import connections
+
+
+FULL_RATE_PAGES = 2  # connected pages that all get the full rate (one served process)
+_LIVE: weakref.WeakSet = weakref.WeakSet()  # the feeds of this process whose page is connected
+
+
+def pace() -> int:
+    """Ticks per update of an untouched page: 1 up to FULL_RATE_PAGES connected pages, then in proportion."""
+    return max(1, math.ceil(len(_LIVE) / FULL_RATE_PAGES))
 
 
 class _Channel:
@@ -157,11 +173,19 @@ class Feed:
         n = connections()
         if n:
             self._heard = True
+            _LIVE.add(self)
         elif n == 0 and self._heard:
+            _LIVE.discard(self)
             return
         self._ticks += 1
+        urgent = self._ticks <= self._soon
+        slow = 1 if urgent else pace()
+        if self._ticks % slow:
+            return
         with pn.io.hold():
-            if self._ticks % self.plot_every == 0 or self._ticks <= self._soon:
+            # slowed down, the plots go out with the status (both about once a second at 20 pages), so
+            # the status line never runs seconds ahead of them
+            if urgent or self._ticks % (max(1, self.plot_every // slow) * slow) == 0:
                 self._plots()
             self._listen()
 
@@ -234,6 +258,7 @@ class Feed:
             self._callback = pn.state.add_periodic_callback(self._periodic, period=self.period)
 
     def stop(self) -> None:
+        _LIVE.discard(self)
         if self._callback is not None:
             self._callback.stop()
             self._callback = None
