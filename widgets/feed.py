@@ -14,8 +14,8 @@ times a second left a click waiting 1.6 s; twice a second, 0.2 s):
 - the pace follows the server's load: every page's ticks run on one event loop, and twenty pages each
   updating 10 times a second kept it busy all the time (measured: a slider's change waited behind them for
   over 30 s, 20 sessions on 2 cores). Past FULL_RATE_PAGES connected pages, an untouched page's status and
-  plots slow down in proportion (the plots to the status's pace); a page whose settings just changed (`soon`) keeps the full rate for its
-  next ticks, so its change is drawn as fast as with one page;
+  plots slow down in proportion (the plots to the status's pace); a page whose settings just changed
+  (`soon`) keeps the full rate for its next ticks, so its change is drawn as fast as with one page;
 - each source holds at most `length` points: when full, it keeps every other point and from then on
   takes every other new row (a stride that doubles), so a long run's plot keeps its whole shape at
   bounded size, never re-reads the history while it streams, and never joins a gap with a line.
