@@ -21,7 +21,7 @@ from .norms import follow, norms, replaces_activation
 from .norms import spec as norm_spec
 from .parametrizations import apply as apply_parametrization
 from .parametrizations import parametrizations
-from .registry import Choice, LogInteger, Registry, option_values
+from .registry import Choice, LogInteger, LogNumber, Registry, option_values
 from .transformer import Attention, FeedForward, Layer, Transformer
 
 
@@ -121,7 +121,7 @@ class Residual(nn.Module):
     depth=param.Integer(4, bounds=(1, None), softbounds=(1, 32), doc="number of residual blocks L"),
     branch=param.Selector(default="1", objects=list(_BRANCH),
                           doc="each residual branch's multiplier: 1, 1/sqrt(L) (depth-μP) or 1/L"),
-    ends_lr_mult=param.Number(1.0, bounds=(0, None), inclusive_bounds=(False, True), softbounds=(0.01, 100),
+    ends_lr_mult=LogNumber(1.0, bounds=(0, None), inclusive_bounds=(False, True), softbounds=(0.01, 100),
                               doc="lr multiplier of the embedding and the read-out: a depth study sweeps the blocks' "
                                   "lr with theirs held fixed"),
     **_common,
