@@ -104,6 +104,10 @@ class History:
 
     def since(self, step: int) -> pd.DataFrame:
         """Rows logged after `step`, as a DataFrame."""
+        return pd.DataFrame.from_records(self.rows_since(step))
+
+    def rows_since(self, step: int) -> list[dict[str, Any]]:
+        """Rows logged after `step`, oldest first (the rows themselves: never change them)."""
         with self._lock:
             rows = []
             for r in reversed(self._recent):
@@ -115,12 +119,15 @@ class History:
                     if r["step"] <= step:
                         break
                     rows.append(r)
-        return pd.DataFrame.from_records(rows[::-1])
+        return rows[::-1]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every row held, oldest first (the rows themselves: never change them)."""
+        with self._lock:
+            return [*self._old, *self._recent]
 
     def frame(self) -> pd.DataFrame:
-        with self._lock:
-            rows = [*self._old, *self._recent]
-        return pd.DataFrame.from_records(rows)
+        return pd.DataFrame.from_records(self.rows())
 
     def columns(self) -> dict[str, list]:
         """Column -> values (NaN where a row lacks it), for saving without pickling."""

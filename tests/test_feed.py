@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from bokeh.document import Document
 
 from trainlab import History
 from trainlab.widgets import Feed
@@ -148,6 +149,49 @@ def test_plots_go_out_every_tick_for_a_while_after_a_change():
     assert steps(src) == [1, 2, 3]
     feed._periodic()  # tick 5: the beat
     assert steps(src) == [1, 2, 3, 4]
+
+
+class _ServedDoc(Document):
+    """A served page's document as far as the feed's chase uses it: a session, and timeouts run by hand."""
+
+    session_context = object()
+
+    def __init__(self):
+        super().__init__()
+        self.timeouts = []
+
+    def add_timeout_callback(self, fn, ms):
+        self.timeouts.append((fn, ms))
+
+    def run_timeouts(self) -> int:
+        due, self.timeouts = self.timeouts, []
+        for fn, _ in due:
+            fn()
+        return len(due)
+
+
+def test_a_change_in_a_served_page_is_drawn_as_soon_as_the_run_logs_its_next_step(monkeypatch):
+    import panel as pn
+    from trainlab.widgets import feed as feed_module
+
+    doc = _ServedDoc()
+    monkeypatch.setattr(type(pn.state), "curdoc", property(lambda self: doc))
+    h = History()
+    feed = Feed(h, plot_every=5)
+    src = feed.source(["train_loss"])
+    feed._callback = type("Running", (), {"stop": lambda self: None})()  # as if started in a page
+    fill(h, 1, 3)
+    feed.tick()
+    feed.soon()
+    assert doc.run_timeouts() == 1 and steps(src) == [1, 2]  # no new step yet: it looks again
+    assert doc.timeouts and doc.timeouts[0][1] == feed_module.CHASE_MS
+    fill(h, 3, 4)  # the step that applies the change
+    assert doc.run_timeouts() == 1 and steps(src) == [1, 2, 3]  # drawn at once, not at the plots' next beat
+    assert doc.timeouts == []  # and it stops looking
+    feed.soon()
+    for _ in range(feed_module.CHASE_TRIES + 5):  # a paused run logs nothing: the chase gives up
+        doc.run_timeouts()
+    assert doc.timeouts == [] and steps(src) == [1, 2, 3]
 
 
 def test_many_connected_pages_slow_down_unless_just_changed(monkeypatch):
