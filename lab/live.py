@@ -335,14 +335,37 @@ def coord_check(run: Run, *, progress: bool | Progress = True, widths: tuple[int
     return {COORD_CHECK: {"parametrizations": out, "steps": steps, "base_width": base}}
 
 
+def _as_they_finish(fn: Callable, configs: list, every: int, p: Progress, workers: int | None) -> Iterator[list]:
+    """`fn` over `configs` on worker processes (`trainlab.pool.imap`): the results so far, in the configurations'
+    order, every `every` results and once all are in (a cancelled job stops at the last batch published)."""
+    from .pool import imap
+
+    results: dict[int, Any] = {}
+    for i, out in imap(fn, configs, workers=workers, progress=p):
+        results[i] = out
+        p.update()
+        if len(results) % every == 0 or len(results) == len(configs):
+            yield [results[k] for k in sorted(results)]
+
+
+def _lr_curves(rows: list[dict], group: str, by: str, total: int) -> dict[str, Any]:
+    """An lr sweep's snapshot: its rows (`group`, `by`, lr, losses), the best lr per (`group`, `by`) by the mean
+    training loss, and how many runs of `total` are in."""
+    from .analysis.transfer import best_lr
+
+    frame = pd.DataFrame(rows)
+    return {"rows": {c: frame[c].to_numpy() for c in (group, by, "lr", "mean_train_loss", "loss")},
+            "best": best_lr(frame, by=by, metric="mean_train_loss", group=group).to_dict("list"),
+            "done": len(rows), "total": total}
+
+
 def mu_transfer(run: Run, *, progress: bool | Progress = True, widths: tuple[int, ...] = (32, 64, 128, 256),
                 lrs: tuple[float, ...] = tuple(2.0 ** np.arange(-12, -3)), steps: int = 60,
                 parametrizations: tuple[str, ...] = ("sp", "mup"), workers: int | None = None) -> Iterator[dict[str, Any]]:
     """μ-Transfer on the run's model family and optimizer: one short run per (parametrization, width, lr) on
     `workers` processes (default: the CPUs this process may use; `trainlab.pool`), the loss against lr per width
     published as the runs finish, every `len(lrs)` of them (under μP the best lr stays put as width grows)."""
-    from .analysis.transfer import best_lr, configurations, run_config
-    from .pool import imap
+    from .analysis.transfer import configurations, run_config
 
     if run.model_spec is None or run.data.spec is None:
         raise ValueError("μ-Transfer trains the model afresh at several widths: it needs a registered model and data")
@@ -354,16 +377,33 @@ def mu_transfer(run: Run, *, progress: bool | Progress = True, widths: tuple[int
                                             if k not in ("width", "parametrization", "base_width")},
                              hparams=run.optimizer_settings())
     p = as_progress(progress, len(configs), "μ-Transfer: one run per width and lr")
-    rows: dict[int, dict] = {}
-    for i, row in imap(run_config, configs, workers=workers, progress=p):
-        rows[i] = row
-        p.update()
-        if len(rows) % len(lrs) == 0 or len(rows) == len(configs):
-            frame = pd.DataFrame([rows[k] for k in sorted(rows)])
-            yield {MU_TRANSFER: {"rows": {c: frame[c].to_numpy() for c in ("parametrization", "width", "lr",
-                                                                            "mean_train_loss", "loss")},
-                                 "best": best_lr(frame, metric="mean_train_loss").to_dict("list"),
-                                 "done": len(rows), "total": len(configs)}}
+    for rows in _as_they_finish(run_config, configs, len(lrs), p, workers):
+        yield {MU_TRANSFER: _lr_curves(rows, "parametrization", "width", len(configs))}
+
+
+DEPTH_TRANSFER = "depth_transfer"
+
+
+def depth_transfer(run: Run, *, progress: bool | Progress = True, depths: tuple[int, ...] = (2, 4, 8, 16),
+                   lrs: tuple[float, ...] = tuple(2.0 ** np.arange(-8, 7)),
+                   branches: tuple[str, ...] = ("1", "1/sqrt(L)", "1/L"), steps: int = 80, width: int = 64,
+                   ends_lr: float | None = 0.25, workers: int | None = None) -> Iterator[dict[str, Any]]:
+    """Depth transfer (`transfer.depth_sweep`) on the run's data, optimizer and seed, whatever the run's model: the
+    residual MLP, one short run per (branch multiplier, depth, lr) on `workers` processes, the blocks' lr swept
+    while the embedding and read-out train at `ends_lr`; the loss against lr per depth and the best lr per
+    (branch, depth), published every `len(lrs)` runs. The defaults are the measured SGD case
+    (tests/test_transfer.py): only branches × 1/sqrt(L) keep their best lr across depth."""
+    from .analysis.transfer import depth_configurations, run_config
+
+    if run.data.spec is None:
+        raise ValueError("Depth transfer trains a residual MLP afresh at several depths on the run's data: it needs "
+                         "registered data (Run(data='digits')), not the user's own tensors")
+    configs = depth_configurations(depths, lrs, branches, width, seeds=(run.seed,), data=run.data.spec,
+                                   optimizer=run.optimizer, steps=steps, batch_size=run.batch_size, ends_lr=ends_lr,
+                                   hparams=run.optimizer_settings())
+    p = as_progress(progress, len(configs), "Depth transfer: one run per branch, depth and lr")
+    for rows in _as_they_finish(run_config, configs, len(lrs), p, workers):
+        yield {DEPTH_TRANSFER: _lr_curves(rows, "branch", "depth", len(configs))}
 
 
 SHARPNESS_CURVES = "sharpness_curves"
@@ -378,7 +418,6 @@ def super_consistency(run: Run, *, progress: bool | Progress = True, widths: tup
     across widths, published as the runs finish. Under μP the curves coincide; under SP they part."""
     from .analysis.transfer import configurations, sharpness_run, sharpness_spread
     from .parametrizations import SGD_LIKE
-    from .pool import imap
 
     if run.model_spec is None or run.data.spec is None:
         raise ValueError("Super consistency trains the model afresh at several widths: it needs a registered model "
@@ -396,11 +435,8 @@ def super_consistency(run: Run, *, progress: bool | Progress = True, widths: tup
                                             if k not in ("width", "parametrization", "base_width")},
                              hparams={**run.optimizer_settings(), **measure})
     p = as_progress(progress, len(configs), "Super consistency: one run per width, measuring the sharpness")
-    frames: dict[int, pd.DataFrame] = {}
-    for i, frame in imap(sharpness_run, configs, workers=workers, progress=p):
-        frames[i] = frame
-        p.update()
-        curves = pd.concat([frames[k] for k in sorted(frames)], ignore_index=True)
+    for frames in _as_they_finish(sharpness_run, configs, 1, p, workers):
+        curves = pd.concat(frames, ignore_index=True)
         yield {SHARPNESS_CURVES: {"curves": {c: curves[c].to_numpy() for c in ("parametrization", "width", "step",
                                                                                 "sharpness", "threshold")},
                                   "spread": sharpness_spread(curves).to_dict(), "done": len(frames),

@@ -1,5 +1,5 @@
-"""InitPanel: signal propagation live and at init beside the theory, and the fluctuation, coordinate-check and
-μ-Transfer jobs, whose results reach the plots."""
+"""InitPanel: signal propagation live and at init beside the theory, and the fluctuation, coordinate-check,
+μ-Transfer, super-consistency and depth-transfer jobs, whose results reach the plots."""
 from __future__ import annotations
 
 import numpy as np
@@ -69,6 +69,27 @@ def test_the_jobs_reach_their_plots():
         for par in ("sp", "mup"):
             data = panel.transfer_sources[par].data
             assert data["label"] == ["width 32", "width 64", "width 128", "width 256"] and len(data["xs"][0]) == 9
+    finally:
+        panel.close()
+
+
+def test_depth_transfer_draws_a_line_per_depth_per_branch_with_its_best_lr_marked():
+    """Whatever the run's model (here the user's own module): the study trains the residual MLP on the run's data."""
+    run = trainlab.Run(model=nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), data="digits", device="cpu")
+    panel = InitPanel(run)
+    lrs = (0.25, 1.0, 4.0)
+    try:
+        finish(panel.depth_transfer(depths=(2, 4), lrs=lrs, steps=10, width=16, workers=1))
+        panel.feed.tick()
+        for branch in ("1", "1/sqrt(L)", "1/L"):
+            curves, marks = panel.depth_sources[branch].data, panel.depth_marks[branch].data
+            assert curves["label"] == ["depth 2", "depth 4"]
+            for xs, ys, color in zip(curves["xs"], curves["ys"], curves["color"]):
+                assert list(xs) == list(lrs) and np.isfinite(ys).all()
+                i = marks["color"].index(color)  # the mark in this line's colour sits at the line's minimum
+                assert (marks["lr"][i], marks["loss"][i]) == (xs[np.argmin(ys)], pytest.approx(min(ys)))
+            assert len(marks["lr"]) == 2
+        assert "Depth transfer: done" in panel.slots["depth"].status.object
     finally:
         panel.close()
 

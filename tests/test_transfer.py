@@ -73,3 +73,47 @@ def test_depth_sweep_holds_the_ends_lr_fixed():
         transfer.depth_sweep(depths=(2,), lrs=(0.5,), ends_lr=0.0)
     with pytest.raises(ValueError, match="ends_lr_mult"):
         trainlab.Run(model=("resmlp", {"ends_lr_mult": 0.5}), data="digits", optimizer="muon_po")
+
+def test_live_depth_transfer_publishes_what_depth_sweep_gives():
+    """The dashboard's job (worker processes, results as they finish) and the notebook's sweep are one study: the
+    same configurations (the run's seed), the same losses, the same best lr per branch and depth."""
+    from trainlab import live
+
+    run = trainlab.Run(model=("mlp", {"width": 8}), data="digits", device="cpu", optimizer="sgd", seed=3)
+    lrs = (0.5, 2.0)
+    snaps = [s[live.DEPTH_TRANSFER] for s in live.depth_transfer(run, progress=False, depths=(2, 3), lrs=lrs, steps=5,
+                                                                  width=8, workers=2)]
+    assert [s["done"] for s in snaps] == [2, 4, 6, 8, 10, 12] and {s["total"] for s in snaps} == {12}
+    frame = transfer.depth_sweep(depths=(2, 3), lrs=lrs, width=8, seeds=(3,), steps=5, ends_lr=0.25)
+    rows = snaps[-1]["rows"]
+    for c in ("branch", "depth", "lr"):
+        assert list(rows[c]) == list(frame[c])
+    for c in ("mean_train_loss", "loss"):
+        np.testing.assert_allclose(rows[c], frame[c], rtol=1e-6)
+    best = transfer.best_lr(frame, by="depth", metric="mean_train_loss", group="branch")
+    assert snaps[-1]["best"]["best_lr"] == best["best_lr"].tolist()
+    np.testing.assert_allclose(snaps[-1]["best"]["loss"], best["loss"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad, says", [
+    (dict(depths=()), r"depths=\[\] rejected: numbers of residual blocks"), (dict(depths=(2, 0)), r"depths=\[2, 0\]"),
+    (dict(depths=(2.5,)), r"depths=\[2.5\]"), (dict(lrs=()), r"lrs=\[\] rejected: learning rates"),
+    (dict(lrs=(0.5, -1.0)), r"lrs=\[0.5, -1.0\]"), (dict(lrs=(float("nan"),)), r"lrs=\[nan\]"),
+    (dict(steps=0), r"steps=0 rejected: steps per run"), (dict(width=-4), r"width=-4 rejected: units per"),
+    (dict(branches=("1/L^2",)), r"branches=\['1/L\^2'\] rejected: .*'1/sqrt\(L\)'"),
+    (dict(ends_lr=0.0), r"ends_lr must be a positive lr")])
+def test_depth_transfer_names_a_bad_setting(bad, says):
+    from trainlab import live
+
+    run = trainlab.Run(model=("mlp", {"width": 8}), data="digits", device="cpu")
+    with pytest.raises(ValueError, match=says):
+        next(live.depth_transfer(run, progress=False, **bad))
+
+
+def test_depth_transfer_needs_registered_data():
+    from trainlab import live
+
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    run = trainlab.Run(model=("mlp", {"width": 8}), data=(x, (x[:, 0] > 0).astype(np.int64)), device="cpu")
+    with pytest.raises(ValueError, match="registered data"):
+        next(live.depth_transfer(run, progress=False))

@@ -1,5 +1,6 @@
 """The initialization and parametrization lab: signal propagation against theory, seed-to-seed fluctuations,
-μP's coordinate check and μ-Transfer, each on the run's own model family."""
+μP's coordinate check, μ-Transfer and super consistency, each on the run's own model family, and depth transfer
+on the residual MLP."""
 from __future__ import annotations
 
 import numpy as np
@@ -51,21 +52,45 @@ def _coords(snap: dict) -> dict:
     return out
 
 
-def _transfer(snap: dict, parametrization: str) -> dict:
-    """Loss against lr, a line per width, for one parametrization; the best lr of each width marked."""
+# A run whose mean loss is this many times that of each line's least-trained run (its smallest lr) has blown up
+# without turning inf; drawn, it squashed the minima into the bottom of the log axis (10⁴ at 16 blocks, branches × 1)
+BLOWN_UP = 10.0
+
+
+def _lr_curves(snap: dict, key: str, group: str, by: str) -> dict:
+    """An lr sweep's loss against lr, a line per `by` (width or depth), for the rows whose `key` is `group`; a
+    diverged or blown-up run leaves a gap."""
     rows = snap["rows"]
-    par = np.asarray(rows["parametrization"])
-    widths = sorted({int(w) for w, p in zip(rows["width"], par) if p == parametrization})
+    sel_group = np.asarray(rows[key]) == group
+    values = sorted({int(v) for v in np.asarray(rows[by])[sel_group]})
     out = {"xs": [], "ys": [], "label": [], "color": []}
-    for i, w in enumerate(widths):
-        sel = (par == parametrization) & (np.asarray(rows["width"]) == w)
+    for i, v in enumerate(values):
+        sel = sel_group & (np.asarray(rows[by]) == v)
         order = np.argsort(np.asarray(rows["lr"], float)[sel])
         out["xs"].append(np.asarray(rows["lr"], float)[sel][order])
-        loss = np.asarray(rows["mean_train_loss"], float)[sel][order]
-        out["ys"].append(np.where(np.isfinite(loss), loss, np.nan))
-        out["label"].append(f"width {w}")
+        out["ys"].append(np.asarray(rows["mean_train_loss"], float)[sel][order])
+        out["label"].append(f"{by} {v}")
         out["color"].append(Category10_10[i % 10])
+    start = max((ys[0] for ys in out["ys"] if np.isfinite(ys[0])), default=np.inf)
+    out["ys"] = [np.where(np.isfinite(ys) & (ys <= BLOWN_UP * start), ys, np.nan) for ys in out["ys"]]
     return out
+
+
+def _best_marks(snap: dict, key: str, group: str, by: str) -> dict:
+    """The best lr of each line of `_lr_curves` (the live job's `best`), in that line's colour."""
+    best = snap["best"]
+    values = sorted({int(v) for v, g in zip(snap["rows"][by], snap["rows"][key]) if g == group})
+    out = {"lr": [], "loss": [], "color": []}
+    for g, v, lr, loss in zip(best[key], best[by], best["best_lr"], best["loss"]):
+        if g == group and np.isfinite(loss):
+            out["lr"].append(float(lr))
+            out["loss"].append(float(loss))
+            out["color"].append(Category10_10[values.index(int(v)) % 10])
+    return out
+
+
+def _follow(draw, key: str, group: str, by: str, empty: dict):
+    return lambda snap: draw(snap, key, group, by) if snap else empty
 
 
 def _sharpness(snap: dict, parametrization: str) -> dict:
@@ -96,10 +121,6 @@ def _empty_sharpness(parametrization: str):
     return lambda snap: _sharpness(snap, parametrization) if snap else empty
 
 
-def _empty_transfer(parametrization: str):
-    return lambda snap: _transfer(snap, parametrization) if snap else {"xs": [], "ys": [], "label": [], "color": []}
-
-
 class InitPanel(LabPanel):
     """How initialization and parametrization shape the signal and which lr works at which width.
 
@@ -112,9 +133,13 @@ class InitPanel(LabPanel):
     - "Coordinate check": the model at widths 64 … 2048, a few steps each under SP and μP: each layer's mean
       |output| against width (μP's lines are flat; SP's later layers grow with width).
     - "μ-Transfer": one short run per width and lr under SP and μP, on worker processes over the machine's cores
-      (`trainlab.pool`; Cancel drops the queued runs): the loss against lr per width, as the runs finish.
+      (`trainlab.pool`; Cancel drops the queued runs): the loss against lr per width, as the runs finish. Under
+      μP the best lr stays where it is as the model widens; under SP it moves.
     - "Super consistency": the sharpness along training at widths 32, 128, 512 under μP and SP, at the run's
-      (SGD-like) optimizer and lr (Noci et al. 2024): μP's lines coincide, at a large enough lr all at 2/lr. Under μP the best lr stays where it is as the model widens; under SP it moves.
+      (SGD-like) optimizer and lr (Noci et al. 2024): μP's lines coincide, at a large enough lr all at 2/lr.
+    - "Depth transfer": the residual MLP at depths 2 … 16, its branches scaled by 1, 1/√L and 1/L, the blocks'
+      lr swept on the run's data and optimizer (the embedding and read-out at a fixed lr): the loss against lr
+      per depth, a figure per multiplier. Only 1/√L's best lr holds across depth (with SGD).
     The model's `init` and `parametrization` (with `base_width` for μP) are options of the model: the
     dashboard's model options, or `Run(model=("mlp", {"init": "lsuv", "parametrization": "mup", ...}))`.
     """
@@ -133,14 +158,15 @@ class InitPanel(LabPanel):
         for kind, label, fn in (("fluctuations", "Fluctuations vs depth", self.fluctuations),
                                 ("coord", "Coordinate check", self.coord_check),
                                 ("transfer", "μ-Transfer", self.mu_transfer),
-                                ("sharpness", "Super consistency", self.super_consistency)):
+                                ("sharpness", "Super consistency", self.super_consistency),
+                                ("depth", "Depth transfer", self.depth_transfer)):
             button = pn.widgets.Button(label=label, width=160)
             button.on_click(lambda e, fn=fn: fn())
             self.buttons[kind] = button
             slots.append(self.job_slot(kind, label, [button]))
         self.controls = {n: self.control(n) for n in ("every", "steps")}
         figs = [self._signal_figure(), self._grad_figure(), self._fluct_figure(), self._coord_figure(),
-                *self._transfer_figures(), *self._sharpness_figures()]
+                *self._transfer_figures(), *self._sharpness_figures(), *self._depth_figures()]
         self._layout = self.layout(
             [pn.pane.Markdown("### Initialization & μP\nLive, every k steps:"), self.toggle,
              self.controls["every"].widget,
@@ -149,7 +175,10 @@ class InitPanel(LabPanel):
              pn.pane.Markdown("Across widths (64 … 2048), under SP and μP, with the run's optimizer and lr:"),
              slots[1].panel(), self.controls["steps"].widget, slots[2].panel(),
              pn.pane.Markdown("The sharpness along training at widths 32, 128, 512 (SGD-like optimizers; 2x the steps):"),
-             slots[3].panel()], figs)
+             slots[3].panel(),
+             pn.pane.Markdown("The residual MLP at depths 2 … 16 with branches scaled by 1, 1/√L, 1/L, on the run's "
+                              "data and optimizer: the best lr lines up across depth only for 1/√L"),
+             slots[4].panel()], figs)
         self.toggle.value = True  # cheap: one forward and backward of a fixed batch every k steps
         self._ready()
 
@@ -193,15 +222,35 @@ class InitPanel(LabPanel):
         plots.legend(fig, "top_left")
         return self.hint(fig, self.coord_source, "press Coordinate check")
 
-    def _transfer_figures(self):
-        figs, self.transfer_sources = [], {}
-        for par, title in (("sp", "SP: loss against lr by width"), ("mup", "μP: loss against lr by width")):
-            src = self.feed.snapshot(live.MU_TRANSFER, _empty_transfer(par), None)
-            self.transfer_sources[par] = src
-            fig = plots.figure(title, "lr", "mean train loss", log_x=True, log_y=True)
-            fig.multi_line("xs", "ys", source=src, color="color", legend_field="label", line_width=1.8)
+    def _lr_figures(self, name: str, key: str, by: str, titles: dict[str, str], press: str, x_label: str = "lr",
+                    log_x: bool | int = True):
+        """Loss against lr, one figure per `key` value (a parametrization, a branch multiplier), a line per `by`,
+        each line's best lr marked; returns the figures and, by `key` value, their curves' and marks' sources."""
+        figs, curves, marks = [], {}, {}
+        for group, title in titles.items():
+            curves[group] = self.feed.snapshot(name, _follow(_lr_curves, key, group, by,
+                                                             {"xs": [], "ys": [], "label": [], "color": []}), None)
+            marks[group] = self.feed.snapshot(name, _follow(_best_marks, key, group, by,
+                                                            {"lr": [], "loss": [], "color": []}), None)
+            fig = plots.figure(title, x_label, "mean train loss", log_x=log_x, log_y=True)
+            fig.multi_line("xs", "ys", source=curves[group], color="color", legend_field="label", line_width=1.8)
+            fig.scatter("lr", "loss", source=marks[group], color="color", line_color="black", marker="diamond",
+                        size=11, legend_label="best lr")
             plots.legend(fig, "top_right")
-            figs.append(self.hint(fig, src, "press μ-Transfer"))
+            figs.append(self.hint(fig, curves[group], press))
+        return figs, curves, marks
+
+    def _transfer_figures(self):
+        figs, self.transfer_sources, self.transfer_marks = self._lr_figures(
+            live.MU_TRANSFER, "parametrization", "width",
+            {"sp": "SP: loss against lr by width", "mup": "μP: loss against lr by width"}, "press μ-Transfer")
+        return figs
+
+    def _depth_figures(self):
+        figs, self.depth_sources, self.depth_marks = self._lr_figures(
+            live.DEPTH_TRANSFER, "branch", "depth",
+            {"1": "Branches × 1: loss against lr by depth", "1/sqrt(L)": "Branches × 1/√L: loss against lr by depth",
+             "1/L": "Branches × 1/L: loss against lr by depth"}, "press Depth transfer", "the blocks' lr", log_x=2)
         return figs
 
     def _sharpness_figures(self):
@@ -250,6 +299,10 @@ class InitPanel(LabPanel):
         if not self._needs("parametrization", "Super consistency"):
             return None
         return self.run_job(live.super_consistency, "sharpness", steps=2 * self.steps)
+
+    def depth_transfer(self, **options):
+        """Depth transfer (`live.depth_transfer`): works whatever the run's model, since it trains the residual MLP."""
+        return self.run_job(live.depth_transfer, "depth", **options)
 
     def __panel__(self):
         return self._layout

@@ -49,7 +49,11 @@ r.setv({start: 10 ** (c - span / 2), end: 10 ** (c + span / 2)});
 # LogTickFormatter names every tick by its nearest power of ten: inside one decade, where the ticker
 # picks 0.02 0.05, it printed "0.1" at 0.05. Powers of ten read 0.001 ... 10000 and 10⁻⁴ beyond; other ticks
 # read as numbers (0.05, 2e-4); where there are more than two, only 1, 2 and 5 times a power of ten
-_LOG_LABELS = """
+_RAISE = """
+const sup = {"-": "⁻", "0": "⁰", "1": "¹", "2": "²", "3": "³", "4": "⁴", "5": "⁵", "6": "⁶", "7": "⁷", "8": "⁸", "9": "⁹"};
+const raise = (r) => String(r).split("").map((c) => sup[c]).join("");
+"""
+_LOG_LABELS = _RAISE + """
 if (!(tick > 0)) return "";
 const power = (t) => Math.abs(Math.log10(t) - Math.round(Math.log10(t))) < 1e-6;
 const e = Math.log10(tick), r = Math.round(e);
@@ -57,23 +61,28 @@ const m = tick / 10 ** Math.floor(e + 1e-9), readable = [1, 2, 5].some((k) => Ma
 if (!readable && ticks.length > 2) return "";  // 0.01 0.02 0.03 0.04 ... reads 0.01 0.02 0.05; 1000 1500 2000 reads 1000 2000
 if (power(tick)) {
   if (r >= -3 && r < 5) return String(Number((10 ** r).toPrecision(1)));  // as the other ticks read: 500 1000 2000
-  const sup = {"-": "⁻", "0": "⁰", "1": "¹", "2": "²", "3": "³", "4": "⁴", "5": "⁵", "6": "⁶", "7": "⁷", "8": "⁸", "9": "⁹"};
-  return "10" + String(r).split("").map((c) => sup[c]).join("");
+  return "10" + raise(r);
 }
 if (tick >= 1e-3 && tick < 1e5) return String(Number(tick.toPrecision(2)));
 return tick.toExponential(1).replace(/\.0e/, "e").replace("e+", "e");
 """
 
+# a base-2 log axis (an lr grid of powers of two) reads 2⁻⁸ 2⁻⁴ 2⁰ 2⁴, ticks only at whole powers
+_LOG2_LABELS = _RAISE + """
+const e = Math.log2(tick);
+return tick > 0 && Math.abs(e - Math.round(e)) < 1e-6 ? "2" + raise(Math.round(e)) : "";
+"""
+
 _WHOLE = ("layer", "depth", "rank")  # x axes of whole numbers: no ticks at 1.5
 
 
-def figure(title: str, x_label: str = "step", y_label: str = "", *, log_x: bool = False, log_y: bool = False,
+def figure(title: str, x_label: str = "step", y_label: str = "", *, log_x: bool | int = False, log_y: bool = False,
            hover: bool = False, **kw):
     """A figure of the lab's tools (a toolbar beside the plot: above it, beside a long title, it folded the save
     button away), without the Bokeh logo; `hover` adds a step/value tooltip. Without a `width` it fills a cell of the lab's grid (see GRID_CELL).
 
     Log axes label only powers of ten when they span more than a decade, and at most a few values
-    inside one, so labels never run into each other ("0.030.040.05")."""
+    inside one, so labels never run into each other ("0.030.040.05"); `log_x=2` labels powers of two instead."""
     size = {"height": SIZE["height"]}
     if "width" not in kw:
         size.update(width=SIZE["width"], sizing_mode="stretch_width", min_width=MIN_WIDTH, styles=dict(GRID_CELL))
@@ -83,7 +92,9 @@ def figure(title: str, x_label: str = "step", y_label: str = "", *, log_x: bool 
     for axis, log, label, rng in ((fig.xaxis, log_x, x_label, fig.x_range), (fig.yaxis, log_y, y_label, fig.y_range)):
         if log:
             axis.ticker.desired_num_ticks = 6
-            axis.formatter = CustomJSTickFormatter(code=_LOG_LABELS)
+            axis.formatter = CustomJSTickFormatter(code=_LOG2_LABELS if log == 2 else _LOG_LABELS)
+            if log == 2:
+                axis.ticker.update(base=2, mantissas=[1])
             if isinstance(rng, DataRange1d):  # a callback of its own: a model belongs to one document
                 widen = CustomJS(args={"span": LOG_SPAN}, code=_MIN_DECADES)
                 rng.js_on_change("start", widen)

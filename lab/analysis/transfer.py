@@ -81,11 +81,61 @@ def best_lr(frame: pd.DataFrame, by: str = "width", metric: str = "loss", group:
     return pd.DataFrame(rows)
 
 
+def depth_configurations(depths: Iterable[int] = (2, 4, 8, 16), lrs: Iterable[float] = (),
+                         branches: Iterable[str] = ("1", "1/sqrt(L)", "1/L"), width: int = 64,
+                         seeds: Iterable[int] = (0,), data: Any = "digits", optimizer: str = "sgd", steps: int = 80,
+                         batch_size: int = 64, model_options: dict | None = None, ends_lr: float | None = None,
+                         hparams: dict | None = None) -> list[dict[str, Any]]:
+    """Every (branch, depth, lr, seed) configuration of a depth sweep of the residual MLP, in that order (the seed
+    varies fastest), as `trainlab.experiment` configurations for `run_config`; see `depth_sweep`."""
+    from ..experiment import grid
+    from ..models import models
+
+    valid = models["resmlp"].params["branch"].objects
+    depths, lrs, branches = _plain(depths), _plain(lrs), list(branches)
+    _check_positive("depths", depths, "numbers of residual blocks, e.g. (2, 4, 8, 16)", whole=True)
+    _check_positive("lrs", lrs, "learning rates, e.g. 2.0 ** np.arange(-8, 7)")
+    _check_positive("width", width, "units per residual block", whole=True)
+    _check_positive("steps", steps, "steps per run", whole=True)
+    if not branches or any(b not in valid for b in branches):
+        raise ValueError(f"branches={branches!r} rejected: residual branch multipliers, some of "
+                         f"{', '.join(map(repr, valid))}")
+    if ends_lr is not None and not (math.isfinite(ends_lr) and ends_lr > 0):
+        raise ValueError(f"ends_lr must be a positive lr (the embedding's and read-out's) or None; got {ends_lr!r}")
+    base = dict(model=("resmlp", {"width": int(width), **(model_options or {})}), data=data, optimizer=optimizer,
+                steps=int(steps), batch_size=int(batch_size), **(hparams or {}))
+    configs = grid(base, {"model.branch": branches, "model.depth": [int(d) for d in depths],
+                          "lr": [float(lr) for lr in lrs], "seed": [int(s) for s in seeds]})
+    if ends_lr is None:
+        return configs
+    return [{**c, "model": (c["model"][0], {**c["model"][1], "ends_lr_mult": ends_lr / c["lr"]})} for c in configs]
+
+
+def _plain(values: Iterable) -> list:
+    """A list of plain Python values (NumPy scalars converted), as an error message should show them."""
+    return [v.item() if isinstance(v, np.generic) else v for v in values]
+
+
+def _check_positive(name: str, value: Any, what: str, whole: bool = False) -> None:
+    """A ValueError naming the setting unless `value` is a positive (whole) number or a non-empty list of them."""
+    many = isinstance(value, (list, tuple))
+
+    def fine(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            return False
+        return math.isfinite(v) and v > 0 and (not whole or float(v).is_integer())
+
+    if not (all(map(fine, value)) and len(value) if many else fine(value)):
+        kind = ("a whole number" if whole else "a number") + " > 0"
+        raise ValueError(f"{name}={value!r} rejected: {what}, " + (f"a non-empty list, each {kind}" if many else kind))
+
+
 def depth_sweep(depths: Iterable[int] = (2, 4, 8, 16), lrs: Iterable[float] = (), branches=("1", "1/sqrt(L)", "1/L"),
                 width: int = 64, seeds: Iterable[int] = (0,), data: Any = "digits", optimizer: str = "sgd",
                 steps: int = 80, batch_size: int = 64, model_options: dict | None = None, ends_lr: float | None = None,
                 map: Callable = map) -> pd.DataFrame:
-    """Depth transfer: the residual MLP at each depth, branch multiplier and lr (one `run_config` row each).
+    """Depth transfer: the residual MLP at each depth, branch multiplier and lr (one `run_config` row each, in the
+    order of `depth_configurations`).
 
     With `ends_lr` the swept lr is the blocks' and the embedding and read-out train at `ends_lr` throughout
     (resmlp's `ends_lr_mult` = ends_lr / lr), which is what the theory speaks of: an SGD step moves the
@@ -93,19 +143,8 @@ def depth_sweep(depths: Iterable[int] = (2, 4, 8, 16), lrs: Iterable[float] = ()
     flat for 1/sqrt(L) (Bordelon et al. 2023, depth-μP), ∝ L for 1/L. With one lr for every layer
     (`ends_lr=None`) the embedding and read-out, which no branch multiplier scales, can set the best lr
     by themselves, and 1/L's then stays put while its loss is worse."""
-    from ..experiment import grid
-
-    if not list(lrs):
-        raise ValueError("lrs must hold at least one learning rate")
-    if ends_lr is not None and not (math.isfinite(ends_lr) and ends_lr > 0):
-        raise ValueError(f"ends_lr must be a positive lr (the embedding's and read-out's) or None; got {ends_lr!r}")
-    base = dict(model=("resmlp", {"width": int(width), **(model_options or {})}), data=data, optimizer=optimizer,
-                steps=int(steps), batch_size=int(batch_size))
-    configs = grid(base, {"model.branch": list(branches), "model.depth": [int(d) for d in depths],
-                          "lr": [float(lr) for lr in lrs], "seed": [int(s) for s in seeds]})
-    if ends_lr is not None:
-        configs = [{**c, "model": (c["model"][0], {**c["model"][1], "ends_lr_mult": ends_lr / c["lr"]})}
-                   for c in configs]
+    configs = depth_configurations(depths, lrs, branches, width, seeds, data, optimizer, steps, batch_size,
+                                   model_options, ends_lr)
     return pd.DataFrame(list(map(run_config, configs)))
 
 
