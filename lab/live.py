@@ -10,6 +10,7 @@ plot makes of them (colours, labels) is the widget's.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -385,16 +386,22 @@ DEPTH_TRANSFER = "depth_transfer"
 
 
 def depth_transfer(run: Run, *, progress: bool | Progress = True, depths: tuple[int, ...] = (2, 4, 8, 16),
-                   lrs: tuple[float, ...] = tuple(2.0 ** np.arange(-8, 7)),
-                   branches: tuple[str, ...] = ("1", "1/sqrt(L)", "1/L"), steps: int = 80, width: int = 64,
-                   ends_lr: float | None = 0.25, workers: int | None = None) -> Iterator[dict[str, Any]]:
+                   lrs: tuple[float, ...] | None = None, branches: tuple[str, ...] = ("1", "1/sqrt(L)", "1/L"),
+                   steps: int = 80, width: int = 64, ends_lr: float | None | str = "auto",
+                   workers: int | None = None) -> Iterator[dict[str, Any]]:
     """Depth transfer (`transfer.depth_sweep`) on the run's data, optimizer and seed, whatever the run's model: the
     residual MLP, one short run per (branch multiplier, depth, lr) on `workers` processes, the blocks' lr swept
-    while the embedding and read-out train at `ends_lr`; the loss against lr per depth and the best lr per
-    (branch, depth), published every `len(lrs)` runs. The defaults are the measured SGD case
-    (tests/test_transfer.py): only branches × 1/sqrt(L) keep their best lr across depth."""
+    while the embedding and read-out train at `ends_lr` (None: at the swept lr too); the loss against lr per depth
+    and the best lr per (branch, depth), published every `len(lrs)` runs. The defaults are the measured SGD case
+    (tests/test_transfer.py: blocks' lr 2^-8 … 2^6, ends 0.25; only branches × 1/sqrt(L) keep their best lr across
+    depth), moved by the power of two nearest the run's optimizer's usual lr over SGD's (Adam's grid is 2^-14 …
+    2^0), so the sweep brackets its minimum whatever the optimizer."""
     from .analysis.transfer import depth_configurations, run_config
+    from .optimizers import optimizers
 
+    shift = 2.0 ** round(math.log2(optimizers[run.optimizer].meta.usual_lr / optimizers["sgd"].meta.usual_lr))
+    lrs = tuple(float(lr) for lr in 2.0 ** np.arange(-8, 7) * shift) if lrs is None else lrs
+    ends_lr = 0.25 * shift if isinstance(ends_lr, str) and ends_lr == "auto" else ends_lr
     if run.data.spec is None:
         raise ValueError("Depth transfer trains a residual MLP afresh at several depths on the run's data: it needs "
                          "registered data (Run(data='digits')), not the user's own tensors")

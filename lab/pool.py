@@ -61,6 +61,7 @@ def imap(fn: Callable, items: Iterable, *, workers: int | None = None, progress:
             yield i, fn(item)
         return
     pool = cf.ProcessPoolExecutor(n, mp_context=_context(fn.__module__), initializer=_one_thread)
+    pending = {None}
     try:
         futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
         pending = set(futures)
@@ -71,4 +72,6 @@ def imap(fn: Callable, items: Iterable, *, workers: int | None = None, progress:
             for f in done:
                 yield futures[f], f.result()
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        # all done: wait for the workers to exit (cheap), else the interpreter's exit finds their pipes closed and
+        # prints an ignored OSError; stopped early: return at once, dropping what is queued
+        pool.shutdown(wait=not pending, cancel_futures=True)

@@ -117,3 +117,17 @@ def test_depth_transfer_needs_registered_data():
     run = trainlab.Run(model=("mlp", {"width": 8}), data=(x, (x[:, 0] > 0).astype(np.int64)), device="cpu")
     with pytest.raises(ValueError, match="registered data"):
         next(live.depth_transfer(run, progress=False))
+
+
+def test_depth_transfer_moves_its_default_grid_to_the_optimizers_usual_lr():
+    """SGD's measured grid (blocks 2^-8 … 2^6, ends 0.25) would blow every Adam run up: for Adam (usual lr 1e-3,
+    SGD's 0.05) the grid and the ends' lr move by 2^-6, the power of two nearest 1e-3 / 0.05."""
+    from trainlab import live
+
+    run = trainlab.Run(data="moons", optimizer="adam", lr=1e-3, device="cpu")
+    last = None
+    for last in live.depth_transfer(run, progress=False, depths=(2,), branches=("1",), steps=3, width=8, workers=1):
+        pass
+    rows = last[live.DEPTH_TRANSFER]["rows"]
+    assert sorted(rows["lr"]) == pytest.approx(list(2.0 ** np.arange(-14, 1)))
+    assert np.isfinite(np.asarray(rows["mean_train_loss"], float)).all()
