@@ -800,7 +800,7 @@ class Run(param.Parameterized):
     def _take_turn(self, shared: share.Share, left: list) -> None:
         """Train for one turn of the process's Share (a changed setting asks for the next turn), then let
         the next run go; past the Share's steps-per-second cap, wait outside the turn."""
-        with shared.turn(self, urgent=self._dirty, cancelled=lambda: not self._stepping_allowed()) as until:
+        with shared.turn(self, urgent=lambda: self._dirty, cancelled=lambda: not self._stepping_allowed()) as until:
             if until is None:
                 return
             t0, n = time.perf_counter(), 0

@@ -77,15 +77,19 @@ class Share:
                 del self._asked[k]  # runs long gone
             return sum(now - t <= within for t in self._asked.values())
 
-    def _wait_turn(self, key: int, urgent: bool, cancelled) -> bool:
+    def _wait_turn(self, key: int, urgent, cancelled) -> bool:
+        hurry = urgent if callable(urgent) else (lambda: urgent)
         with self._cond:
             self._asked[key] = time.monotonic()
-            if urgent:
+            if hurry():
                 self._queue.appendleft(key)
             else:
                 self._queue.append(key)
             try:
                 while True:
+                    if self._queue[0] != key and hurry():  # a setting changed while it waited: next, not last
+                        self._queue.remove(key)
+                        self._queue.appendleft(key)
                     free = len(self._holding) < self.concurrent
                     ahead = self._queue.index(key)
                     if free and ahead < self.concurrent - len(self._holding):
@@ -107,9 +111,10 @@ class Share:
             self._cond.notify_all()
 
     @contextmanager
-    def turn(self, run, urgent: bool = False, cancelled=lambda: False) -> Iterator[float | None]:
-        """Wait for a turn (at the front when `urgent`); yields the time the turn ends (None if `cancelled()`
-        said to stop waiting: the run was paused meanwhile)."""
+    def turn(self, run, urgent=False, cancelled=lambda: False) -> Iterator[float | None]:
+        """Wait for a turn (at the front when `urgent`, a bool or a function looked at while it waits: a run
+        whose setting changes while it waits moves to the front); yields the time the turn ends (None if
+        `cancelled()` said to stop waiting: the run was paused meanwhile)."""
         key = id(run)
         got = self._wait_turn(key, urgent, cancelled)
         try:

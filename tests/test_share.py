@@ -80,6 +80,37 @@ def test_a_changed_setting_goes_to_the_front():
     assert order == ["urgent", "plain"]
 
 
+def test_a_run_whose_setting_changes_while_it_waits_goes_next():
+    s = share.Share(concurrent=1, slice=1.0)
+    order, holder_in, release, changed = [], threading.Event(), threading.Event(), threading.Event()
+
+    def hold():
+        with s.turn("holder"):
+            holder_in.set()
+            release.wait(30)
+
+    def wait_for(name, urgent):
+        with s.turn(name, urgent=urgent):
+            order.append(name)
+
+    t0 = threading.Thread(target=hold)
+    t0.start()
+    holder_in.wait(30)
+    first = threading.Thread(target=wait_for, args=("first", False))
+    first.start()
+    wait_until(lambda: s.queued == 1, 30, "the first waiter to queue")
+    later = threading.Thread(target=wait_for, args=("later", changed.is_set))
+    later.start()
+    wait_until(lambda: s.queued == 2, 30, "the later waiter to queue")
+    assert s.waiting("later") == 1  # nothing changed yet: behind the first
+    changed.set()  # its setting changed (Run._dirty) while it waited
+    wait_until(lambda: s.waiting("later") == 0, 30, "the changed run to move to the front")
+    release.set()
+    for t in (t0, first, later):
+        t.join(30)
+    assert order == ["later", "first"]
+
+
 def test_the_step_rate_cap_holds(shared):
     shared(concurrent=2, slice=0.02, max_rate=200)
     run = small_run()

@@ -28,6 +28,7 @@ from trainlab.probes import Probe
 from . import export, plots
 from .controls import Control
 from .feed import Feed
+from .text import Status, Text
 
 SIDEBAR = 300  # pixels: a lab's controls; two grid cells fit beside it and the dashboard's own in 1,400
 
@@ -48,7 +49,7 @@ class JobSlot:
         self.bar = pn.indicators.Progress(value=0, max=100, visible=False, sizing_mode="stretch_width", height=14)
         self.cancel_button = pn.widgets.Button(label="Cancel", width=80, disabled=True)
         self.cancel_button.on_click(lambda e: self.cancel())
-        self.status = pn.pane.Markdown("", sizing_mode="stretch_width")
+        self.status = Text("", sizing_mode="stretch_width")
         self._shown: tuple | None = None
 
     @property
@@ -109,7 +110,7 @@ class LabPanel(Viewer):
         self.group = self.feed.current_group  # the dashboard tab this panel is built for (None: its own)
         self.slots: dict[str, JobSlot] = {}
         self._added: list[Probe] = []
-        self.alert = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width")
+        self.alert = Status("", alert_type="danger", visible=False, sizing_mode="stretch_width")
         self._hints: list[tuple] = []
         self._page_figures: list = []
         self.feed.on_tick(self._tick_slots)

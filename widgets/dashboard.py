@@ -20,6 +20,7 @@ from .base import plain
 from .controls import Control
 from .feed import Feed
 from .labs import LABS
+from .text import Status
 
 _CUSTOM = "(your own)"
 _REGISTRIES = {"data": datasets, "model": models}
@@ -70,7 +71,7 @@ class TrainingDashboard(Viewer):
         self.pause_button.on_click(lambda e: self.run.pause())
         self.reset_button.on_click(lambda e: self.reset())
         self.rollback_button.on_click(lambda e: self.rollback())
-        self.status = pn.pane.Alert("", alert_type="secondary", sizing_mode="stretch_width")
+        self.status = Status("", alert_type="secondary", sizing_mode="stretch_width")
         self._controls = pn.Column(sizing_mode="stretch_width")
         self._more_controls = pn.Column(sizing_mode="stretch_width")
         # switching optimizer carries over the per-weight state both use (adam -> adamw keeps its
