@@ -10,10 +10,13 @@ Measured, on loopback with headless Chromium (one page per session, each in its 
 Targets (issue 17): interactive <= 5 s, slider p95 <= 250 ms, status lag <= 1 s of steps, RSS back within 10 %
 of its baseline, no traceback.
 
-The browsers share the server's cores here: each page costs its renderer about 3 CPU-seconds to open and the
-server about 1, so with 20 pages on 2 cores the browsers alone need half a minute to open them (printed), and
-they keep 1.3-1.5 cores busy drawing while the runs train. (Running them at a lower priority does not stand in
-for laptops of their own: Linux shares the CPU among sessions first, and a starved page answers Playwright late.)
+The browsers share the server's cores here: each page costs its renderer about 2 CPU-seconds to open and the
+server about 0.6, so with 20 pages on 2 cores the browsers alone need 20 s to open them (printed), and they keep
+1.5 cores busy drawing while the runs train. Measured with /proc's schedstat while 20 pages trained: the server's
+threads waited on the run queue twelve times as long as they ran (its event loop 7.4 s of 10 s), so the figures
+are the machine's more than the server's. Putting the browsers at a lower priority, or the server at a higher
+one, does not stand in for laptops of their own: whichever side is starved answers late (tried both ways,
+through Linux's per-session autogroups, where nice values alone do nothing).
 
     python benchmarks/classroom.py [--sessions 20] [--cycles 3] [--train 10]
 """
