@@ -50,10 +50,11 @@ def test_runs_take_turns_and_all_progress(shared):
     assert most[0] == 1 and queued[0] >= 1  # one at a time, the others waiting their turn
 
 
-def test_a_changed_setting_goes_to_the_front():
+def _queued_behind_a_holder(urgent_second):
+    """One slot held; "first" (not urgent) queues, then "second" (urgent_second: a bool or a function). Returns
+    the Share, the order they got their turns in, and a function releasing the holder and joining everyone."""
     s = share.Share(concurrent=1, slice=5)
-    order, holder_in = [], threading.Event()
-    release = threading.Event()
+    order, holder_in, release = [], threading.Event(), threading.Event()
 
     def hold():
         with s.turn("holder"):
@@ -64,51 +65,37 @@ def test_a_changed_setting_goes_to_the_front():
         with s.turn(name, urgent=urgent):
             order.append(name)
 
-    t0 = threading.Thread(target=hold)
-    t0.start()
+    threads = [threading.Thread(target=hold)]
+    threads[0].start()
     holder_in.wait(30)
-    plain = threading.Thread(target=wait_for, args=("plain", False))
-    plain.start()
-    wait_until(lambda: s.queued == 1, 30, "the first waiter to queue")
-    urgent = threading.Thread(target=wait_for, args=("urgent", True))
-    urgent.start()
-    wait_until(lambda: s.queued == 2, 30, "the urgent waiter to queue")
-    assert s.waiting("urgent") == 0 and s.waiting("plain") == 1
-    release.set()
-    for t in (t0, plain, urgent):
-        t.join(30)
-    assert order == ["urgent", "plain"]
+    for name, urgent in (("first", False), ("second", urgent_second)):
+        threads.append(threading.Thread(target=wait_for, args=(name, urgent)))
+        threads[-1].start()
+        wait_until(lambda n=len(threads) - 1: s.queued == n, 30, f"{name} to queue")
+
+    def finish() -> None:
+        release.set()
+        for t in threads:
+            t.join(30)
+
+    return s, order, finish
+
+
+def test_a_changed_setting_goes_to_the_front():
+    s, order, finish = _queued_behind_a_holder(True)
+    assert s.waiting("second") == 0 and s.waiting("first") == 1
+    finish()
+    assert order == ["second", "first"]
 
 
 def test_a_run_whose_setting_changes_while_it_waits_goes_next():
-    s = share.Share(concurrent=1, slice=1.0)
-    order, holder_in, release, changed = [], threading.Event(), threading.Event(), threading.Event()
-
-    def hold():
-        with s.turn("holder"):
-            holder_in.set()
-            release.wait(30)
-
-    def wait_for(name, urgent):
-        with s.turn(name, urgent=urgent):
-            order.append(name)
-
-    t0 = threading.Thread(target=hold)
-    t0.start()
-    holder_in.wait(30)
-    first = threading.Thread(target=wait_for, args=("first", False))
-    first.start()
-    wait_until(lambda: s.queued == 1, 30, "the first waiter to queue")
-    later = threading.Thread(target=wait_for, args=("later", changed.is_set))
-    later.start()
-    wait_until(lambda: s.queued == 2, 30, "the later waiter to queue")
-    assert s.waiting("later") == 1  # nothing changed yet: behind the first
+    changed = threading.Event()
+    s, order, finish = _queued_behind_a_holder(changed.is_set)
+    assert s.waiting("second") == 1  # nothing changed yet: behind the first
     changed.set()  # its setting changed (Run._dirty) while it waited
-    wait_until(lambda: s.waiting("later") == 0, 30, "the changed run to move to the front")
-    release.set()
-    for t in (t0, first, later):
-        t.join(30)
-    assert order == ["later", "first"]
+    wait_until(lambda: s.waiting("second") == 0, 30, "the changed run to move to the front")
+    finish()
+    assert order == ["second", "first"]
 
 
 def test_the_step_rate_cap_holds(shared):
