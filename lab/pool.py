@@ -61,7 +61,7 @@ def imap(fn: Callable, items: Iterable, *, workers: int | None = None, progress:
             yield i, fn(item)
         return
     pool = cf.ProcessPoolExecutor(n, mp_context=_context(fn.__module__), initializer=_one_thread)
-    pending = {None}
+    finished = False
     try:
         futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
         pending = set(futures)
@@ -71,7 +71,8 @@ def imap(fn: Callable, items: Iterable, *, workers: int | None = None, progress:
             done, pending = cf.wait(pending, timeout=POLL, return_when=cf.FIRST_COMPLETED)
             for f in done:
                 yield futures[f], f.result()
+        finished = True
     finally:
         # all done: wait for the workers to exit (cheap), else the interpreter's exit finds their pipes closed and
         # prints an ignored OSError; stopped early: return at once, dropping what is queued
-        pool.shutdown(wait=not pending, cancel_futures=True)
+        pool.shutdown(wait=finished, cancel_futures=True)

@@ -210,16 +210,16 @@ class Feed:
         self._soon = self._ticks + ticks
         doc = pn.state.curdoc
         if doc is not None and getattr(doc, "session_context", None) is not None and self._callback is not None:
-            self._chase(doc, self.history.last_step, self.history.generation, CHASE_MS / 1000 * CHASE_TRIES)
+            self._chase(doc, self.history.last_step, self.history.generation, CHASE_TRIES)
 
-    def _chase(self, doc, step: int, generation: int, left: float) -> None:
+    def _chase(self, doc, step: int, generation: int, tries: int) -> None:
         def look() -> None:
             if self._callback is None:  # stopped meanwhile (page closed, run replaced)
                 return
             if self.history.last_step > step or self.history.generation != generation:
                 self.tick()
-            elif left > CHASE_MS / 1000:
-                self._chase(doc, step, generation, left - CHASE_MS / 1000)
+            elif tries > 1:
+                self._chase(doc, step, generation, tries - 1)
 
         doc.add_timeout_callback(look, CHASE_MS)
 

@@ -6,7 +6,8 @@ among them; a stylesheet is a Bokeh model, so Bokeh re-walks the whole document 
 on every change (measured with py-spy on a served lab of 20 sessions: the status lines' updates were two fifths
 of the event loop's time; 0.68 ms an update for a dashboard of 322 models, 0.18 ms for a widget's text).
 These send the text only; their other settings go out as Panel sends them (each on its own change).
-Relies on Panel's `_update` (its pane's hook for a new object) and `_process_param_change`, as StopSlider relies on its slider.
+Relies on Panel's `_update` (its pane's hook for a new object) and `_process_param_change`, as StopSlider
+relies on its slider.
 """
 from __future__ import annotations
 
