@@ -399,12 +399,12 @@ def depth_transfer(run: Run, *, progress: bool | Progress = True, depths: tuple[
     from .analysis.transfer import depth_configurations, run_config
     from .optimizers import optimizers
 
-    shift = 2.0 ** round(math.log2(optimizers[run.optimizer].meta.usual_lr / optimizers["sgd"].meta.usual_lr))
-    lrs = tuple(float(lr) for lr in 2.0 ** np.arange(-8, 7) * shift) if lrs is None else lrs
-    ends_lr = 0.25 * shift if isinstance(ends_lr, str) and ends_lr == "auto" else ends_lr
     if run.data.spec is None:
         raise ValueError("Depth transfer trains a residual MLP afresh at several depths on the run's data: it needs "
                          "registered data (Run(data='digits')), not the user's own tensors")
+    shift = 2.0 ** round(math.log2(optimizers[run.optimizer].meta.usual_lr / optimizers["sgd"].meta.usual_lr))
+    lrs = tuple(float(lr) for lr in 2.0 ** np.arange(-8, 7) * shift) if lrs is None else lrs
+    ends_lr = 0.25 * shift if isinstance(ends_lr, str) and ends_lr == "auto" else ends_lr
     configs = depth_configurations(depths, lrs, branches, width, seeds=(run.seed,), data=run.data.spec,
                                    optimizer=run.optimizer, steps=steps, batch_size=run.batch_size, ends_lr=ends_lr,
                                    hparams=run.optimizer_settings())

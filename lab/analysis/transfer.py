@@ -100,7 +100,8 @@ def depth_configurations(depths: Iterable[int] = (2, 4, 8, 16), lrs: Iterable[fl
     if not branches or any(b not in valid for b in branches):
         raise ValueError(f"branches={branches!r} rejected: residual branch multipliers, some of "
                          f"{', '.join(map(repr, valid))}")
-    if ends_lr is not None and not (math.isfinite(ends_lr) and ends_lr > 0):
+    if ends_lr is not None and not (isinstance(ends_lr, (int, float)) and not isinstance(ends_lr, bool)
+                                    and math.isfinite(ends_lr) and ends_lr > 0):
         raise ValueError(f"ends_lr must be a positive lr (the embedding's and read-out's) or None; got {ends_lr!r}")
     base = dict(model=("resmlp", {"width": int(width), **(model_options or {})}), data=data, optimizer=optimizer,
                 steps=int(steps), batch_size=int(batch_size), **(hparams or {}))
