@@ -135,29 +135,42 @@ class _PowerNormFunction(torch.autograd.Function):
     Y = γ X / ψ + β is BatchNorm in eval mode with running mean 0 and running variance ψ², so
     torch's fused batch-norm kernels do the passes over the tensor: the forward's, and in the
     backward γ ψ⁻¹ ∂L/∂Y, Σ ∂L/∂Y X / ψ (γ's gradient, and Λ) and Σ ∂L/∂Y in one call; the ν term is
-    one more in-place pass (X̂ is never stored: Γ = mean_B(X²)/ψ²).
+    one more in-place pass (X̂ is never stored: Γ = mean_B(X²)/ψ²). On CPU, kernels/powernorm.py does
+    each way in one pass and one call, the statistics included (cheaper: why, there).
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, module):
-        n = x.numel() // x.shape[1]
+        ctx.module, shape = module, (*x.shape[:2], -1)
+        ctx.fused = _on_kernels(x, weight, bias, module.running_psi2, module.running_nu)
+        if ctx.fused:
+            y, saved = torch.empty(x.shape, dtype=x.dtype), x.new_empty(2, x.shape[1])  # ψ²_{t-1}, ψ_B²
+            _kernels("powernorm").forward(_np(x).reshape(shape), _np(weight), _np(bias), module.running_psi2.numpy(),
+                                          module.eps, module.alpha, y.numpy().reshape(shape), saved.numpy())
+            ctx.save_for_backward(x, weight, saved)
+            return y
         psi2 = module.running_psi2.clone()  # ψ²_{t-1}: the backward divides by it too
         y = torch.batch_norm(x, weight, bias, torch.zeros_like(psi2), psi2, False, 0.0, module.eps, False)
-        sq = _channel_dot(x, x).div_(n)  # ψ_B²
+        sq = _channel_dot(x, x).div_(x.numel() // x.shape[1])  # ψ_B²
         module.running_psi2.lerp_(sq, 1 - module.alpha)
-        ctx.save_for_backward(x, weight, psi2, sq)
-        ctx.module, ctx.n = module, n
+        ctx.save_for_backward(x, weight, torch.stack([psi2, sq]))
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        x, weight, psi2, sq = ctx.saved_tensors
-        m, nu, a = ctx.module, ctx.module.running_nu, 1 - ctx.module.alpha
+        x, weight, saved = ctx.saved_tensors
+        m, nu = ctx.module, ctx.module.running_nu
+        if ctx.fused:
+            gx, grads, shape = torch.empty(x.shape, dtype=x.dtype), x.new_empty(2, x.shape[1]), (*x.shape[:2], -1)
+            _kernels("powernorm").backward(_np(gy).reshape(shape), _np(x).reshape(shape), _np(weight), saved.numpy(),
+                                           nu.numpy(), m.eps, m.alpha, gx.numpy().reshape(shape), grads.numpy())
+            return gx, *grads, None
+        (psi2, sq), a = saved, 1 - m.alpha
         gx, gw, gb = torch.ops.aten.native_batch_norm_backward(  # γ ψ⁻¹ ∂L/∂Y, Σ ∂L/∂Y X / ψ, Σ ∂L/∂Y
             gy.contiguous(), x, weight, torch.zeros_like(psi2), psi2, None, None, False, m.eps, [True, True, True])
         inv2 = (psi2 + m.eps).reciprocal_()
         gx.addcmul_(x, _per_channel(nu * inv2, x), value=-1)
-        nu.addcmul_(nu * sq, inv2, value=-a).addcmul_(weight, gw, value=a / ctx.n)  # Γ = sq ψ⁻², Λ = γ gw / n
+        nu.addcmul_(nu * sq, inv2, value=-a).addcmul_(weight, gw, value=a * x.shape[1] / x.numel())  # Γ, Λ = γ gw / n
         return gx, gw, gb, None
 
 
@@ -192,9 +205,9 @@ class PowerNorm(nn.Module):
 
 
 @functools.cache
-def _evonorm_kernels():
-    # Numba (about a second to import) only once an EvoNorm runs on CPU
-    return importlib.import_module("trainlab.kernels.evonorm")
+def _kernels(name: str):
+    # Numba (about a second to import) only once a layer with kernels runs on CPU
+    return importlib.import_module(f"trainlab.kernels.{name}")
 
 
 def _on_kernels(x: torch.Tensor, *params: torch.Tensor) -> bool:
@@ -221,7 +234,7 @@ class _EvoNormB0Function(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, v, w, b, module):
-        k, (n, c), train = _evonorm_kernels(), x.shape[:2], module.training
+        k, (n, c), train = _kernels("evonorm"), x.shape[:2], module.training
         y = torch.empty(x.shape, dtype=x.dtype)
         stats = x.new_empty(2, n, c)  # mean_nc, std_nc
         per_c = x.new_empty(3, c)  # mean_c, var_c, a
@@ -246,7 +259,7 @@ class _EvoNormB0Function(torch.autograd.Function):
         grads = x.new_zeros(3, c)  # v, w, b
         scratch = x.new_zeros(c), x.new_empty(n, c)  # ∂L/∂a (accumulated), ∂L/∂b_nc
         xn = _np(x)
-        _evonorm_kernels().b0_backward(_np(gy).reshape(n, c, -1), xn.reshape(n, c, -1), _np(v), _np(w), *stats.numpy(),
+        _kernels("evonorm").b0_backward(_np(gy).reshape(n, c, -1), xn.reshape(n, c, -1), _np(v), _np(w), *stats.numpy(),
                                        per_c[0].numpy(), per_c[2].numpy(), ctx.train, xn.dtype.type(0.5),
                                        gx.numpy().reshape(n, c, -1), *grads.numpy(), *(t.numpy() for t in scratch))
         return gx, *grads, None
@@ -299,7 +312,7 @@ class _EvoNormS0Function(torch.autograd.Function):
         s = torch.mul(x, _per_channel(v, x)).sigmoid_().contiguous()
         y = torch.empty(x.shape, dtype=x.dtype)
         stats = x.new_empty(2, n, groups)  # mean, rstd
-        _evonorm_kernels().s0_forward(_np(x).reshape(n, -1), s.numpy().reshape(n, -1), _np(w), _np(b), groups, p, eps,
+        _kernels("evonorm").s0_forward(_np(x).reshape(n, -1), s.numpy().reshape(n, -1), _np(w), _np(b), groups, p, eps,
                                       y.numpy().reshape(n, -1), *stats.numpy())
         ctx.save_for_backward(x, v, w, b, s, stats)
         ctx.groups, ctx.eps = groups, eps
@@ -314,7 +327,7 @@ class _EvoNormS0Function(torch.autograd.Function):
         n, c, p = x.shape[0], x.shape[1], x[0, 0].numel()
         gx = torch.empty(x.shape, dtype=x.dtype)
         grads = x.new_zeros(3, c)  # w, v, b
-        _evonorm_kernels().s0_backward(_np(gy).reshape(n, -1), _np(x).reshape(n, -1), s.numpy().reshape(n, -1), _np(v),
+        _kernels("evonorm").s0_backward(_np(gy).reshape(n, -1), _np(x).reshape(n, -1), s.numpy().reshape(n, -1), _np(v),
                                        _np(w), *stats.numpy(), ctx.groups, p, gx.numpy().reshape(n, -1), *grads.numpy(),
                                        x.new_empty(n).numpy())
         gw, gv, gb = grads

@@ -1,5 +1,5 @@
-"""The fast paths of the hand-written norm layers: the EvoNorm Numba kernels against NumPy and against the
-torch formula (forward, gradients, running statistics), the hand-written backwards by finite differences
+"""The fast paths of the hand-written norm layers: the EvoNorm and PowerNorm Numba kernels against NumPy and
+against the torch formula (forward, gradients, running statistics), the hand-written backwards by finite differences
 (gradcheck, float64), and second derivatives (create_graph, torch.func) equal to autograd of the formula."""
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 
 import trainlab.normlayers as L
 from trainlab.kernels import evonorm as K
+from trainlab.kernels import powernorm as P
 
 MAPS, FEATURES = (5, 6, 4, 3), (16, 6)
 
@@ -77,6 +78,43 @@ def test_b0_forward_kernel_equals_numpy(dtype, train):
         np.testing.assert_allclose(per_c[1], x.var(axis=(0, 2)), rtol=tol)  # the batch variance, for the running one
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, c, p", [(7, 8, 1), (3, 6, 12)])
+def test_powernorm_kernels_equal_numpy(dtype, n, c, p):
+    rng = np.random.default_rng(2)
+    x, gy = (rng.normal(0.5, 2, (n, c, p)).astype(dtype) for _ in range(2))
+    w, b, running, nu = (rng.uniform(0.5, 1.5, c).astype(dtype) for _ in range(4))
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    y, saved, moved = np.empty_like(x), np.empty((2, c), dtype), running.copy()
+    P.forward(x, w, b, moved, 1e-5, 0.9, y, saved)
+    ref_y, ref_sq, ref_running = P.forward_reference(x, w, b, running, 1e-5, 0.9)
+    for got, want in [(y, ref_y), (saved[0], running), (saved[1], ref_sq), (moved, ref_running)]:
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    gx, grads, nu_moved = np.empty_like(x), np.empty((2, c), dtype), nu.copy()
+    P.backward(gy, x, w, saved, nu_moved, 1e-5, 0.9, gx, grads)
+    ref = P.backward_reference(gy, x, w, running, ref_sq, nu, 1e-5, 0.9)
+    for got, want in zip([gx, grads[0], grads[1], nu_moved], ref):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("shape", [FEATURES, MAPS])
+def test_powernorm_fused_step_equals_torch_ops(monkeypatch, shape):
+    """Three training steps and an eval through the fused kernels and through torch's batch-norm kernels (the
+    path of CUDA and half precision): the same outputs, gradients and running ψ² and ν."""
+    fast, plain = _randomize(L.PowerNorm(6, alpha=0.8)), _randomize(L.PowerNorm(6, alpha=0.8))
+    for t in range(3):
+        x = _x(shape, seed=t, dtype=torch.float32)
+        got = _grads(fast, x)
+        with monkeypatch.context() as mp:
+            mp.setattr(L, "_on_kernels", lambda *a: False)
+            ref = _grads(plain, x)
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5)
+        for a, b in zip(fast.buffers(), plain.buffers()):
+            torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5)
+    assert fast.running_nu.abs().min() > 0  # ν moved off its start, so its term was compared too
+
+
 def test_kernels_without_jit_agree():
     """With NUMBA_DISABLE_JIT=1 (how coverage sees the kernels) the plain-Python kernels give the same."""
     code = (
@@ -90,6 +128,10 @@ def test_kernels_without_jit_agree():
         "x2, s = x.reshape(3, 20), rng.uniform(size=(3, 20)); y2, st2 = np.empty_like(x2), np.empty((2, 3, 2))\n"
         "K.s0_forward(x2, s, w, b, 2, 5, 1e-5, y2, *st2)\n"
         "assert np.allclose(y2, K.s0_reference(x2, s, w, b, 2, 5, 1e-5))\n"
+        "from trainlab.kernels import powernorm as P\n"
+        "y3, sv, r2 = np.empty_like(x), np.empty((2, 4)), r.copy()\n"
+        "P.forward(x, w, b, r2, 1e-5, 0.9, y3, sv)\n"
+        "assert np.allclose(y3, P.forward_reference(x, w, b, r, 1e-5, 0.9)[0])\n"
         "print('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "NUMBA_DISABLE_JIT": "1"},
                          capture_output=True, text=True, timeout=120)
