@@ -8,7 +8,7 @@ blocks that fit in cache; S0's groups are often short (64 entries of a layer of 
 the second pass doubled the forward's time, so theirs are one pass over x minus the block's first entry.
 
 S0, on x of shape (N, L) (L = C·P, the P positions of a channel consecutive), `groups` blocks of
-L / groups per example, s = σ(v x) given:
+L / groups per example, s = σ(v x) (sigmoid.py's, computed in the pass that writes y):
     y = x s r γ + β, r = (var_block(x) + ε)^(-1/2).
 B0, on x of shape (N, C, P):
     y = x / max(a_c, v_c x + b_nc) γ_c + β_c, b_nc = (var_p(x_nc) + ε)^(1/2),
@@ -23,11 +23,12 @@ import numpy as np
 from numba import njit
 
 from .config import ERROR_MODEL, FASTMATH
+from .sigmoid import sigmoid
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
-def s0_forward(x, s, w, b, groups, p, eps, y, mean, rstd):
-    """y as above; mean and rstd (N, groups) the blocks' mean and r, for the backward."""
+def s0_forward(x, v, w, b, groups, p, eps, y, s, mean, rstd):
+    """y as above; s = σ(v x), mean and rstd (N, groups) the blocks' mean and r, out for the backward."""
     rows, length = x.shape
     k, cg = length // groups, length // groups // p
     for n in range(rows):
@@ -47,15 +48,21 @@ def s0_forward(x, s, w, b, groups, p, eps, y, mean, rstd):
             rstd[n, g] = 1.0 / np.sqrt(max(q / k - m * m, 0.0) + eps)
             r = rstd[n, g]  # read back: in x's dtype, so the loops below stay in it
             if p == 1:  # features: a channel per entry
-                sb, yb, wb, bb = s[n, lo:hi], y[n, lo:hi], w[g * cg:(g + 1) * cg], b[g * cg:(g + 1) * cg]
+                sb, yb, wb, bb, vb = s[n, lo:hi], y[n, lo:hi], w[lo:hi], b[lo:hi], v[lo:hi]
                 for j in range(k):
-                    yb[j] = xb[j] * sb[j] * r * wb[j] + bb[j]
+                    xj = xb[j]
+                    sj = sigmoid(vb[j] * xj)
+                    sb[j] = sj
+                    yb[j] = xj * sj * r * wb[j] + bb[j]
             else:  # feature maps: a channel's positions
                 for c in range(g * cg, (g + 1) * cg):
                     xc, sc, yc = x[n, c * p:(c + 1) * p], s[n, c * p:(c + 1) * p], y[n, c * p:(c + 1) * p]
-                    rw, bc = r * w[c], b[c]
+                    rw, bc, vc = r * w[c], b[c], v[c]
                     for i in range(p):
-                        yc[i] = xc[i] * sc[i] * rw + bc
+                        xi = xc[i]
+                        si = sigmoid(vc * xi)
+                        sc[i] = si
+                        yc[i] = xi * si * rw + bc
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
@@ -210,11 +217,13 @@ def b0_backward(gy, x, v, w, mean_nc, std_nc, mean_c, a, train, half, gx, gv, gw
                 gxr[i] = gu - gu * xi / d * m * vc + ka * (xi - mc) + kb * (xi - mn)
 
 
-def s0_reference(x, s, w, b, groups, p, eps):
+def s0_reference(x, v, w, b, groups, p, eps):
+    """y and s = σ(v x)."""
     rows, length = x.shape
+    s = 1 / (1 + np.exp(-np.repeat(v, p) * x))
     blocks = x.reshape(rows, groups, -1)
     r = 1 / np.sqrt(blocks.var(axis=2, keepdims=True) + eps)
-    return ((x * s).reshape(rows, groups, -1) * r).reshape(rows, length) * np.repeat(w, p) + np.repeat(b, p)
+    return ((x * s).reshape(rows, groups, -1) * r).reshape(rows, length) * np.repeat(w, p) + np.repeat(b, p), s
 
 
 def b0_reference(x, v, w, b, eps, running_var=None):

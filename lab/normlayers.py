@@ -303,18 +303,16 @@ def _evonorm_s0(x, v, w, b, groups, eps):
 
 
 class _EvoNormS0Function(torch.autograd.Function):
-    """S0's forward and backward by the Numba kernels (kernels/evonorm.py), σ(v x) by torch (vectorized exp,
-    which Numba lacks here); a double backward by autograd of the torch formula."""
+    """S0's forward and backward by the Numba kernels (kernels/evonorm.py); a double backward by autograd of
+    the torch formula."""
 
     @staticmethod
     def forward(ctx, x, v, w, b, groups, eps):
-        n, p = x.shape[0], x[0, 0].numel()
-        s = torch.mul(x, _per_channel(v, x)).sigmoid_().contiguous()
-        y = torch.empty(x.shape, dtype=x.dtype)
-        stats = x.new_empty(2, n, groups)  # mean, rstd
-        _kernels("evonorm").s0_forward(_np(x).reshape(n, -1), s.numpy().reshape(n, -1), _np(w), _np(b), groups, p, eps,
-                                      y.numpy().reshape(n, -1), *stats.numpy())
-        ctx.save_for_backward(x, v, w, b, s, stats)
+        n = x.shape[0]
+        y, s, stats = torch.empty(x.shape, dtype=x.dtype), torch.empty(x.shape, dtype=x.dtype), x.new_empty(2, n, groups)
+        _kernels("evonorm").s0_forward(_np(x).reshape(n, -1), _np(v), _np(w), _np(b), groups, x.numel() // x.shape[1] // n,
+                                       eps, y.numpy().reshape(n, -1), s.numpy().reshape(n, -1), *stats.numpy())
+        ctx.save_for_backward(x, v, w, b, s, stats)  # s = σ(v x); stats: the blocks' mean and rstd
         ctx.groups, ctx.eps = groups, eps
         return y
 

@@ -53,12 +53,41 @@ def _torch_path(monkeypatch):
 def test_s0_forward_kernel_equals_numpy(dtype, n, c, p, groups):
     rng = np.random.default_rng(0)
     x = rng.normal(0.5, 2, (n, c * p)).astype(dtype)
-    s = rng.uniform(0, 1, x.shape).astype(dtype)
+    v = rng.uniform(-1.5, 1.5, c).astype(dtype)
     w, b = (rng.uniform(0.5, 1.5, c).astype(dtype) for _ in range(2))
-    y, stats = np.empty_like(x), np.empty((2, n, groups), dtype)
-    K.s0_forward(x, s, w, b, groups, p, 1e-5, y, *stats)
+    y, s, stats = np.empty_like(x), np.empty_like(x), np.empty((2, n, groups), dtype)
+    K.s0_forward(x, v, w, b, groups, p, 1e-5, y, s, *stats)
     tol = 1e-5 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(y, K.s0_reference(x, s, w, b, groups, p, 1e-5), rtol=tol, atol=tol)
+    ref_y, ref_s = K.s0_reference(x, v, w, b, groups, p, 1e-5)
+    np.testing.assert_allclose(y, ref_y, rtol=tol, atol=tol)
+    np.testing.assert_allclose(s, ref_s, rtol=tol, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vectorized_sigmoid_is_within_3_ulp(dtype):
+    """sigmoid.py's σ inside a kernel compiled as the norms' are (fastmath), against a long-double reference,
+    across both tails and the range where exp's reduction changes its k."""
+    from numba import njit
+
+    from trainlab.kernels.config import ERROR_MODEL, FASTMATH
+    from trainlab.kernels.sigmoid import sigmoid
+
+    @njit(fastmath=FASTMATH, error_model=ERROR_MODEL)
+    def each(z, out):
+        for i in range(z.size):
+            out[i] = sigmoid(z[i])
+
+    tail = 87 if dtype == np.float32 else 700  # beyond it e^{-|z|} is floored: σ's lower tail ~1e-38, not 0
+    z = np.concatenate([np.linspace(-tail, tail, 400_001), np.random.default_rng(0).normal(0, 4, 100_000),
+                        [0.0, -0.0, 1e-30, -1e-30]]).astype(dtype)
+    out = np.empty_like(z)
+    each(z, out)
+    zl = z.astype(np.longdouble)
+    ref = np.where(zl >= 0, 1 / (1 + np.exp(-zl)), np.exp(zl) / (1 + np.exp(zl)))
+    assert np.max(np.abs(out - ref) / np.spacing(ref.astype(dtype))) <= 3
+    big = np.array([-1e4, 1e4, np.inf, -np.inf], dtype)
+    each(big, out[:4])
+    assert out[1] == out[2] == 1 and 0 <= out[0] < 1e-37 and 0 <= out[3] < 1e-37
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -125,9 +154,9 @@ def test_kernels_without_jit_agree():
         "y, st, pc = np.empty_like(x), np.empty((2, 3, 4)), np.empty((3, 4))\n"
         "K.b0_forward(x, v, w, b, r, 1e-5, True, y, *st, *pc)\n"
         "assert np.allclose(y, K.b0_reference(x, v, w, b, 1e-5))\n"
-        "x2, s = x.reshape(3, 20), rng.uniform(size=(3, 20)); y2, st2 = np.empty_like(x2), np.empty((2, 3, 2))\n"
-        "K.s0_forward(x2, s, w, b, 2, 5, 1e-5, y2, *st2)\n"
-        "assert np.allclose(y2, K.s0_reference(x2, s, w, b, 2, 5, 1e-5))\n"
+        "x2 = x.reshape(3, 20); y2, s2, st2 = np.empty_like(x2), np.empty_like(x2), np.empty((2, 3, 2))\n"
+        "K.s0_forward(x2, v, w, b, 2, 5, 1e-5, y2, s2, *st2)\n"
+        "assert np.allclose(y2, K.s0_reference(x2, v, w, b, 2, 5, 1e-5)[0])\n"
         "from trainlab.kernels import powernorm as P\n"
         "y3, sv, r2 = np.empty_like(x), np.empty((2, 4)), r.copy()\n"
         "P.forward(x, w, b, r2, 1e-5, 0.9, y3, sv)\n"
