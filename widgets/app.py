@@ -7,8 +7,6 @@ their websocket), or "*" for any.
 """
 from __future__ import annotations
 
-import ctypes
-import gc
 import os
 import re
 import threading
@@ -20,6 +18,7 @@ import tornado.web
 from bokeh.settings import settings
 
 from trainlab import Run
+from trainlab.memory import fewer_heaps, release_memory
 from trainlab.share import Share, install
 from trainlab.threads import available_cpus
 
@@ -86,16 +85,6 @@ def create_app(limits: Limits | None = None, **run_options):
     return dashboard
 
 
-def release_memory() -> None:
-    """Collect what closed sessions left and hand freed heap pages back to the system: glibc keeps them in its
-    arenas otherwise (measured: the server's RSS stayed 1.3-1.5x its start after 20 sessions had closed)."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
-
-
 class _Refused(tornado.web.RequestHandler):
     def prepare(self) -> None:
         self.set_status(403)
@@ -148,19 +137,6 @@ def _warm_up_and_say() -> None:
     started = time.perf_counter()
     warm_up()
     print(f"trainlab: warmed up in {time.perf_counter() - started:.1f} s", flush=True)
-
-
-def fewer_heaps(arenas: int = 2) -> None:
-    """At most `arenas` glibc heaps for the process's threads (every session's training thread would get its own,
-    up to 8 per core, and each keeps the pages it freed: the served lab's RSS stayed 1.2x its start after twenty
-    sessions had closed). Left alone when malloc is tuned by the environment or this is not glibc."""
-    if any(k.startswith("MALLOC_") for k in os.environ) or "malloc" in os.environ.get("GLIBC_TUNABLES", ""):
-        return
-    try:
-        if os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
-            ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
-    except (ValueError, OSError, AttributeError):
-        pass
 
 
 def serve(port: int = 5006, address: str = "localhost", show: bool = False, origins: list[str] | None = None,

@@ -47,9 +47,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -58,6 +56,7 @@ import torch
 from torch import nn
 
 from ..data import eval_batches
+from ..memory import keep_freed_memory  # public here too (`__all__`): the landscape's opt-in
 from ..functional import eval_mode, train_mode
 from ..jobs import Progress, as_progress
 
@@ -279,42 +278,14 @@ def _per_example(loss_fn: Callable) -> Callable:
 # ---- evaluation ---------------------------------------------------------------------------------
 FIRST_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # linear in (weight, bias): exact types only
 PASSIVE = (nn.Flatten, nn.Unflatten, nn.Identity)  # what may run before the first layer in train mode
-MMAP_MAX, TRIM = 32 * 2**20, 64 * 2**20  # glibc's own adaptive maxima of its mmap and trim thresholds
 ROWS = 512  # examples per forward behind a precomputed first layer, when a batch's activations exceed CHUNK_ABOVE
 CHUNK_ABOVE = 16 * 2**20  # bytes; measured, in chunks against all at once: 10 % faster for a 784-256-256-10 MLP on
                           # 10,000 images (72 MB), 22 % for the digits CNN (57 MB), slower for the digits MLP (3 MB)
-_malloc_tuned = False
 
 
 def _check_mode(mode: str) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be 'eval' (BatchNorm uses running statistics) or 'train' (batch statistics); got {mode!r}")
-
-
-def keep_freed_memory() -> None:
-    """Opt-in, for a process that evaluates many landscapes: on glibc, freed blocks under 32 MB stay in
-    the heap, and up to 64 MB at its top, for the whole process (glibc cannot be put back).
-
-    glibc starts both thresholds at 128 KB and raises them toward these values as it sees large
-    blocks freed. Until it has, and whenever one forward's temporaries add up to more than twice its
-    largest one, each point's activations go back to the kernel when freed and are faulted in
-    again, page by page, at the next point: 4,000-7,000 faults per point, about 40 % of the time,
-    for the digits CNN (see benchmarks/landscape.py). Left alone when malloc is tuned by the environment.
-    """
-    global _malloc_tuned
-    if _malloc_tuned:
-        return
-    _malloc_tuned = True
-    if any(k.startswith("MALLOC_") for k in os.environ) or "malloc" in os.environ.get("GLIBC_TUNABLES", ""):
-        return
-    try:
-        if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
-            return
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, MMAP_MAX)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, TRIM)  # M_TRIM_THRESHOLD
-    except (ValueError, OSError, AttributeError):  # not Linux, or no glibc
-        pass
 
 
 class _FirstLayer:
