@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+import pandas as pd
 import torch
 from torch import nn
 
@@ -26,6 +27,7 @@ from .store import format as fmt
 from .store.files import remove_stale, write_atomic
 
 if TYPE_CHECKING:
+    from .divergence import RestorePoint
     from .run import Run
 
 FORMAT = fmt.FORMAT
@@ -64,6 +66,37 @@ def state(run: Run, history: bool = True) -> dict[str, Any]:
         if run.pruning_state is not None else None,
         "probes": [[type(p).__name__, p.state()] for p in run.probes],
     })
+
+
+def at_point(run: Run, point: RestorePoint) -> dict[str, Any]:
+    """What `state` holds, as the run was at one of its restore points (a fork of the live run): copies of the
+    point's weights, optimizer and sampling state, the changes in force there, the history and snapshots up to
+    its step. Taken between two steps (the caller holds the run's lock); the settings are left to be replayed
+    from the changes (`trainlab.store.fork.start`), the probes start afresh."""
+    rows = [r for r in run.history.rows() if r["step"] <= point.step]
+    frame = pd.DataFrame.from_records(rows)
+    extra = point.run
+    return {
+        "model_spec": list(run.model_spec) if run.model_spec else None,
+        "data_spec": list(run.data.spec) if run.data.spec else None,
+        "initial_settings": run.initial_settings,
+        "changes": run.changes[: extra["changes"]],
+        "seed": run.seed,
+        "model_state": {k: v.clone() for k, v in point.model.items()},
+        "initial_state": {k: v.clone() for k, v in run.initial_state.items()},
+        "optimizer_state": copy.deepcopy(point.optimizer),
+        "history": {c: frame[c].tolist() for c in frame.columns},
+        "snapshots": {k: v for k, v in _snapshots(run).items() if v[0] <= point.step},
+        "step": point.step,
+        "elapsed": float(rows[-1]["time"]) if rows else 0.0,
+        "generator": extra["generator"].clone(),
+        "noise_generator": extra["noise_generator"].clone(),
+        "batches": extra["batches"],
+        "event": None,
+        "pruning_state": extra["pruning_state"],
+        "pruning_runtime": extra["pruning_runtime"],
+        "probes": [],
+    }
 
 
 def _snapshots(run: Run) -> dict[str, list]:

@@ -13,7 +13,7 @@ import copy
 import math
 import statistics
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -22,12 +22,14 @@ from torch import nn
 
 @dataclass
 class RestorePoint:
-    """The state of a run between two steps."""
+    """The state of a run between two steps: what a rollback restores, and with `run` (the sampling state and
+    the settings in force) what a fork of the live run starts from (`Run.fork`)."""
 
     step: int
     model: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
     optimizer_name: str
+    run: dict[str, Any] = field(default_factory=dict)
 
 
 class Guard:
@@ -101,11 +103,12 @@ class Guard:
             self._update_limit()
 
     # ---- restore points ---------------------------------------------------------------------------
-    def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, name: str) -> None:
+    def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, name: str,
+             run: dict[str, Any] | None = None) -> None:
         if self.points and self.points[-1].step == step and self.points[-1].optimizer_name == name:
             self.points.pop()  # the same step again (settings changed twice): the newer state replaces it
         self.points.append(RestorePoint(step, {k: v.detach().clone() for k, v in model.state_dict().items()},
-                                        copy.deepcopy(optimizer.state_dict()), name))
+                                        copy.deepcopy(optimizer.state_dict()), name, run or {}))
 
     def point(self, step: int | None = None) -> RestorePoint:
         """The newest restore point at or before `step` (the newest of all when None)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import os
 import threading
@@ -250,7 +251,9 @@ class Run(param.Parameterized):
         self.param.watch(self._mark_dirty, list(self.SETTABLE))
         self._watch_opt_params()
         self._step_listeners: list[Callable] = []
-        self.parent: dict | None = None  # {"run", "step", "asked"}: the stored run and step this one was forked from
+        # {"run", "step", "asked"}: the run and step this one was forked from ("run": its name in the store, None
+        # for a live run not recorded in one)
+        self.parent: dict | None = None
         self._init_training_state()
 
     # ---- settings ---------------------------------------------------------------------------
@@ -628,12 +631,23 @@ class Run(param.Parameterized):
 
     def _restore_point(self) -> None:
         if self._guard.healthy():
-            self._guard.save(self._step, self.model, self.torch_optimizer, self.optimizer)
+            self._guard.save(self._step, self.model, self.torch_optimizer, self.optimizer, self._sampling_state())
+
+    def _sampling_state(self) -> dict[str, Any]:
+        """What a fork from a restore point needs beside the weights: the changes in force (a count of
+        `changes`), the generators and the epoch's order (a fork replays this run's batches), the pruning's plan."""
+        sparsifier = None if self._pruning is None else self._pruning.sparsifier
+        return {"changes": len(self._changes), "generator": self.sampler_generator.get_state(),
+                "noise_generator": self.noise.generator.get_state(),
+                "batches": self.batches.state() if hasattr(self.batches, "state") else None,
+                "pruning_state": None if sparsifier is None else dict(sparsifier.state()),
+                "pruning_runtime": None if self._pruning is None else
+                {"churn": self._pruning.churn, "collapsed": self._pruning.collapsed}}
 
     @property
     def restore_points(self) -> list[int]:
         """The steps the run can roll back to (the newest few: taken when settings change and every 100 healthy steps)."""
-        return [p.step for p in self._guard.points]
+        return [p.step for p in list(self._guard.points)]  # list(): one copy, whole, while the thread appends
 
     def rollback(self, step: int | None = None) -> int:
         """Weights, buffers and optimizer state back to the newest restore point at or before `step` (the
@@ -644,6 +658,43 @@ class Run(param.Parameterized):
         with self._lock:
             point = self._rollback(step)
         return point.step
+
+    def fork(self, step: int | None = None, **settings) -> Run:
+        """A new, independent Run from this one's restore point at or before `step` (the newest when None), with
+        `settings` applied before its first step: "what if I had lowered the lr at step 500?", without saving.
+
+        The fork has its own copy of the weights and optimizer state of that point, the settings in force there
+        (replayed from `changes`), its data order and generators, and the history up to that step; `settings`
+        are checked as `set` checks them, and a refused one raises ValueError before anything is made.
+        `fork.parent` = {"run", "step", "asked"}: the store name this run is recorded under (None if it is not
+        recorded), the point's step and the step asked for. This run is left as it was: it may go on training
+        in its thread meanwhile (the copy is taken between two of its steps). `restore_points` lists the steps
+        (the newest few); `trainlab.store`'s `store.fork` forks a stored run at any of its checkpoints.
+        `model=`, `data=`, `device=`, `probes=`, `threads=` build it otherwise (the default: this run's).
+        """
+        from .store import fork as forking
+        from .store.store import recording
+
+        build = {k: settings.pop(k) for k in forking.BUILD if k in settings}
+        if step is not None:
+            step = number(step, "step", integer=True, what="fork")
+        with self._lock:  # between two steps: the training thread waits at its next one
+            if step is not None and not 0 <= step <= self._step:
+                raise ValueError(f"step={step} rejected for fork: a step from 0 to {self._step} (restore points at "
+                                 f"steps {', '.join(map(str, self.restore_points))})")
+            try:
+                point = self._guard.point(step)
+            except ValueError as e:
+                raise ValueError(f"step={step} rejected for fork: {e}") from None
+            ckpt = checkpoint.at_point(self, point)
+            if "model" not in build and self.model_spec is None:
+                build["model"] = copy.deepcopy(self.model)  # your own model: a copy of it (its weights: the point's)
+        name = recording(self)
+        ckpt["parent"] = {"run": name, "step": point.step, "asked": point.step if step is None else step}
+        build = {"data": dataclasses.replace(self.data), "loss": self.loss_fn, "device": self.device,
+                 "threads": self.threads, **build}  # the data's tensors shared, never written
+        return forking.start(type(self), ckpt, "fork of the live run", build, settings,
+                             name or "the live run", "restore point")
 
     def _rollback(self, step: int | None = None):
         point = self._guard.point(step)

@@ -1,5 +1,6 @@
 """RunsPanel: save the live run, overlay stored runs with best steps and changes marked, diff their settings,
-reopen and fork (refusals leave everything as it was), export the histories and the figure."""
+reopen and fork a stored run or the live one (refusals leave everything as it was), export the histories and
+the figure."""
 from __future__ import annotations
 
 import io
@@ -7,11 +8,13 @@ import io
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from conftest import wait_until
 
 import trainlab
 from trainlab.store import Store
 from trainlab.widgets.dashboard import TrainingDashboard
-from trainlab.widgets.runs import RunsPanel, parse_settings
+from trainlab.widgets.runs import LIVE, RunsPanel, parse_settings
 
 
 def small(width=16, **kw):
@@ -121,3 +124,92 @@ def test_fork_at_a_past_step_from_the_dashboard_continues_live_beside_its_parent
     finally:
         dashboard.close()
     assert store.status("base.fork-40") == "complete" and store.list().set_index("name").step["base.fork-40"] == 70
+
+
+def test_fork_the_live_run_at_a_restore_point_from_the_dashboard(tmp_path, monkeypatch):
+    store = Store(tmp_path / "runs")
+    monkeypatch.setattr("trainlab.widgets.runs.STORE", str(tmp_path / "runs"))
+    dashboard = TrainingDashboard(small(lr=0.1, momentum=0.9))
+    try:
+        runs = dashboard.open_lab("Runs")
+        source = dashboard.run
+        assert runs.pick.options == [LIVE] and runs.pick.value == LIVE and runs.reopen_button.disabled
+        assert runs.fork_step.options == [0]
+        source.step(250)
+        dashboard.tick()  # the slider follows the run's restore points
+        assert runs.fork_step.options == source.restore_points == [100, 200] and runs.fork_step.value == 200
+        assert "Restore points of the live run at steps 100, 200" in runs.fork_steps.object
+        runs.fork_step.value = 100
+        before = {k: v.clone() for k, v in source.model.state_dict().items()}
+        assert runs.fork(LIVE, "lr=-1", 100) is None and "lr=-1 rejected" in runs.error  # nothing changed
+        assert dashboard.run is source and source.steps == 250
+        forked = runs.fork(LIVE, "lr=0.01", 150)  # no point at 150: the one at 100
+        assert forked is dashboard.run and forked is not source and forked.steps == 100 and forked.lr == 0.01
+        assert forked.parent == {"run": None, "step": 100, "asked": 150}
+        assert "(step 150 has no restore point: the nearest before it)" in runs.note.object
+        assert "not recorded" in runs.note.object and store.names() == []
+        assert "the fork at step 100 of an unsaved run" in dashboard.notice
+        for k, v in before.items():  # the source's weights as they were (the dashboard closed it after)
+            assert torch.equal(source.model.state_dict()[k], v)
+        assert source.steps == 250
+        ref = small(lr=0.1, momentum=0.9)
+        ref.step(100)
+        for a, b in zip(forked.model.state_dict().values(), ref.model.state_dict().values()):
+            assert torch.equal(a, b)
+        assert forked.history.frame().step.tolist() == list(range(1, 101))
+        forked.step(5)
+        assert forked.history.frame().lr.iloc[-5:].tolist() == [0.01] * 5
+    finally:
+        dashboard.close()
+
+
+def test_a_refused_fork_of_the_live_run_leaves_everything_as_it_was(tmp_path):
+    store = Store(tmp_path / "runs")
+    run = small(lr=0.1)
+    run.step(250)  # restore points at 100 and 200
+    panel = RunsPanel(run, store=store)
+    try:
+        points, history = run.restore_points, run.history.frame()
+        for text, said in [("lr=-1", "lr=-1 rejected"), ("optimizer=nope", "nope"), ("lr 0.1", "name=value")]:
+            assert panel.fork(LIVE, text, 100) is None and said in panel.error
+        assert panel.fork(LIVE, "lr=0.01", 50) is None and "no restore point at or before step 50" in panel.error
+        assert panel.reopen(LIVE) is None and "the live run is open already" in panel.error
+        assert panel.opened is None and run.steps == 250 and run.lr == 0.1 and run.restore_points == points == [100, 200]
+        pd.testing.assert_frame_equal(run.history.frame(), history)
+        assert store.names() == []
+    finally:
+        panel.close()
+
+
+def test_a_fork_of_the_recorded_live_run_while_it_trains_is_recorded_beside_it(tmp_path, monkeypatch):
+    store = Store(tmp_path / "runs")
+    monkeypatch.setattr("trainlab.widgets.runs.STORE", str(tmp_path / "runs"))
+    dashboard = TrainingDashboard(small(lr=0.1))
+    try:
+        runs = dashboard.open_lab("Runs")
+        runs.checkpoint_every = 50
+        assert runs.save("base") == "base"
+        source = dashboard.run
+        runs.pick.value = LIVE
+        source.start()
+
+        def offered():
+            dashboard.tick()
+            return source.steps >= 250 and runs.fork_step.options == source.restore_points
+
+        wait_until(offered, 120, "the slider offering the restore points of the training run")
+        at = runs.fork_step.value
+        assert at == runs.fork_step.options[-1] and at >= 200
+        assert source.status == "running"
+        forked = runs.fork(LIVE, "lr=0.01", at)  # taken between two of the thread's steps
+        assert forked is dashboard.run and forked.steps == at and forked.lr == 0.01
+        assert forked.parent == {"run": "base", "step": at, "asked": at}
+        assert store.recording(forked) == f"base.fork-{at}" and f"recorded as base.fork-{at}" in runs.note.object
+        assert source.status == "stopped" and store.status("base") == "complete"  # the dashboard moved on
+        assert f"the fork of base at step {at}" in dashboard.notice
+        panel = dashboard.open_lab("Runs")  # rebuilt for the fork: drawn beside its parent
+        assert panel.selected == ["base", f"base.fork-{at}"] and list(panel.fork_source.data["step"]) == [at]
+        stored = store.history("base")
+        assert forked.history.frame().train_loss.tolist() == stored[stored.step <= at].train_loss.tolist()
+    finally:
+        dashboard.close()

@@ -1,6 +1,7 @@
 """Forking a stored run at a past step: periodic checkpoints of a recorded run (atomic, thinned), the fork
 replaying exactly from the nearest one, with the settings its changes say were in force there, its lineage
-saved; bad input refused naming the setting, nothing written."""
+saved; bad input refused naming the setting, nothing written. Forking the live run (`Run.fork`) from its
+restore points in memory: the same replay, the source untouched, also while it trains in its thread."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,6 +14,7 @@ from trainlab.store import Store
 from trainlab.store import points
 from trainlab.store.compare import changes, lineage, settings_diff
 from trainlab.store.fork import settings_at
+from torch import nn
 
 
 @pytest.fixture
@@ -199,3 +201,167 @@ def test_a_fork_replays_a_schedule_and_pruning_chosen_mid_run(store):
     np.testing.assert_allclose(fork.history.frame().train_loss, run.history.frame().train_loss, rtol=1e-6)
     for a, b in zip(run.model.state_dict().values(), fork.model.state_dict().values()):
         torch.testing.assert_close(a, b)
+
+
+# ---- forking the live run (Run.fork) --------------------------------------------------------------------
+def state_of(run):
+    """Copies of everything a fork must not touch in its source."""
+    return {"weights": {k: v.clone() for k, v in run.model.state_dict().items()}, "steps": run.steps,
+            "settings": run.settings(), "changes": run.changes, "points": run.restore_points,
+            "history": run.history.frame(), "status": run.status, "optimizer": {
+                k: v.clone() for k, v in run.torch_optimizer.state_dict()["state"][0].items()}}
+
+
+def assert_unchanged(run, before):
+    now = state_of(run)
+    for k, v in before["weights"].items():
+        assert torch.equal(now["weights"][k], v), k
+    for k, v in before["optimizer"].items():
+        assert torch.equal(now["optimizer"][k], v), k
+    assert {k: now[k] for k in ("steps", "settings", "changes", "points", "status")} == \
+        {k: before[k] for k in ("steps", "settings", "changes", "points", "status")}
+    pd.testing.assert_frame_equal(now["history"], before["history"])
+
+
+def test_a_fork_of_the_live_run_starts_from_its_restore_point_and_leaves_it_as_it_was():
+    run = small_run(lr=0.1, momentum=0.9, eval_every=20, probes=[])
+    run.step(250)
+    assert run.restore_points == [100, 200]
+    before = state_of(run)
+    fork = run.fork(150, lr=0.01)  # no point at 150: the newest before it
+    assert fork.steps == 100 and fork.parent == {"run": None, "step": 100, "asked": 150}
+    assert_unchanged(run, before)
+    # the weights and optimizer state are those of step 100: a fresh run of the same seed stepped there
+    ref = small_run(lr=0.1, momentum=0.9, eval_every=20, probes=[])
+    ref.step(100)
+    for (k, a), b in zip(fork.model.state_dict().items(), ref.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    for p, q in zip(fork.params, ref.params):
+        assert torch.equal(fork.torch_optimizer.state[p]["momentum_buffer"], ref.torch_optimizer.state[q]["momentum_buffer"])
+    assert all(p is not q for p, q in zip(fork.params, run.params))
+    history = fork.history.frame()
+    assert history.step.max() == 100
+    pd.testing.assert_frame_equal(history, before["history"][before["history"].step <= 100])
+    # the new lr applies before its first step; the source trains on at its own
+    fork.step(10)
+    rows = fork.history.frame()
+    assert rows.lr.iloc[-10:].tolist() == [0.01] * 10 and rows.step.iloc[-1] == 110
+    assert rows.event.dropna().tolist() == [
+        "forked from the live run at step 100 (asked for step 150: the nearest restore point at or before it)"]
+    assert fork.changes[-1] == {"step": 101, "set": {"lr": 0.01}}
+    assert_unchanged(run, before)
+    assert run.step(10) == 10 and run.history.frame().lr.iloc[-1] == 0.1 and run.steps == 260
+
+
+def test_a_fork_with_the_same_settings_replays_the_source_exactly():
+    run = small_run(lr=0.1, momentum=0.9, eval_every=20, probes=[])
+    run.step(250)
+    fork = run.fork()  # the newest point
+    assert fork.steps == 200 and fork.settings() == run.settings()
+    fork.step(50)  # the data order and generators come with the point
+    mine, theirs = fork.history.frame(), run.history.frame()
+    for column in ("train_loss", "grad_norm", "train_acc", "val_loss", "val_acc", "epoch"):
+        np.testing.assert_allclose(mine[column], theirs[column], rtol=1e-6, err_msg=column)
+    for a, b in zip(run.model.state_dict().values(), fork.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_a_fork_of_the_live_run_has_the_settings_in_force_at_its_point():
+    run = small_run(lr=0.05, momentum=0.5, probes=[])
+    run.step(130)
+    run.set(optimizer="adam", lr=0.003, beta1=0.8)  # applied before step 131: a restore point at 130
+    run.step(20)
+    run.set(lr=0.001)  # not applied yet: not in force at any point
+    assert run.restore_points == [100, 130]
+    early, late = run.fork(120), run.fork()
+    assert (early.steps, early.optimizer, early.lr, early.settings()["momentum"]) == (100, "sgd", 0.05, 0.5)
+    assert (late.steps, late.optimizer, late.lr, late.settings()["beta1"]) == (130, "adam", 0.003, 0.8)
+    assert late.changes == run.changes and early.changes == []
+    late.step(20)
+    np.testing.assert_allclose(late.history.frame().train_loss, run.history.frame().train_loss, rtol=1e-6)
+    assert run.lr == 0.001 and run.step(1) == 1 and run.history.frame().lr.iloc[-1] == 0.001
+
+
+def test_a_live_fork_replays_a_schedule_and_pruning_chosen_mid_run():
+    run = small_run(optimizer="adam", lr=0.01, probes=[], pruning=("magnitude", {"sparsity": 0.5, "schedule": (
+        "gradual", {"start": 2, "end": 60, "frequency": 5})}))
+    run.step(25)
+    run.set(schedule=("cosine", {"total": 100}), sparsity=0.7)
+    run.step(35)
+    fork = run.fork(40, probes=[])
+    assert (fork.steps, fork.schedule, fork.schedule_start, fork.pruning) == (25, run.schedule, 25, run.pruning)
+    fork.step(35)
+    np.testing.assert_allclose(fork.history.frame().train_loss, run.history.frame().train_loss, rtol=1e-6)
+    for a, b in zip(run.model.state_dict().values(), fork.model.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
+def test_bad_settings_and_steps_are_refused_and_nothing_changes():
+    run = small_run(lr=0.1, momentum=0.9, probes=[])
+    run.step(120)
+    before = state_of(run)
+    for kwargs, said in [({"lr": -1}, "lr=-1 rejected"), ({"momentum": 2}, "momentum=2"),
+                         ({"optimizer": "nope"}, "nope"), ({"lrr": 0.1}, "lrr"),
+                         ({"step": 500}, "step=500 rejected for fork: a step from 0 to 120"),
+                         ({"step": -1}, "step=-1 rejected"), ({"step": "late"}, "step")]:
+        with pytest.raises(ValueError, match=said):
+            run.fork(**kwargs)
+        assert_unchanged(run, before)
+    with pytest.raises(ValueError, match="lr=-1 rejected for Run: allowed range"):
+        run.fork(lr=-1)
+    run.step(200)  # points at 200 and 300 only now
+    with pytest.raises(ValueError, match=r"no restore point at or before step 150; the run keeps points at steps \[200, 300\]"):
+        run.fork(150)
+
+
+def test_a_fork_of_your_own_model_gets_a_copy_of_it():
+    net = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2))
+    run = small_run(model=net, probes=[])
+    run.step(20)
+    fork = run.fork(0, lr=0.2)
+    assert fork.model is not net and fork.steps == 0 and fork.lr == 0.2
+    for k, v in run.initial_state.items():
+        assert torch.equal(fork.model.state_dict()[k], v)
+    fork.step(5)
+    assert run.steps == 20 and not torch.equal(fork.model[0].weight, net[0].weight)
+
+
+def test_forking_while_the_source_trains_in_its_thread():
+    run = small_run(lr=0.1, momentum=0.9, eval_every=20, probes=[], threads=1)
+    run.start()  # until paused
+    forks = []
+    for upto in (150, 350, 550):
+        wait_until(lambda: run.steps >= upto, 120, f"the run past step {upto}")
+        forks.append(run.fork())  # the newest point, copied between two of the thread's steps
+        assert run.status == "running"
+    wait_until(lambda: run.steps > forks[-1].parent["step"] + 100, 120, "the source going on training")
+    run.pause()
+    assert run.status == "paused"
+    theirs = run.history.frame()
+    assert sorted({f.steps for f in forks}) == [f.steps for f in forks] and forks[0].steps >= 100
+    for fork in forks:
+        at = fork.steps
+        assert fork.parent["step"] == at and fork.history.frame().step.max() == at
+        pd.testing.assert_frame_equal(fork.history.frame(), theirs[theirs.step <= at], check_dtype=False)
+        fork.step(30)  # with the source's settings: its steps again
+        mine = fork.history.frame()
+        np.testing.assert_allclose(mine.train_loss.iloc[at:], theirs.train_loss.iloc[at:at + 30], rtol=1e-6)
+
+
+def test_a_fork_of_a_recorded_run_names_it_and_stores_beside_it(store):
+    run = small_run(lr=0.1, probes=[])
+    with store.track(run, "base", every=50):
+        run.step(230)
+        fork = run.fork(lr=0.01)
+    assert fork.parent == {"run": "base", "step": 200, "asked": 200}
+    with store.track(fork, "base.fork-200"):
+        fork.step(20)
+    assert store.list().set_index("name").parent["base.fork-200"] == "base@200"
+    assert store.checkpoints("base.fork-200") == [0, 50, 100, 150, 200, 220]
+    assert lineage(store, ["base", "base.fork-200"]).to_dict("records") == [
+        {"run": "base.fork-200", "parent": "base", "step": 200}]
+    alone = small_run(probes=[])
+    alone.step(10)
+    orphan = alone.fork()
+    store.save(orphan, "orphan")  # a fork of a run no store recorded: nothing to link to
+    assert pd.isna(store.list().set_index("name").parent["orphan"])

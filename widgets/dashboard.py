@@ -255,8 +255,13 @@ class TrainingDashboard(Viewer):
         """Show and control `run` instead (a run reopened from the store); the old one stops."""
         old = self.run
         old.stop()
-        what = (f"the fork of {run.parent['run']} at step {run.parent['step']}" if run.parent
-                else f"the reopened run at step {run.steps}")
+        parent = run.parent
+        if parent and parent["run"] is None:  # a fork of a live run that no store recorded
+            what = f"the fork at step {parent['step']} of an unsaved run"
+        elif parent:
+            what = f"the fork of {parent['run']} at step {parent['step']}"
+        else:
+            what = f"the reopened run at step {run.steps}"
         self.error, self.notice = "", f"Showing {what}; press Start to go on training it."
         self._attach(run)
         old.close()

@@ -25,6 +25,7 @@ from .base import LabPanel, plain
 from .feed import Feed
 
 STORE = os.environ.get("TRAINLAB_STORE", "runs")  # where the dashboard's Runs tab keeps runs
+LIVE = "the live run"  # the fork source that is not stored: never a store name (those have no spaces)
 
 
 def parse_settings(text: str) -> dict:
@@ -49,10 +50,11 @@ class RunsPanel(LabPanel):
     settings that differ (as the runs ended) and every change with its step. *Save run* records the live run
     under a name from then on, a checkpoint every `checkpoint_every` steps (saved again: a checkpoint now).
     *Reopen* loads a stored run, weights, optimizer state and curves, to go on training it; *Fork* starts a new
-    run from a stored one at a past step (the slider offers its checkpoints) with other settings
+    run from a stored one at a past step (the slider offers its checkpoints), or from the live run at one of
+    its restore points (`Run.fork`; the slider follows them as the run takes new ones), with other settings
     (`lr=0.01, optimizer=adam`), applied before its next step: "what if I had lowered the lr at step 500?";
-    the fork is recorded in the store beside its parent. In the dashboard the reopened or forked run replaces
-    the one shown (`opened`). Export: the chosen runs' histories as CSV or Parquet and the figure as standalone
+    the fork is recorded in the store beside its parent (a fork of the live run, when the live run is
+    recorded). In the dashboard the reopened or forked run replaces the one shown (`opened`). Export: the chosen runs' histories as CSV or Parquet and the figure as standalone
     HTML; PNG/SVG and the live run's history from the Export card. A run this panel records is saved complete
     when the panel closes (the dashboard moved on to another run, or the page closed).
     """
@@ -75,7 +77,7 @@ class RunsPanel(LabPanel):
         self.save_button = pn.widgets.Button(label="Save run", color="primary", width=100)
         self.save_button.on_click(lambda e: self.save())
         self.every_control = self.control("checkpoint_every")
-        self.pick = pn.widgets.Select(label="stored run", options=[])
+        self.pick = pn.widgets.Select(label="fork or reopen", options=[LIVE])
         self.pick.param.watch(lambda e: self._offer_steps(), "value")
         # the steps a fork can start from exactly: a step between two forks from the one before it
         self.fork_step = pn.widgets.DiscreteSlider(label="fork at step", options=[0], value=0,
@@ -85,6 +87,7 @@ class RunsPanel(LabPanel):
         self.reopen_button = pn.widgets.Button(label="Reopen", width=90)
         self.fork_button = pn.widgets.Button(label="Fork", width=90)
         self.reopen_button.on_click(lambda e: self.reopen(self.pick.value))
+        self._points: list[int] | None = None  # the live run's restore points the slider offers
         self.fork_button.on_click(lambda e: self.fork(self.pick.value, self.fork_input.value, self.fork_step.value))
         self.refresh_button = pn.widgets.Button(label="Refresh", width=90)
         self.refresh_button.on_click(lambda e: self.refresh())
@@ -116,21 +119,28 @@ class RunsPanel(LabPanel):
             parent = (run.parent or {}).get("run")
             self.choose.value = [n for n in (parent, recorded) if n in self.choose.options]
             self.pick.value = recorded
+        self.feed.on_tick(self._follow_points)
         self._ready()
 
     # ---- the store ---------------------------------------------------------------------------
     def refresh(self) -> None:
         names = self.store.names()
-        self.choose.options, self.pick.options = names, names
+        self.choose.options, self.pick.options = names, [LIVE, *names]
         self.choose.value = [n for n in self.choose.value if n in names]
-        if self.pick.value not in names:  # a Select left at None shows nothing, though Fork would need a run
-            self.pick.value = names[0] if names else None
+        if self.pick.value not in self.pick.options:  # a Select left at None shows nothing, though Fork needs a source
+            self.pick.value = LIVE
         self._offer_steps()
         self._draw()
 
     def _offer_steps(self) -> None:
-        """The fork slider over the picked run's checkpoints (the latest chosen), and which they are."""
+        """The fork slider over the picked run's checkpoints, or the live run's restore points (the latest
+        chosen), and which they are."""
         name = self.pick.value
+        self.reopen_button.disabled = name == LIVE  # the live run is open already
+        if name == LIVE:
+            self._points = None
+            self._follow_points()
+            return
         try:
             steps = self.store.checkpoints(name) if name else [0]
         except ValueError as e:
@@ -142,6 +152,27 @@ class RunsPanel(LabPanel):
         shown = ", ".join(map(str, steps)) if len(steps) <= 12 else \
             ", ".join(map(str, steps[:4])) + ", ..., " + ", ".join(map(str, steps[-4:]))
         self.fork_steps.object = plain(f"Checkpoints of {name} at steps {shown}." if name else "")
+
+    def _follow_points(self) -> None:
+        """On the Feed's tick, with the live run picked: the slider over its restore points as it takes new ones
+        (left where the user put it while that point is kept, else moved to the nearest kept; at the newest, it
+        follows the newest)."""
+        if self.pick.value != LIVE:
+            return
+        steps = self.run.restore_points
+        if steps == self._points:
+            return
+        newest = self._points is None or self.fork_step.value == self._points[-1]
+        self._points = steps
+        if not steps:
+            self.fork_steps.object = "The live run keeps no restore point now (its loss is far off its usual level)."
+            return
+        chosen = self.fork_step.value
+        value = steps[-1] if newest else min(steps, key=lambda s: abs(s - chosen))
+        self.fork_step.param.update(options=steps, value=value)
+        self.fork_steps.object = plain(
+            f"Restore points of the live run at steps {', '.join(map(str, steps))}: the newest few it keeps, taken as "
+            f"it trains and when settings change. A recorded run (Save run) forks at any of its checkpoints.")
 
     def save(self, name: str | None = None) -> str | None:
         """Record the live run into the store (under the name typed, or a fresh one), a checkpoint every
@@ -164,8 +195,8 @@ class RunsPanel(LabPanel):
 
     def reopen(self, name: str | None) -> Run | None:
         """The stored run `name`, loaded to go on training (and published as `opened`)."""
-        if not name:
-            self.report("choose a stored run to reopen")
+        if not name or name == LIVE:
+            self.report("choose a stored run to reopen" + (" (the live run is open already)" if name else ""))
             return None
         try:
             run = self.store.load(name)
@@ -178,30 +209,38 @@ class RunsPanel(LabPanel):
         return run
 
     def fork(self, name: str | None, settings: str, step: int | None = None) -> Run | None:
-        """A new run from the stored run `name` at `step` (its latest checkpoint when None) with other
-        settings (checked before anything changes), recorded in the store as `<name>.fork-<step>`."""
+        """A new run from the stored run `name` (or `LIVE`: the live run, at a restore point) at `step` (the latest
+        when None) with other settings (checked before anything changes), recorded in the store as
+        `<name>.fork-<step>` (a fork of the live run when the live run is recorded here)."""
         try:
             values = parse_settings(settings)
         except ValueError as e:
             self.report(str(e))
             return None
         if not name:
-            self.report("choose a stored run to fork")
+            self.report("choose a run to fork")
             return None
+        live = name == LIVE
         try:
-            run = self.store.fork(name, step=step, **values)
+            run = self.run.fork(step, **values) if live else self.store.fork(name, step=step, **values)
         except ValueError as e:
             self.report(str(e))
             return None
         at = run.parent["step"]
-        child = self._free_name(f"{name}.fork-{at}")
-        self.store.track(run, child, every=self.checkpoint_every)
+        source = self.store.recording(self.run) if live else name
+        child = None if source is None else self._free_name(f"{source}.fork-{at}")
+        if child is not None:
+            self.store.track(run, child, every=self.checkpoint_every)
         self.report("")
-        asked = f" (step {step} has no checkpoint: the nearest before it)" if step is not None and step != at else ""
-        self.note.object = plain(f"Forked {name} at step {at}{asked}" + (f" with {settings}" if values else "")
-                                 + f": recorded as {child}.")
+        point = "restore point" if live else "checkpoint"
+        asked = f" (step {step} has no {point}: the nearest before it)" if step is not None and step != at else ""
+        what = f"the live run ({source})" if live and source else "the live run" if live else name
+        kept = f"recorded as {child}" if child else "not recorded (Save run first to keep the live run and its forks)"
+        self.note.object = plain(f"Forked {what} at step {at}{asked}" + (f" with {settings}" if values else "")
+                                 + f": {kept}.")
         self.refresh()
-        self.choose.value = list(dict.fromkeys([*self.choose.value, name, child]))
+        if child is not None:
+            self.choose.value = list(dict.fromkeys([*self.choose.value, source, child]))
         self.opened = run
         return run
 

@@ -1,10 +1,12 @@
-"""A stored run forked at a past step: "what if I had lowered the lr at step 500?".
+"""A run forked at a past step: "what if I had lowered the lr at step 500?".
 
-The fork starts from the nearest checkpoint at or before the step asked for (a periodic one, the run's
-last, or step 0: a fresh run of its seed and initial settings, which is the same state), with the
-settings in force there, replayed from the run's initial settings and its mid-run changes up to that
-checkpoint; the history up to that step comes from the run's record, and the new settings apply before
-its next step. `run.parent` = {"run", "step", "asked"} says where it came from; it is saved with it (the
+A stored run (`store.fork`) forks from its checkpoints on disk, a live one (`Run.fork`) from its restore
+points in memory (`checkpoint.at_point`); both become a Run through `start`. A stored fork starts from the
+nearest checkpoint at or before the step asked for (a periodic one, the run's last, or step 0: a fresh run
+of its seed and initial settings, which is the same state), a live one from the nearest restore point. The
+settings are those in force there, replayed from the run's initial settings and its mid-run changes up to
+that point; the history up to that step comes from the run's record, and the new settings apply before its
+next step. `run.parent` = {"run", "step", "asked"} says where it came from; it is saved with it (the
 listing's `parent` column, "name@step") and the history's event at the next step says it too.
 """
 from __future__ import annotations
@@ -64,24 +66,34 @@ def fork(store, name: str, step: int | None, build: dict[str, Any], settings: di
     source = sources[at]  # this run's, or its parent's before it forked
     src = store._existing(source)
     ckpt = _checkpoint_at(store, source, src, store._manifest(src), at)
-    replayed = settings_at(ckpt["initial_settings"] or {}, ckpt["changes"])
-    ckpt["settings"] = {k: replayed[k] for k in Run.SETTABLE if k in replayed}
-    ckpt["optimizer_hparams"] = {k: v for k, v in replayed.items() if k not in Run.SETTABLE and k not in _EXTRA}
-    ckpt["schedule"], ckpt["pruning"] = replayed.get("schedule", "constant"), replayed.get("pruning")
     if table is not None and "step" in table.column_names:
         table = table.filter(pc.less_equal(table["step"], at))
         ckpt["history"] = fmt.table_columns(table)
     else:
         ckpt["history"] = {}
     ckpt["parent"] = {"run": name, "step": at, "asked": step}
-    where = f"{folder} (step {at})"
-    run = checkpoint.build(Run, ckpt, where, **build) if at else _fresh(Run, ckpt, where, build)
-    note = f"forked from {name} at step {at}"
-    if at != step:
-        note += f" (asked for step {step}: the nearest checkpoint at or before it)"
+    return start(Run, ckpt, f"{folder} (step {at})", build, settings, name, "checkpoint", fresh=not at)
+
+
+def start(cls, ckpt: dict[str, Any], where: str, build: dict[str, Any], settings: dict[str, Any], of: str,
+          kind: str, fresh: bool = False):
+    """The fork's Run from `ckpt`, a stored checkpoint or a live run's restore point (`checkpoint.at_point`),
+    its `parent` set: the settings in force there replayed from the initial settings and the changes, the run
+    built (`fresh`: a new run of the seed, the same state at step 0), its next row's event saying where it came
+    from (`of`, the nearest `kind` to the step asked), then `settings` set, checked as `run.set` checks them."""
+    replayed = settings_at(ckpt["initial_settings"] or {}, ckpt["changes"])
+    ckpt["settings"] = {k: replayed[k] for k in cls.SETTABLE if k in replayed}
+    ckpt["optimizer_hparams"] = {k: v for k, v in replayed.items() if k not in cls.SETTABLE and k not in _EXTRA}
+    ckpt["schedule"], ckpt["pruning"] = replayed.get("schedule", "constant"), replayed.get("pruning")
+    ckpt.setdefault("schedule_start", replayed.get("schedule_start", 0))
+    run = _fresh(cls, ckpt, where, build) if fresh else checkpoint.build(cls, ckpt, where, **build)
+    at, asked = ckpt["parent"]["step"], ckpt["parent"]["asked"]
+    note = f"forked from {of} at step {at}"
+    if at != asked:
+        note += f" (asked for step {asked}: the nearest {kind} at or before it)"
     run.note(note)
     if settings:
-        run.set(**settings)  # checked: a refused value raises, and nothing stored has changed
+        run.set(**settings)  # checked: a refused value raises, and the run built is dropped
     return run
 
 

@@ -176,7 +176,8 @@ def summary(ckpt: dict[str, Any], table: pa.Table | None = None) -> dict:
     pruning = ckpt.get("pruning")
     flat["pruning"] = pruning["method"][0] if isinstance(pruning, dict) else pruning
     parent = ckpt.get("parent")
-    flat["parent"] = f"{parent['run']}@{parent['step']}" if isinstance(parent, dict) else None  # name@step
+    # name@step; None for a fork of a live run that no store recorded (nothing stored to link to)
+    flat["parent"] = f"{parent['run']}@{parent['step']}" if isinstance(parent, dict) and parent.get("run") else None
     columns = table_columns(table) if table is not None else ckpt["history"]
     metrics = {}
     for name, values in columns.items():

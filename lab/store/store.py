@@ -477,6 +477,11 @@ def _rows(table: pa.Table) -> list[dict]:
     return [{k: v for k, v in r.items() if not fmt._missing(v)} for r in table.to_pylist()]
 
 
+def recording(run) -> str | None:
+    """The name `run` is recorded live under in any store of this process, or None (a fork's `parent`)."""
+    return next((k[1] for k, t in list(_tracked.items()) if t.run is run), None)
+
+
 @atexit.register
 def _close_all() -> None:
     """A script that ends while recording: its runs saved complete, not left looking crashed."""
