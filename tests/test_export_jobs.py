@@ -26,7 +26,7 @@ def _result(card: pn.Card, label: str) -> tuple[str, list[pn.widgets.FileDownloa
     """The note and the CSV/Parquet buttons of the result `label` in an Export card."""
     for row in card.select(pn.Column):
         objs = row.objects
-        if len(objs) == 2 and isinstance(objs[0], pn.pane.Markdown) and str(objs[0].object).startswith(f"**{label}**"):
+        if len(objs) == 2 and isinstance(objs[0], pn.pane.HTML) and str(objs[0].object).startswith(f"<b>{label}</b>"):
             return objs[0].object, list(objs[1].objects)
     raise AssertionError(f"no result {label!r} in the card")
 
@@ -83,7 +83,7 @@ def test_before_a_job_ran_its_buttons_are_disabled_and_say_what_makes_it():
         panel.compute("trace")
         _finish(panel, "hessian")
         note, buttons = _result(card, "Hessian trace")
-        assert note == "**Hessian trace**: computed at step 2" and not any(b.disabled for b in buttons)
+        assert note == "<b>Hessian trace</b>: computed at step 2" and not any(b.disabled for b in buttons)
         assert all(b.disabled for b in _result(card, "Hessian density")[1])  # the others still wait
     finally:
         panel.close()
@@ -311,9 +311,9 @@ def test_the_playgrounds_card_writes_its_paths_and_its_race():
 
     pg = Playground2D(optimizers=("sgd", "adam"), steps=50)
     card = pg.export_card()
-    assert card.title == "Export: the job results, the plots"
+    assert card.title == "Export: the paths, the race, the plots"
     csv, table, name = _download(_result(card, "Paths")[1])
-    assert name == "playground-rosenbrock-2paths-50steps.csv"
+    assert name == "playground-rosenbrock-2paths-50steps.csv" and table["diverged"].dtype == bool
     for f in (csv, table):
         assert list(f.columns[:7]) == ["function", "path", "optimizer", "step", "x", "y", "loss"]
         for i, p in enumerate(pg.paths):
@@ -329,7 +329,8 @@ def test_the_playgrounds_card_writes_its_paths_and_its_race():
     result = pg.fair_race()
     _, table, name = _download(_result(card, "Fair race")[1])
     assert name.startswith("fair-race-rosenbrock") and len(table) == 2 * len(result.lrs)
-    chosen = table[table["chosen"].astype(bool)]
+    assert table["chosen"].dtype == bool  # Parquet keeps booleans
+    chosen = table[table["chosen"]]
     assert list(chosen["lr"]) == pytest.approx([t.lr for t in result.best])
     np.testing.assert_array_equal(table["final_loss"], result.losses.ravel())
     assert playground.frame([]).empty

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 import panel as pn
+import pyarrow as pa
 
 from trainlab.store.format import history_table, parquet_bytes
 
@@ -28,25 +29,30 @@ def csv_bytes(frame: pd.DataFrame) -> io.BytesIO:
 
 
 def parquet(frame: pd.DataFrame) -> io.BytesIO:
-    """A history frame as Parquet with the store's column types (numbers int64/float64, events as text):
-    its object columns mix strings and NaN, which pyarrow would refuse as they are."""
-    return io.BytesIO(parquet_bytes(history_table({c: frame[c].tolist() for c in frame.columns})))
+    """A frame as Parquet with the store's column types (numbers int64/float64, text; booleans stay booleans):
+    a history's object columns mix strings and NaN, which pyarrow would refuse as they are."""
+    flags = [c for c in frame.columns if pd.api.types.is_bool_dtype(frame[c])]
+    table = history_table({c: frame[c].tolist() for c in frame.columns if c not in flags})
+    for c in flags:
+        table = table.add_column(list(frame.columns).index(c), c, pa.array(frame[c].tolist(), pa.bool_()))
+    return io.BytesIO(parquet_bytes(table))
 
 
-def downloads(frame: Callable[[], pd.DataFrame], name: str, label: str = "History") -> list[pn.widgets.FileDownload]:
+def downloads(frame: Callable[[], pd.DataFrame], name: str, label: str = "History",
+              widths: tuple[int, int] = (140, 150), margin: tuple[int, int] = (5, 10)) -> list[pn.widgets.FileDownload]:
     """CSV and Parquet download buttons for the frame `frame()` returns when clicked (`name`.csv/.parquet)."""
-    return _buttons(lambda: (name, frame()), name, label)
+    return _buttons(lambda: (name, frame()), name, label, widths, margin)
 
 
 def _buttons(read: Callable[[], tuple[str, pd.DataFrame]], name: str, label: str,
-             widths: tuple[int, int] = (140, 150)) -> list[pn.widgets.FileDownload]:
+             widths: tuple[int, int] = (140, 150), margin: tuple[int, int] = (5, 10)) -> list[pn.widgets.FileDownload]:
     """The CSV and Parquet buttons over `read()` -> (file name without extension, frame), read once per click: the
     file is named after the frame it holds."""
     out = []
     for (ext, encode), width in zip((("csv", csv_bytes), ("parquet", parquet)), widths):
         kind = {"csv": "CSV", "parquet": "Parquet"}[ext]
         button = pn.widgets.FileDownload(filename=f"{name}.{ext}", label=f"{label} {kind}" if label else kind,
-                                         width=width)
+                                         width=width, margin=margin)
 
         def transfer(button=button, ext=ext, encode=encode) -> io.BytesIO:
             got, frame = read()
@@ -80,9 +86,8 @@ class Results:
         self._shown: list[Any] = [object()] * len(self.results)
         self.notes, self.buttons, rows = [], [], []
         for r in self.results:
-            note = pn.pane.Markdown("", sizing_mode="stretch_width", margin=(4, 10, 0, 10),
-                                    styles={"font-size": "0.85em"})
-            buttons = _buttons(lambda r=r: self._read(r), r.label.replace(" ", "_"), "", widths=(70, 85))
+            note = pn.pane.HTML("", sizing_mode="stretch_width", margin=(6, 10, 0, 10), styles={"font-size": "0.85em"})
+            buttons = _buttons(lambda r=r: self._read(r), r.label.replace(" ", "_"), "", widths=(70, 85), margin=(4, 10))
             self.notes.append(note)
             self.buttons.append(buttons)
             rows.append(pn.Column(note, pn.Row(*buttons, margin=0), margin=0, sizing_mode="stretch_width"))
@@ -104,10 +109,10 @@ class Results:
             self._shown[i] = value
             label = html.escape(r.label)
             if value is None:
-                self.notes[i].object = f"**{label}**: {html.escape(r.missing)} first"
+                self.notes[i].object = f"<b>{label}</b>: {html.escape(r.missing)} first"
             else:
                 more = r.describe(value)
-                self.notes[i].object = f"**{label}**" + (f": {html.escape(more)}" if more else "")
+                self.notes[i].object = f"<b>{label}</b>" + (f": {html.escape(more)}" if more else "")
                 name = r.name(value)
                 for b, ext in zip(self.buttons[i], ("csv", "parquet")):
                     b.filename = f"{name}.{ext}"
@@ -141,23 +146,24 @@ def figures_in(objects: Iterable) -> list:
 
 
 def card(history: Callable[[], pd.DataFrame] | None, figures: Callable[[], Iterable], name: str = "history",
-         results: Iterable[Result] = (), refresh: Callable[[Callable[[], None]], Any] | None = None) -> pn.Card:
+         results: Iterable[Result] = (), refresh: Callable[[Callable[[], None]], Any] | None = None,
+         what: str = "the job results", heading: str = "The newest result of each job:") -> pn.Card:
     """Every Export card: the run's history as CSV/Parquet (when `history` is given), the newest result of each
-    job (`results`: kept current by `refresh(fn)`, which registers `fn` to be called whenever one may have
-    changed, a Feed's `on_tick`), and the plots as SVG."""
+    job (`results`, under `heading`, called `what` in the title: kept current by `refresh(fn)`, which registers
+    `fn` to be called whenever one may have changed, a Feed's `on_tick`), and the plots as SVG."""
     note = pn.pane.Markdown("Each plot's save button (its toolbar) writes a PNG, or an SVG with the box ticked.",
                             sizing_mode="stretch_width", styles={"font-size": "0.85em"})
-    parts, what = [], []
-    if history is not None:
-        parts.append(pn.FlexBox(*downloads(history, name)))
-        what.append("this run's history")
+    parts, title = [], []
+    if history is not None:  # both on one row of the sidebar
+        parts.append(pn.FlexBox(*downloads(history, name, widths=(120, 135), margin=(5, 5)), margin=(0, 5)))
+        title.append("this run's history")
     results = list(results)
     if results:
         section = Results(results)
         if refresh is not None:
             refresh(section.refresh)
-        parts += [pn.pane.Markdown("Results of the last jobs:", margin=(8, 10, 0, 10)), section.panel]
-        what.append("the job results")
-    what.append("the plots")
-    return pn.Card(*parts, svg_toggle(figures), note, title=f"Export: {', '.join(what)}", collapsed=True,
+        parts += [pn.pane.Markdown(heading, margin=(8, 10, 0, 10)), section.panel]
+        title.append(what)
+    title.append("the plots")
+    return pn.Card(*parts, svg_toggle(figures), note, title=f"Export: {', '.join(title)}", collapsed=True,
                    sizing_mode="stretch_width")

@@ -132,7 +132,8 @@ class Playground2D(Viewer):
             "Fair race", lambda: self.race, lambda r: r.frame(),
             lambda r: f"fair-race-{r.function.name}-{len(r.lrs)}lrs-{r.best[0].steps}steps", "press Fair race",
             describe=lambda r: f"{len(r.optimizers)} optimizers × {len(r.lrs)} lrs on {r.function.name}")
-        return export.card(None, lambda: [self.figure], results=[paths, race], refresh=self._changed.append)
+        return export.card(None, lambda: [self.figure], results=[paths, race], refresh=self._changed.append,
+                           what="the paths, the race", heading="The paths drawn and the last fair race:")
 
     def _build_figure(self) -> None:
         # fixed ranges the function sets (a DataRange1d would follow the paths, or keep the last function's box)
