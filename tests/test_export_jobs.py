@@ -336,3 +336,33 @@ def test_the_playgrounds_card_writes_its_paths_and_its_race():
     assert playground.frame([]).empty
     figs = export.figures_in([pg.__panel__()])
     assert figs == [pg.figure]
+
+
+def test_the_sweeps_tabs_card_writes_the_sweeps_results():
+    """The Sweeps tab (where the pruning lab's sparsity study runs): the last sweep's results, a row per run."""
+    from trainlab.experiment import results, train
+    from trainlab.widgets import SweepLab
+
+    configs = [{"model": ("mlp", {"width": 8}), "data": "moons", "steps": 10, "seed": 0, "lr": lr} for lr in (0.01, 0.1)]
+    frame = results([train(c) for c in configs], configs)
+
+    class Done:
+        name, done = "lr-test", True
+
+        def results(self):
+            return frame
+
+        def progress(self):
+            return "2 finished"
+
+    lab = SweepLab()
+    card = lab.export_card
+    assert card.title == "Export: the sweep's results, the plots"
+    note, buttons = _result(card, "Sweep results")
+    assert all(b.disabled for b in buttons) and note.endswith("press Start sweep first")
+    lab.show(Done())
+    lab._say()
+    csv, table, name = _download(_result(card, "Sweep results")[1])
+    assert name == "sweep-lr-test.csv" and list(table["lr"]) == [0.01, 0.1]
+    np.testing.assert_allclose(csv["val_loss"], frame["val_loss"])
+    lab.close()
