@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,16 +34,42 @@ REPAIR = "prune_repair"
 
 
 def compute(fn: Callable[..., Any], run: Run, *, progress: bool | Progress = True, **options) -> dict[str, Any]:
-    """Run `fn(run, progress=..., **options)` and publish each result in the run's history; returns them all."""
+    """Run `fn(run, progress=..., **options)` and publish each result in the run's history; returns them all.
+    A result that is a dict carries the job's settings under "settings" (`settings(fn, options)`)."""
     step = run.steps
+    used = settings(fn, options)
     out = fn(run, progress=progress, **options)
     parts = out if inspect.isgenerator(out) else iter([out])
     published: dict[str, Any] = {}
     for results in parts:
         for name, value in results.items():
+            if isinstance(value, dict):
+                value = {**value, "settings": used}
             run.history.put_snapshot(name, step, value)
             published[name] = value
     return published
+
+
+def settings(fn: Callable[..., Any], options: dict[str, Any]) -> dict[str, Any]:
+    """What a job ran with: `fn`'s keyword defaults updated by `options`, the plain values only (numbers, text,
+    None, tuples of those), without `progress` and `workers` (how it ran, not what it computed)."""
+    plain = (type(None), bool, int, float, str)
+    given = {name: p.default for name, p in inspect.signature(fn).parameters.items()
+             if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
+    out = {}
+    for name, value in {**given, **options}.items():
+        if name in ("progress", "workers"):
+            continue
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, (tuple, list)):
+            value = tuple(v.item() if isinstance(v, np.generic) else v for v in value)
+            if not all(isinstance(v, plain) for v in value):
+                continue
+        elif not isinstance(value, plain):
+            continue  # an object (the landscape's trajectory probe) is no setting to write down
+        out[name] = value
+    return out
 
 
 # ---- curvature and spectra -------------------------------------------------------------------
@@ -73,7 +100,8 @@ def spectrum(run: Run, *, progress: bool | Progress = True, farms: bool = False,
     frame = S.esd(run.model_copy(), farms=farms, progress=progress, **options)
     if frame.attrs["cancelled"]:
         return {}  # a half-analysed model would read as the whole: keep the last complete one
-    return {SPECTRUM: {"layers": S.views(frame)}}
+    eigenvalues = {r["name"]: r["eigenvalues"] for r in frame.to_dict("records")}
+    return {SPECTRUM: {"layers": S.views(frame), "eigenvalues": eigenvalues}}
 
 
 # ---- landscapes --------------------------------------------------------------------------------
@@ -448,3 +476,165 @@ def super_consistency(run: Run, *, progress: bool | Progress = True, widths: tup
                                                                                 "sharpness", "threshold")},
                                   "spread": sharpness_spread(curves).to_dict(), "done": len(frames),
                                   "total": len(configs)}}
+
+
+# ---- results as tables ---------------------------------------------------------------------------
+# Each published result as a tidy frame (a row per point, named columns) for a download or a notebook:
+# `frame(run, name)` reads the newest snapshot, `table(name, value, step)` turns one value.
+def _landscape(v: dict) -> pd.DataFrame:
+    from .analysis.landscape import grid_frame
+
+    return grid_frame(v["x"], v["y"], v["loss"], v.get("stderr")).assign(
+        kind=v["kind"], mode=v["mode"], samples=v["samples"], centred_at=v["step"])
+
+
+def _line(v: dict) -> pd.DataFrame:
+    from .analysis.landscape import line_frame
+
+    return line_frame(v["alpha"], v["loss"], v.get("stderr")).assign(ends_at=v["step"])
+
+
+def _intrinsic(v: dict) -> pd.DataFrame:
+    from .analysis.intrinsic import dims_frame
+
+    return dims_frame(v).assign(metric=v["metric"], projection=v["projection"], d_int=v["d_int"],
+                                complete=v["complete"])
+
+
+def _range_test(v: dict) -> pd.DataFrame:
+    from .lr_finder import sweep_frame
+
+    return sweep_frame(v).assign(optimizer=v["optimizer"], suggestion=v["suggestion"], minimum=v["minimum"],
+                                 stopped=v["stopped"], note=v["note"])
+
+
+def _columns(v: dict, names: tuple[str, ...], **renamed: str) -> pd.DataFrame:
+    return pd.DataFrame({renamed.get(c, c): np.asarray(v[c]) for c in names})
+
+
+_FIT = ("alpha", "xmin", "ks_distance", "alpha_hill", "num_spikes", "mp_bulk_edge", "mp_sigma2", "q")
+
+
+def _spectrum_fits(v: dict) -> pd.DataFrame:
+    """A row per weight matrix: its shape, power-law fit, MP bulk, norms, and FARMS's fit (NaN without)."""
+    rows = []
+    for layer, view in v["layers"].items():
+        farms = view["farms"] or {}
+        rows.append({"layer": layer, "shape": "x".join(map(str, view["shape"])),
+                     **{k: view["plain"][k] for k in _FIT}, "spectral_norm": view["spectral_norm"],
+                     "stable_rank": view["stable_rank"],
+                     **{f"farms_{k}": farms.get(k, np.nan) for k in ("alpha", "xmin", "ks_distance", "alpha_hill")}})
+    return pd.DataFrame(rows)
+
+
+def _spectrum_eigenvalues(v: dict) -> pd.DataFrame:
+    """A row per eigenvalue of each weight matrix's WᵀW/N, ascending (rank 1 the smallest)."""
+    parts = [pd.DataFrame({"layer": layer, "rank": np.arange(1, len(e) + 1), "eigenvalue": np.asarray(e, float)})
+             for layer, e in v.get("eigenvalues", {}).items()]  # a result saved before they were kept has none
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"layer": [], "rank": [], "eigenvalue": []})
+
+
+def _compact(v: dict) -> pd.DataFrame:
+    plain = {k: x for k, x in v.items() if k not in ("unstructured", "settings")}
+    return pd.DataFrame([{**plain, **{f"unstructured_{k}": x for k, x in v["unstructured"].items()}}])
+
+
+def _repair(v: dict) -> pd.DataFrame:
+    scalars = ("loss_before", "loss_after", "mse_before", "mse_after", "swapped", "applied", "apply")
+    return pd.DataFrame({"layer": list(v["layers"]), "error_ratio": np.asarray(v["error_ratio"], float),
+                         **{k: v[k] for k in scalars}})
+
+
+def _norm_comparison(v: dict) -> pd.DataFrame:
+    parts = [pd.DataFrame({"norm": norm, "step": np.asarray(c["step"]).astype(np.int64), "train_loss": c["train_loss"], "status": c["status"],
+                           "val_loss": c["val_loss"]}) for norm, c in v["curves"].items()]
+    return pd.concat(parts, ignore_index=True).assign(batch_size=v["batch_size"])
+
+
+def _fluctuations(v: dict) -> pd.DataFrame:
+    return pd.DataFrame({c: np.asarray(x) for c, x in v.items() if c != "settings"})
+
+
+def _coord_check(v: dict) -> pd.DataFrame:
+    parts = [pd.DataFrame({"parametrization": par, "width": np.asarray(d["width"], float).astype(np.int64),
+                           "module": d["module"], "l1": d["l1"]}) for par, d in v["parametrizations"].items()]
+    return pd.concat(parts, ignore_index=True).assign(steps=v["steps"], base_width=v["base_width"])
+
+
+def _lr_sweep(group: str, by: str) -> Callable[[dict], pd.DataFrame]:
+    """An lr sweep's runs (`_lr_curves`) as rows, each with the best lr of its (`group`, `by`) line."""
+    def build(v: dict) -> pd.DataFrame:
+        rows = pd.DataFrame(v["rows"])
+        best = pd.DataFrame(v["best"])[[group, by, "best_lr"]]
+        return rows.merge(best, on=[group, by], how="left").assign(done=v["done"], total=v["total"])
+    return build
+
+
+def _sharpness(v: dict) -> pd.DataFrame:
+    curves = pd.DataFrame(v["curves"])
+    return curves.assign(spread=curves["parametrization"].map(v["spread"]), done=v["done"], total=v["total"])
+
+
+_PLANE = ("directions", "mode", "coarse", "resolution", "span", "samples", "preview")
+
+
+@dataclass(frozen=True)
+class Table:
+    """A kind of result as a table: how a value becomes rows, the job's settings that apply, the snapshot it reads."""
+
+    build: Callable[[dict], pd.DataFrame]
+    settings: tuple[str, ...] | None = None  # None: every one
+    snapshot: str | None = None  # None: the table's own name
+
+
+TABLES: dict[str, Table] = {
+    LANDSCAPE: Table(_landscape, _PLANE),
+    LINE: Table(_line, _PLANE),
+    INTRINSIC: Table(_intrinsic),
+    RANGE_TEST: Table(_range_test),
+    HESSIAN["top"]: Table(lambda v: _columns(v, ("rank", "eigenvalue")), ("k", "max_examples")),
+    HESSIAN["trace"]: Table(lambda v: _columns(v, ("trace", "stderr")), ("samples", "max_examples")),
+    HESSIAN["density"]: Table(lambda v: _columns(v, ("grid", "density"), grid="eigenvalue"),
+                              ("vectors", "iters", "max_examples")),
+    SPECTRUM: Table(_spectrum_fits),
+    f"{SPECTRUM}/eigenvalues": Table(_spectrum_eigenvalues, snapshot=SPECTRUM),
+    COMPACT: Table(_compact),
+    REPAIR: Table(_repair),
+    NORM_COMPARISON: Table(_norm_comparison),
+    FLUCTUATIONS: Table(_fluctuations),
+    SIGNAL_INIT: Table(lambda v: _columns(v, ("layer", "depth", "mean", "std", "grad_norm", "theory_std")).astype(
+        {"layer": str, "depth": np.int64})),
+    COORD_CHECK: Table(_coord_check),
+    MU_TRANSFER: Table(_lr_sweep("parametrization", "width")),
+    DEPTH_TRANSFER: Table(_lr_sweep("branch", "depth")),
+    SHARPNESS_CURVES: Table(_sharpness),
+}
+
+
+def latest(run: Run, name: str) -> tuple[int, Any] | None:
+    """(step, value) of the newest result the table `name` reads (a key of TABLES), or None while there is none."""
+    if name not in TABLES:
+        raise ValueError(f"no table named {name!r}; valid: {', '.join(TABLES)}")
+    return run.history.snapshot(TABLES[name].snapshot or name)
+
+
+def table(name: str, value: dict, step: int | None = None) -> pd.DataFrame:
+    """The result `value` as the table `name`: its rows, then `computed_at` (the run's step the job copied) first
+    when given, and the job's plain settings that apply as constant columns (a tuple of them is an axis the rows
+    already hold; a setting named like a column of the result is the result's)."""
+    if name not in TABLES:
+        raise ValueError(f"no table named {name!r}; valid: {', '.join(TABLES)}")
+    t = TABLES[name]
+    out = t.build(value)
+    if step is not None:
+        out.insert(0, "computed_at", int(step))
+    for k, v in value.get("settings", {}).items():
+        if (t.settings is None or k in t.settings) and k not in out.columns and not isinstance(v, tuple):
+            out[k] = v
+    return out
+
+
+def frame(run: Run, name: str) -> pd.DataFrame | None:
+    """The newest result of the table `name` as a tidy frame (`table`), or None while there is none."""
+    got = latest(run, name)
+    return None if got is None else table(name, got[1], got[0])

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import torch
 
 from .data import batches
@@ -103,6 +104,16 @@ class RangeTest:
 
     def as_dict(self) -> dict[str, np.ndarray]:
         return {"lr": self.lrs, "loss": self.losses, "smoothed": self.smoothed, "trend": self.trend}
+
+    def frame(self) -> pd.DataFrame:
+        """A row per step of the sweep: step, lr, loss, smoothed, trend."""
+        return sweep_frame(self.as_dict())
+
+
+def sweep_frame(sweep: dict[str, np.ndarray]) -> pd.DataFrame:
+    """A range test's `as_dict()` (or its snapshot) as rows: step of the sweep, lr, loss, smoothed, trend."""
+    cols = {k: np.asarray(sweep[k], float) for k in ("lr", "loss", "smoothed", "trend")}
+    return pd.DataFrame({"step": np.arange(len(cols["lr"])), **cols})
 
 
 def lr_range_test(run: Run, start: float = 1e-7, end: float = 10.0, steps: int = 200, beta: float = 0.9,

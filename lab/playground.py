@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
 import param
 
 from trainlab.kernels import playground as K
@@ -236,6 +237,29 @@ class Trajectory:
         """The loss after the last step, inf if the path diverged."""
         return math.inf if self.diverged else float(self.loss[-1])
 
+    def frame(self) -> pd.DataFrame:
+        """A row per point of the path: optimizer, step (0 is the start), x, y, loss, then its hyperparameters."""
+        return pd.DataFrame({"optimizer": self.optimizer, "step": np.arange(len(self.xy)), "x": self.xy[:, 0],
+                             "y": self.xy[:, 1], "loss": np.asarray(self.loss, float), **self.hyperparameters})
+
+
+def frame(paths: Sequence[Trajectory], function: Function | None = None) -> pd.DataFrame:
+    """Paths (`trajectories`'s, or a race's best) as one tidy frame: `path` (1, 2, ... in the order given) and
+    `diverged` beside each path's rows; the function's name and its options (`function.<option>`) as columns when
+    given. A hyperparameter a rule lacks is NaN."""
+    parts = []
+    for i, p in enumerate(paths):
+        part = p.frame()
+        part.insert(0, "path", i + 1)
+        parts.append(part.assign(diverged=p.diverged))
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        {c: [] for c in ("path", "optimizer", "step", "x", "y", "loss", "diverged")})
+    if function is not None:
+        out.insert(0, "function", function.name)
+        for k, v in function.options:
+            out[f"function.{k}"] = v
+    return out
+
 
 @dataclass
 class Race:
@@ -251,6 +275,15 @@ class Race:
     def best_lr(self) -> dict[str, float]:
         """optimizer label -> chosen lr (labels are names, numbered when a name repeats)."""
         return dict(zip(_labels(self.optimizers), (t.lr for t in self.best)))
+
+    def frame(self) -> pd.DataFrame:
+        """A row per (optimizer, lr) of the grid: optimizer (its label), lr, final_loss (inf: diverged), chosen
+        (the lr the race picked for it), with the function and the steps."""
+        labels, lrs = _labels(self.optimizers), np.asarray(self.lrs, float)
+        return pd.DataFrame({"function": self.function.name, "optimizer": np.repeat(labels, len(lrs)),
+                             "lr": np.tile(lrs, len(labels)), "final_loss": np.asarray(self.losses, float).ravel(),
+                             "chosen": np.concatenate([lrs == t.lr for t in self.best]),
+                             "steps": self.best[0].steps})
 
 
 def _labels(names: list[str]) -> list[str]:

@@ -146,7 +146,7 @@ def test_the_export_card_writes_the_runs_history_and_switches_the_plots_to_svg(d
     assert table["step"].dtype == np.int64
     assert parquet_button.filename.endswith(".parquet") and csv_button.filename.endswith(".csv")
 
-    svg = card.objects[1]
+    svg = next(o for o in card.objects if isinstance(o, pn.widgets.Checkbox))
     figs = panel.figures_shown()
     assert len(figs) >= 5 and all(f.output_backend == "canvas" for f in figs)
     svg.value = True

@@ -6,13 +6,15 @@
   progress bar, Cancel button and status line; its results reach the plots as history snapshots.
 - `control(name)`: a widget bound both ways to one of the panel's own param settings.
 - `layout(sidebar, figures)`: every lab's page: the controls in a column (ending with the Export card:
-  the run's history as CSV/Parquet, the plots as PNG/SVG), the plots in a grid that uses the width.
+  the run's history and the newest result of each job the panel declares in `job_results` as CSV/Parquet,
+  the plots as PNG/SVG), the plots in a grid that uses the width.
 - `hint(fig, source, text)`: an empty plot says what fills it (and shows no legend) until data arrives.
 """
 from __future__ import annotations
 
 import html
 import weakref
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -89,6 +91,14 @@ class JobSlot:
                          sizing_mode="stretch_width")
 
 
+def _result_frame(table: str, got: tuple[int, Any]) -> Any:
+    return live.table(table, got[1], got[0])
+
+
+def _result_name(table: str, got: tuple[int, Any]) -> str:
+    return f"{table.replace('/', '-')}-step{got[0]}"
+
+
 # per run: the probes panels added, and how many open panels use each (two views of one run share them)
 _USERS: weakref.WeakKeyDictionary[Run, dict[int, int]] = weakref.WeakKeyDictionary()
 
@@ -102,6 +112,9 @@ class LabPanel(Viewer):
 
     run = param.ClassSelector(class_=Run, doc="the run this panel reads and controls")
     error = param.String("", doc="the last rejected change, shown until the next accepted one")
+
+    # the jobs' results the Export card offers: label -> (a table of trainlab.live.TABLES, what makes it)
+    job_results: dict[str, tuple[str, str]] = {}
 
     def __init__(self, run: Run, feed: Feed | None = None, **params):
         super().__init__(run=run, **params)
@@ -196,11 +209,22 @@ class LabPanel(Viewer):
         for fig in export.figures_in(figures):
             plots.tidy(fig)
         self._page_figures = [*figures, *below]
-        sidebar = [*sidebar, export.card(lambda: self.run.history.frame(), self.figures_shown)]
+        sidebar = [*sidebar, export.card(lambda: self.run.history.frame(), self.figures_shown,
+                                         results=self.results(), refresh=self.feed.on_tick)]
         return pn.Row(pn.Column(*sidebar, width=SIDEBAR),
                       pn.Column(self.alert, pn.FlexBox(*panes, sizing_mode="stretch_width"), *below,
                                 sizing_mode="stretch_width"),
                       sizing_mode="stretch_width")
+
+    def results(self) -> list[export.Result]:
+        """The Export card's job results: each of `job_results`, its newest snapshot as `trainlab.live.table`'s frame,
+        the file named after the table and the step it was computed at."""
+        out = []
+        for label, (table, missing) in self.job_results.items():
+            out.append(export.Result(
+                label, partial(live.latest, self.run, table), partial(_result_frame, table),
+                partial(_result_name, table), missing, describe=lambda got: f"computed at step {got[0]}"))
+        return out
 
     def figures_shown(self) -> list:
         """The Bokeh figures of this panel's page now (a view switch may have swapped some)."""

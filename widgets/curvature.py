@@ -45,6 +45,10 @@ class CurvaturePanel(LabPanel):
     vectors = param.Integer(4, bounds=(1, None), softbounds=(1, 16), doc="density: stochastic Lanczos start vectors")
     iters = param.Integer(64, bounds=(2, None), softbounds=(8, 200), doc="density: Lanczos steps per start vector")
 
+    job_results = {"Hessian top-k eigenvalues": (live.HESSIAN["top"], "press Top-k eigenvalues"),
+                   "Hessian trace": (live.HESSIAN["trace"], "press Trace"),
+                   "Hessian density": (live.HESSIAN["density"], "press Density")}
+
     def __init__(self, run, feed=None, **params):
         super().__init__(run, feed, **params)
         # the instruments, made now (their columns name the plots' data) and added to the run when toggled on

@@ -147,6 +147,13 @@ class InitPanel(LabPanel):
     every = param.Integer(25, bounds=(1, None), softbounds=(1, 200), doc="steps between signal measurements")
     steps = param.Integer(60, bounds=(5, None), softbounds=(20, 500), doc="μ-Transfer: steps per run")
 
+    job_results = {"Signal at init": (live.SIGNAL_INIT, "turn on Signal propagation"),
+                   "Fluctuations vs depth": (live.FLUCTUATIONS, "press Fluctuations vs depth"),
+                   "Coordinate check": (live.COORD_CHECK, "press Coordinate check"),
+                   "μ-Transfer": (live.MU_TRANSFER, "press μ-Transfer"),
+                   "Super consistency": (live.SHARPNESS_CURVES, "press Super consistency"),
+                   "Depth transfer": (live.DEPTH_TRANSFER, "press Depth transfer")}
+
     def __init__(self, run: Run, feed: Feed | None = None, **params):
         super().__init__(run, feed, **params)
         self.probe = SignalPropagation(every=self.every)

@@ -87,6 +87,10 @@ class LandscapePanel(LabPanel):
     id_steps = param.Integer(100, bounds=(1, None), softbounds=(20, 1000), doc="training steps per subspace dimension")
     id_max_dim = LogInteger(512, bounds=(1, None), softbounds=(8, 4096), doc="largest subspace dimension tried")
 
+    job_results = {"Loss landscape (plane)": (LANDSCAPE, "press Compute now"),
+                   "Interpolation (line)": (LINE, "press Compute now"),
+                   "Intrinsic dimension": (INTRINSIC, "press Measure intrinsic dimension")}
+
     def __init__(self, run: Run, feed: Feed | None = None, **params):
         super().__init__(run, feed, **params)
         self.probe = self.use_probe(TrajectoryProbe, every=self.record_every)

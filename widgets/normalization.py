@@ -48,6 +48,8 @@ class NormalizationPanel(LabPanel):
                                           if n in norm_registry.names()],
                                  objects=norm_registry.names(), doc="Compare norms: the normalizations trained")
 
+    job_results = {"Compare norms": (live.NORM_COMPARISON, "press Compare norms")}
+
     def __init__(self, run: Run, feed: Feed | None = None, **params):
         super().__init__(run, feed, **params)
         self.instruments = {"noise": BatchStatNoise(every=self.every), "lr": EffectiveLR(every=self.every)}

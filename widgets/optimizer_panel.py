@@ -68,6 +68,8 @@ class OptimizerPanel(LabPanel):
                           doc="lr the range test ends at (it stops earlier when the loss explodes)")
     range_steps = param.Integer(200, bounds=(10, None), softbounds=(50, 1000), doc="steps of the range test")
 
+    job_results = {"LR range test": (live.RANGE_TEST, "press LR range test")}
+
     def __init__(self, run: Run, feed: Feed | None = None, **params):
         super().__init__(run, feed, **params)
         self.probes = {cls: self.use_probe(cls, every=every) for cls, every in

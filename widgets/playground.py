@@ -19,7 +19,7 @@ from panel.viewable import Viewer
 from trainlab import playground
 from trainlab.registry import option_values
 
-from . import plots
+from . import export, plots
 from .controls import Control
 
 _DEFAULT_ROWS = ("sgd", "momentum", "adam")
@@ -90,6 +90,8 @@ class Playground2D(Viewer):
         super().__init__(**params)
         self.rows: list[_Row] = []
         self.race: playground.Race | None = None
+        self.computed: tuple | None = None  # (function, paths) of the last recompute: what the Export card writes
+        self._changed: list = []  # called after every recompute (the Export card's refresh)
         self._fn_options = pn.Column(sizing_mode="stretch_width")
         self._build_figure()
         self._chooser = pn.widgets.Select.from_param(self.param.function, name="function")
@@ -112,13 +114,27 @@ class Playground2D(Viewer):
         self._recompute()
         sidebar = pn.Column(self._chooser, self._fn_options, self._steps.widget, pn.Row(self._add, self._race),
                             pn.pane.Markdown("tap the plot to move the start of optimizer:", margin=(0, 10)),
-                            self._target, self._rows, width=330)
+                            self._target, self._rows, self.export_card(), width=330)
         # the figure in a FlexBox: a Bokeh pane directly in a Row or Column inside the dashboard's Tabs cost
         # the browser 15-20 s of layout passes (measured); in a FlexBox, as every lab's figures are, 0.5 s
         self._layout = pn.Row(sidebar, pn.Column(self._error, pn.FlexBox(pn.pane.Bokeh(self.figure)), self._table,
                                                  sizing_mode="stretch_width"), sizing_mode="stretch_width")
 
     # ---- building -----------------------------------------------------------------------------
+    def export_card(self) -> pn.Card:
+        """The Export card: the paths drawn (a row per point) and the last fair race's grid, as CSV/Parquet; the
+        plot as PNG/SVG."""
+        paths = export.Result(
+            "Paths", lambda: self.computed, lambda c: playground.frame(c[1], c[0]),
+            lambda c: f"playground-{c[0].name}-{len(c[1])}paths-{c[1][0].steps}steps", "change a setting",
+            describe=lambda c: f"{len(c[1])} optimizers on {c[0].name}, {c[1][0].steps} steps")
+        race = export.Result(
+            "Fair race", lambda: self.race, lambda r: r.frame(),
+            lambda r: f"fair-race-{r.function.name}-{len(r.lrs)}lrs-{r.best[0].steps}steps", "press Fair race",
+            describe=lambda r: f"{len(r.optimizers)} optimizers × {len(r.lrs)} lrs on {r.function.name}")
+        return export.card(None, lambda: [self.figure], results=[paths, race], refresh=self._changed.append,
+                           what="the paths, the race", heading="The paths drawn and the last fair race:")
+
     def _build_figure(self) -> None:
         # fixed ranges the function sets (a DataRange1d would follow the paths, or keep the last function's box)
         fig = plots.figure("log10 loss", "x", "y", width=620, height=520, tools="pan,wheel_zoom,reset,save,tap",
@@ -277,6 +293,7 @@ class Playground2D(Viewer):
             self.error = str(e)
             return
         self.paths = paths
+        self.computed = (self._fn, paths)
         labels = [f"{i + 1} {p.optimizer}, lr {p.lr:.2g}" for i, p in enumerate(paths)]
         if labels != [item.label["value"] for item in self._legend.items]:  # new Bokeh models only when they change
             self._legend.items = [LegendItem(label=label, renderers=list(self._renderers[i][:2]))
@@ -292,6 +309,8 @@ class Playground2D(Viewer):
             "status": [f"diverged at step {len(p.xy)}" if p.diverged else "ok" for p in paths],
             "fair-race lr": ["" if r.race_lr is None else f"{r.race_lr:.3g}" for r in self.rows],
         })
+        for fn in self._changed:
+            fn()
 
     def __panel__(self):
         return self._layout

@@ -95,6 +95,9 @@ class PruningPanel(LabPanel):
     compact_ratio = param.Number(0.5, bounds=(0, 1), inclusive_bounds=(True, False), softbounds=(0, 0.9), step=0.05,
                                  doc="fraction of each hidden layer's channels (neurons) removed by compaction")
 
+    job_results = {"Compact preview": (live.COMPACT, "press Preview compact"),
+                   "Repair (DSnoT)": (live.REPAIR, "prune, then press Repair (DSnoT)")}
+
     def __init__(self, run: Run, feed: Feed | None = None, **params):
         super().__init__(run, feed, **params)
         self.choice = _Choice()

@@ -50,6 +50,9 @@ class SpectrumPanel(LabPanel):
     show = param.Selector(default="live probe", objects=["live probe", "analysis"],
                           doc="the snapshot drawn: the live probe's, or the last 'Analyse now' (chosen when it lands)")
 
+    job_results = {"ESD fits per layer": (live.SPECTRUM, "press Analyse now"),
+                   "ESD eigenvalues": (f"{live.SPECTRUM}/eigenvalues", "press Analyse now")}
+
     def __init__(self, run: Run, feed: Feed | None = None, **params):
         super().__init__(run, feed, **params)
         self.layers = spectrum.matrix_names(run.model)

@@ -17,6 +17,7 @@ import param
 from trainlab.registry import option_values
 from trainlab.sweeps import presets
 
+from . import export
 from .base import plain
 from .sweep import SweepPanel
 
@@ -48,6 +49,13 @@ class SweepLab(pn.viewable.Viewer):
         self._starting = False
         self._callback = None
         self._closed = False
+        self._changed: list = []  # called on every tick and action (the Export card's refresh)
+        results = export.Result("Sweep results", lambda: self.sweep, lambda sw: sw.results(),
+                                lambda sw: f"sweep-{sw.name}", "press Start sweep",
+                                describe=lambda sw: f"{sw.name}: a row per configuration, as far as it got")
+        self.export_card = export.card(None, lambda: export.figures_in([self.view]), results=[results],
+                                       refresh=self._changed.append, what="the sweep's results",
+                                       heading="The sweep started last:")
         self._show_options()
         self._say()
 
@@ -136,6 +144,8 @@ class SweepLab(pn.viewable.Viewer):
         if not text and self.sweep is not None:
             text = f"{self.sweep.name}: {self.sweep.progress()}" + (" · done" if self.sweep.done else "")
         self.info.object = plain(text) if text else "Choose a study and press **Start sweep**."
+        for fn in self._changed:
+            fn()
 
     def close(self) -> None:
         """The session ended: its sweep is cancelled, the tick stops."""
@@ -152,7 +162,7 @@ class SweepLab(pn.viewable.Viewer):
     def __panel__(self):
         self._ensure_tick()
         controls = pn.Column(self._chooser, self._options_box,
-                             pn.Row(self.start_button, self.cancel_button), width=300)
+                             pn.Row(self.start_button, self.cancel_button), self.export_card, width=300)
         return pn.Column(pn.Row(controls, pn.Column(self.doc, self.info, sizing_mode="stretch_width"),
                                 sizing_mode="stretch_width"),
                          self.view, sizing_mode="stretch_width")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -48,6 +49,19 @@ class IntrinsicDimension:
     def to_dict(self) -> dict[str, Any]:
         return {"dims": self.dims, "performance": self.performance, "full": self.full, "threshold": self.threshold,
                 "metric": self.metric, "projection": self.projection, "d_int": self.d_int, "complete": self.complete}
+
+    def frame(self) -> pd.DataFrame:
+        """A row per subspace dimension: d, performance (NaN where not reached), full (the full model's), threshold (the
+        fraction, 0.9 for d_int90) and target (threshold x full: what d_int's performance reaches)."""
+        return dims_frame(self.to_dict())
+
+
+def dims_frame(result: dict[str, Any]) -> pd.DataFrame:
+    """An IntrinsicDimension's `to_dict()` (or its snapshot) as rows: d, performance, full, threshold, target."""
+    full, threshold = float(result["full"]), float(result["threshold"])
+    return pd.DataFrame({"d": np.asarray(result["dims"], dtype=np.int64),
+                         "performance": np.asarray(result["performance"], float), "full": full, "threshold": threshold,
+                         "target": threshold * full})
 
 
 def fwht(x: torch.Tensor) -> torch.Tensor:

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -100,6 +101,18 @@ class Landscape:
                        explained=self.trajectory.explained_variance)
         return out
 
+    def frame(self) -> pd.DataFrame:
+        """A row per grid point: x, y (along the first and second direction), loss, stderr (NaN on all the data)."""
+        return grid_frame(self.x, self.y, self.loss, self.stderr)
+
+
+def grid_frame(x, y, loss, stderr=None) -> pd.DataFrame:
+    """`loss[i, j]` at (`x[i]`, `y[j]`) as rows x, y, loss, stderr, x varying slowest (a Landscape's, or its snapshot's)."""
+    x, y, loss = np.asarray(x, float), np.asarray(y, float), np.asarray(loss, float)
+    gx, gy = np.meshgrid(x, y, indexing="ij")
+    err = np.full(loss.shape, np.nan) if stderr is None else np.asarray(stderr, float)
+    return pd.DataFrame({"x": gx.ravel(), "y": gy.ravel(), "loss": loss.ravel(), "stderr": err.ravel()})
+
 
 @dataclass
 class Line:
@@ -121,6 +134,16 @@ class Line:
         """Plain arrays and strings, for a History snapshot (no tensors)."""
         return {"alpha": self.alpha, "loss": self.loss, "stderr": self.stderr, "mode": self.mode,
                 "samples": self.samples, "complete": self.complete, "path": self.path, "fallback": self.fallback}
+
+    def frame(self) -> pd.DataFrame:
+        """A row per point: alpha, loss, stderr (NaN on all the data)."""
+        return line_frame(self.alpha, self.loss, self.stderr)
+
+
+def line_frame(alpha, loss, stderr=None) -> pd.DataFrame:
+    alpha, loss = np.asarray(alpha, float), np.asarray(loss, float)
+    return pd.DataFrame({"alpha": alpha, "loss": loss,
+                         "stderr": np.full(loss.shape, np.nan) if stderr is None else np.asarray(stderr, float)})
 
 
 @dataclass
