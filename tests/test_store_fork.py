@@ -329,23 +329,26 @@ def test_a_fork_of_your_own_model_gets_a_copy_of_it():
 def test_forking_while_the_source_trains_in_its_thread():
     run = small_run(lr=0.1, momentum=0.9, eval_every=20, probes=[], threads=1)
     run.start()  # until paused
-    forks = []
-    for upto in (150, 350, 550):
-        wait_until(lambda: run.steps >= upto, 120, f"the run past step {upto}")
-        forks.append(run.fork())  # the newest point, copied between two of the thread's steps
-        assert run.status == "running"
-    wait_until(lambda: run.steps > forks[-1].parent["step"] + 100, 120, "the source going on training")
-    run.pause()
-    assert run.status == "paused"
-    theirs = run.history.frame()
-    assert sorted({f.steps for f in forks}) == [f.steps for f in forks] and forks[0].steps >= 100
-    for fork in forks:
-        at = fork.steps
-        assert fork.parent["step"] == at and fork.history.frame().step.max() == at
-        pd.testing.assert_frame_equal(fork.history.frame(), theirs[theirs.step <= at], check_dtype=False)
-        fork.step(30)  # with the source's settings: its steps again
-        mine = fork.history.frame()
-        np.testing.assert_allclose(mine.train_loss.iloc[at:], theirs.train_loss.iloc[at:at + 30], rtol=1e-6)
+    try:
+        forks = []
+        for upto in (150, 350, 550):
+            wait_until(lambda: run.steps >= upto, 120, f"the run past step {upto}")
+            forks.append(run.fork())  # the newest point, copied between two of the thread's steps
+            assert run.status == "running"
+        wait_until(lambda: run.steps > forks[-1].parent["step"] + 100, 120, "the source going on training")
+        run.pause()
+        assert run.status == "paused"
+        theirs = run.history.frame()
+        assert sorted({f.steps for f in forks}) == [f.steps for f in forks] and forks[0].steps >= 100
+        for fork in forks:
+            at = fork.steps
+            assert fork.parent["step"] == at and fork.history.frame().step.max() == at
+            pd.testing.assert_frame_equal(fork.history.frame(), theirs[theirs.step <= at], check_dtype=False)
+            fork.step(30)  # with the source's settings: its steps again
+            mine = fork.history.frame()
+            np.testing.assert_allclose(mine.train_loss.iloc[at:], theirs.train_loss.iloc[at:at + 30], rtol=1e-6)
+    finally:
+        run.stop()  # no training thread left behind for the next test
 
 
 def test_a_fork_of_a_recorded_run_names_it_and_stores_beside_it(store):
