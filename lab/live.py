@@ -611,20 +611,22 @@ TABLES: dict[str, Table] = {
 }
 
 
-def latest(run: Run, name: str) -> tuple[int, Any] | None:
-    """(step, value) of the newest result the table `name` reads (a key of TABLES), or None while there is none."""
+def _table(name: str) -> Table:
     if name not in TABLES:
         raise ValueError(f"no table named {name!r}; valid: {', '.join(TABLES)}")
-    return run.history.snapshot(TABLES[name].snapshot or name)
+    return TABLES[name]
+
+
+def latest(run: Run, name: str) -> tuple[int, Any] | None:
+    """(step, value) of the newest result the table `name` reads (a key of TABLES), or None while there is none."""
+    return run.history.snapshot(_table(name).snapshot or name)
 
 
 def table(name: str, value: dict, step: int | None = None) -> pd.DataFrame:
     """The result `value` as the table `name`: its rows, then `computed_at` (the run's step the job copied) first
     when given, and the job's plain settings that apply as constant columns (a tuple of them is an axis the rows
     already hold; a setting named like a column of the result is the result's)."""
-    if name not in TABLES:
-        raise ValueError(f"no table named {name!r}; valid: {', '.join(TABLES)}")
-    t = TABLES[name]
+    t = _table(name)
     out = t.build(value)
     if step is not None:
         out.insert(0, "computed_at", int(step))
