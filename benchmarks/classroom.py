@@ -1,8 +1,9 @@
-"""A class on one small server: N browser sessions on `trainlab serve`, each training, each moving its lr slider.
+"""A class on one small server: N sessions on `trainlab serve`, each training, each moving its lr slider.
 
-Measured, on loopback with headless Chromium (one page per session, each in its own browser context):
-- time to interactive: from a page's navigation to its Start button being visible (all N opened at once);
-- the lr slider: one key press in each page in turn while all N train, and the time until the plotted lr
+Measured, on loopback; all N open at once:
+- time to interactive: from a page's request to its Start button (a browser page: visible; a protocol page:
+  in the document it pulled);
+- the lr slider: one stop left in each page in turn while all N train, and the time until the plotted lr
   (the history's `lr` column streamed to the page) shows the new value; p50 and p95 over the pages;
 - the status line against the plots: the step the status reports minus the last plotted step;
 - memory: the server's RSS before the pages open and 60 s after they close, over `--cycles` open/close cycles;
@@ -10,19 +11,25 @@ Measured, on loopback with headless Chromium (one page per session, each in its 
 Targets (issue 17): interactive <= 5 s, slider p95 <= 250 ms, status lag <= 1 s of steps, RSS back within 10 %
 of its baseline, no traceback.
 
-The browsers share the server's cores here: each page costs its renderer about 2 CPU-seconds to open and the
-server about 0.6, so with 20 pages on 2 cores the browsers alone need 20 s to open them (printed), and they keep
-1.5 cores busy drawing while the runs train. Measured with /proc's schedstat while 20 pages trained: the server's
-threads waited on the run queue twelve times as long as they ran (its event loop 7.4 s of 10 s), so the figures
-are the machine's more than the server's. Putting the browsers at a lower priority, or the server at a higher
-one, does not stand in for laptops of their own: whichever side is starved answers late (tried both ways,
-through Linux's per-session autogroups, where nice values alone do nothing).
+The pages: `--browsers K` of them are headless Chromium (each in its own context), the other N - K are
+protocol pages (benchmarks/parts/bokeh_client.py, in a process of their own): they speak Bokeh's websocket
+protocol as a page does (GET the page and its scripts, pull the document, send the clicks and slider moves,
+receive every patch) and draw nothing. A class's browsers run on the students' laptops; here they would share
+the server's two cores. Each Chromium page costs its renderer about 2 CPU-seconds to open (the server about
+0.4), and 20 of them kept 1.5 cores busy drawing while the runs trained: with `--browsers 20`, measured with
+/proc's schedstat, the server's threads waited on the run queue twelve times as long as they ran, so those
+figures are the machine's more than the server's (printed, for comparison). The default, one browser among
+protocol pages, keeps a real page in the test (its figures are printed apart) at a browser's cost of one.
 
-    python benchmarks/classroom.py [--sessions 20] [--cycles 3] [--train 10]
+Between cycles the test waits, as a class's server would between lessons, for the server's dashboards built
+ahead (`trainlab serve --ready`) to be ready again, and says how long that took.
+
+    python benchmarks/classroom.py [--sessions 20] [--browsers 1] [--cycles 3] [--train 10]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
@@ -82,11 +89,11 @@ def steps_plotted(page) -> int:
     return int(max(max(s) for s in sources)) if sources else 0
 
 
-def cycle(browser, url: str, n: int, train: float, server_pid: int) -> dict:
+def browser_pages(browser, url: str, n: int, train: float) -> dict:
+    """The browser pages' part of a cycle (n may be 0)."""
     contexts = [browser.new_context(viewport={"width": 1280, "height": 900}) for _ in range(n)]
     pages = [c.new_page() for c in contexts]
     t0 = {}
-    opening = cpu_seconds(server_pid), browser_cpu_seconds()
     for i, p in enumerate(pages):  # all at once: navigation starts, nobody waits for the page before
         t0[i] = time.perf_counter()
         p.goto(url, wait_until="commit", timeout=120_000)
@@ -97,10 +104,8 @@ def cycle(browser, url: str, n: int, train: float, server_pid: int) -> dict:
             if i not in ready and p.get_by_role("button", name="Start", exact=True).is_visible():
                 ready[i] = time.perf_counter() - t0[i]
         time.sleep(0.05)
-    opened = {"server": cpu_seconds(server_pid) - opening[0], "browsers": browser_cpu_seconds() - opening[1]}
     for p in pages:
         p.get_by_role("button", name="Start", exact=True).click(timeout=120_000)
-    cpu0, browsers0, wall0 = cpu_seconds(server_pid), browser_cpu_seconds(), time.perf_counter()
     time.sleep(train)
     lags, latencies = [], []
     for p in pages:
@@ -118,23 +123,68 @@ def cycle(browser, url: str, n: int, train: float, server_pid: int) -> dict:
                 break
             time.sleep(0.05)  # polled every 10 ms, the page's reads starved its own slider message (measured)
         latencies.append(time.perf_counter() - start)
-        if os.environ.get("CLASSROOM_DEBUG"):
-            print("lr before", before[-3:] if before else before, "after", lr_plotted(p)[-3:])
-    wall = time.perf_counter() - wall0
-    cpu = {"server": (cpu_seconds(server_pid) - cpu0) / wall, "browsers": (browser_cpu_seconds() - browsers0) / wall}
-    rate = [steps_plotted(p) for p in pages]
+    steps = [steps_plotted(p) for p in pages]
     for c in contexts:
         c.close()
     return {"interactive": [ready.get(i, float("inf")) for i in range(n)], "latency": latencies, "lag": lags,
-            "steps": rate, "cpu": cpu, "opened": opened}
+            "steps": steps}
+
+
+def protocol_pages(url: str, n: int, train: float) -> subprocess.Popen:
+    """The protocol pages' part of a cycle, started in a process of its own (its JSON line is its result)."""
+    return subprocess.Popen([sys.executable, str(HERE / "parts" / "classroom_pages.py"), url, str(n), str(train)],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def cycle(browser, url: str, n: int, browsers: int, train: float, server_pid: int) -> dict:
+    cpu0, browsers0, wall0 = cpu_seconds(server_pid), browser_cpu_seconds(), time.perf_counter()
+    child = protocol_pages(url, n - browsers, train) if n > browsers else None
+    real = browser_pages(browser, url, browsers, train) if browsers else None
+    proto = json.loads(child.communicate(timeout=900)[0].strip().splitlines()[-1]) if child else None
+    wall = time.perf_counter() - wall0
+    parts = [r for r in (real, proto) if r]
+    out = {k: [v for r in parts for v in r[k]] for k in ("interactive", "latency", "lag", "steps")}
+    out["browser"], out["protocol"] = real, proto
+    out["cpu"] = {"server": (cpu_seconds(server_pid) - cpu0) / wall, "browsers": (browser_cpu_seconds() - browsers0) / wall,
+                  "protocol pages": (proto["cpu"] / wall) if proto else 0.0}
+    return out
+
+
+def ready_lines(log: Path) -> int:
+    return log.read_text(errors="replace").count("dashboards ready")
+
+
+def wait_ready(log: Path, seen: int, timeout: float = 180) -> float:
+    """Seconds until the server says its dashboards built ahead are ready again (0 if it builds none)."""
+    t = time.perf_counter()
+    while ready_lines(log) <= seen and time.perf_counter() - t < timeout:
+        time.sleep(0.25)
+    return time.perf_counter() - t
+
+
+def p95(values: list[float]) -> float:
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(0.95 * (len(v) - 1))))]
+
+
+def summary(label: str, r: dict) -> None:
+    inter, lat = sorted(r["interactive"]), sorted(r["latency"])
+    print(f"  {label}: interactive first {inter[0]:.1f} s, median {statistics.median(inter):.1f} s, max "
+          f"{inter[-1]:.1f} s; lr slider to plot median {1000 * statistics.median(lat):.0f} ms, p95 "
+          f"{1000 * p95(lat):.0f} ms, max {1000 * lat[-1]:.0f} ms")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=20)
+    ap.add_argument("--browsers", type=int, default=1, help="how many of the sessions are Chromium pages (the others "
+                                                            "are protocol pages)")
     ap.add_argument("--cycles", type=int, default=3)
     ap.add_argument("--train", type=float, default=10.0, help="seconds every session trains before the slider moves")
+    ap.add_argument("--ready", type=int, default=None, help="the server's --ready (default: its own)")
     args = ap.parse_args()
+    if not 0 <= args.browsers <= args.sessions:
+        ap.error(f"--browsers must be between 0 and --sessions ({args.sessions}), got {args.browsers}")
     from playwright.sync_api import sync_playwright
 
     port = free_port()
@@ -142,7 +192,8 @@ def main():
     log = folder / "server.log"
     script = Path(sys.executable).parent / "trainlab"
     cmd = [str(script), "serve", "--port", str(port), "--address", "127.0.0.1", "--no-show",
-           "--max-sessions", str(max(30, args.sessions + 1))]
+           # a closed page's session lingers until Bokeh's cleanup (15-30 s): room for one cycle's and the next's
+           "--max-sessions", str(max(30, 2 * args.sessions + 1)), *(["--ready", str(args.ready)] if args.ready is not None else [])]
     with open(log, "wb") as out:
         server = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True)
     try:
@@ -163,35 +214,40 @@ def main():
             page.goto(url, timeout=120_000)
             page.get_by_role("button", name="Start", exact=True).wait_for(timeout=120_000)
             warm.close()
+            protocol_pages(url, 1, 0).communicate(timeout=300)
+            waited = wait_ready(log, ready_lines(log)) if args.ready != 0 else 0.0
             time.sleep(5)
             base = rss(server.pid)
-            print(f"{args.sessions} sessions, {args.cycles} cycles, {os.cpu_count()} CPUs, load "
-                  f"{os.getloadavg()[0]:.1f}; server RSS at start {start:.0f} MiB, after one warm-up session "
-                  f"{base:.0f} MiB (the baseline)")
+            print(f"{args.sessions} sessions ({args.browsers} in Chromium), {args.cycles} cycles, {os.cpu_count()} "
+                  f"CPUs, load {os.getloadavg()[0]:.1f}; server RSS at start {start:.0f} MiB, after a warm-up "
+                  f"session and its dashboards built ahead ({waited:.0f} s) {base:.0f} MiB (the baseline)")
             for k in range(args.cycles):
-                r = cycle(browser, url, args.sessions, args.train, server.pid)
+                seen = ready_lines(log)
+                r = cycle(browser, url, args.sessions, args.browsers, args.train, server.pid)
                 inter, lat = sorted(r["interactive"]), sorted(r["latency"])
-                p95 = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))]
                 after, t = rss(server.pid), time.perf_counter()
                 while after > 1.1 * base and time.perf_counter() - t < 60:
                     time.sleep(2)
                     after = rss(server.pid)
+                settled = time.perf_counter() - t
                 print(f"cycle {k + 1}: interactive first {inter[0]:.1f} s, median {statistics.median(inter):.1f} s, "
                       f"max {inter[-1]:.1f} s (target <= 5 s)")
-                n, opened = args.sessions, r["opened"]
-                print(f"  CPU to open the pages: server {opened['server']:.1f} s, browsers {opened['browsers']:.1f} s "
-                      f"({opened['browsers'] / n:.2f} s a page: on {os.cpu_count()} cores the browsers alone need "
-                      f"{opened['browsers'] / os.cpu_count():.1f} s)")
-                print(f"  lr slider to plot: median {1000 * statistics.median(lat):.0f} ms, p95 {1000 * p95:.0f} ms, "
-                      f"max {1000 * lat[-1]:.0f} ms (target p95 <= 250 ms)")
+                print(f"  lr slider to plot: median {1000 * statistics.median(lat):.0f} ms, p95 {1000 * p95(lat):.0f} "
+                      f"ms, max {1000 * lat[-1]:.0f} ms (target p95 <= 250 ms)")
+                for label in ("browser", "protocol"):
+                    if r[label] and r[label]["interactive"] and r["browser"] and r["protocol"]:
+                        summary(f"{label} pages", r[label])
                 if r["lag"]:
                     print(f"  status ahead of the plots: at most {max(r['lag'])} steps (median "
                           f"{statistics.median(r['lag']):.0f}); steps trained per session median "
                           f"{statistics.median(r['steps']):.0f}")
-                print(f"  CPU while training and moving sliders: server {r['cpu']['server']:.2f} cores, "
-                      f"browsers {r['cpu']['browsers']:.2f} cores (of {os.cpu_count()})")
-                print(f"  server RSS {after:.0f} MiB {time.perf_counter() - t:.0f} s after the pages closed "
-                      f"({after / base:.2f}x the start; target <= 1.10x)")
+                cpu = r["cpu"]
+                print(f"  CPU over the cycle: server {cpu['server']:.2f} cores, browsers {cpu['browsers']:.2f}, "
+                      f"protocol pages {cpu['protocol pages']:.2f} (of {os.cpu_count()})")
+                print(f"  server RSS {after:.0f} MiB {settled:.0f} s after the pages closed "
+                      f"({after / base:.2f}x the baseline; target <= 1.10x)")
+                if k + 1 < args.cycles and args.ready != 0:
+                    print(f"  dashboards built ahead ready again {wait_ready(log, seen):.0f} s later")
             browser.close()
     finally:
         server.terminate()

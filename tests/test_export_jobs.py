@@ -19,11 +19,13 @@ from trainlab.widgets.labs import LABS
 def _card(panel) -> pn.Card:
     card = panel.__panel__().objects[0].objects[-1]
     assert isinstance(card, pn.Card) and card.title.startswith("Export")
+    card.collapsed = False  # opened, as in the page: its contents join it then
     return card
 
 
 def _result(card: pn.Card, label: str) -> tuple[str, list[pn.widgets.FileDownload]]:
-    """The note and the CSV/Parquet buttons of the result `label` in an Export card."""
+    """The note and the CSV/Parquet buttons of the result `label` in an Export card (opened, as in the page)."""
+    card.collapsed = False
     for row in card.select(pn.Column):
         objs = row.objects
         if len(objs) == 2 and isinstance(objs[0], pn.pane.HTML) and str(objs[0].object).startswith(f"<b>{label}</b>"):

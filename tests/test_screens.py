@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import panel as pn
 import pytest
-from bokeh.models import Label, LogScale, Plot
+from bokeh.models import ColumnDataSource, Label, LogScale, Plot
 
 from trainlab import Run
 from trainlab.widgets import export, plots
@@ -136,6 +136,8 @@ def test_the_export_card_writes_the_runs_history_and_switches_the_plots_to_svg(d
     run.step(3)
     panel = dashboard.labs["Optimizer"]
     card = panel.__panel__().objects[0].objects[-1]
+    assert card.collapsed and not card.objects, "closed, the card holds nothing yet (its models cost the page)"
+    card.collapsed = False  # opened, as in the page
     csv_button, parquet_button = card.objects[0].objects
     expected = run.history.frame()
     csv = pd.read_csv(io.BytesIO(csv_button.callback().getvalue()))
@@ -195,3 +197,33 @@ def test_the_long_analyses_a_notebook_calls_count_progress_and_cancel():
     assert cancelled.done == 0
     with pytest.raises(Cancelled):
         depth_study("mlp", as_data("digits"), [1, 2], seeds=2, m=4, width=8, progress=cancelled)
+
+
+def test_a_collapsed_card_gets_its_contents_when_first_opened_and_keeps_them():
+    from trainlab.widgets import lazy
+
+    inside = pn.widgets.Button(label="x")
+    card = lazy.card(inside, title="More")
+    assert card.collapsed and card.objects == []
+    card.collapsed = False
+    assert card.objects == [inside]
+    card.collapsed = True
+    assert card.objects == [inside], "closing again keeps what the page already has"
+    assert lazy.card(inside, title="Open", collapsed=False).objects == [inside]
+
+
+def test_curves_leave_their_faded_copies_to_the_page_unless_something_selects(dashboard):
+    """Bokeh builds a nonselection and a muted glyph for every curve; the page makes them itself ("auto")
+    except the nonselection glyph of a figure whose points can be selected (its own look, e.g. the sweep's
+    brushed points)."""
+    from bokeh.models import BoxSelectTool, GlyphRenderer
+
+    figs = [f for owner in [dashboard.tabs[0], *dashboard.labs.values()] for f in _figures(owner)]
+    renderers = [r for f in figs for r in f.renderers if isinstance(r, GlyphRenderer)]
+    assert len(renderers) > 20
+    assert all(r.muted_glyph == "auto" and r.nonselection_glyph == "auto" for r in renderers)
+    fig = plots.figure("brushed", "x", "y")
+    points = fig.scatter("x", "y", source=ColumnDataSource({"x": [1], "y": [2]}), nonselection_alpha=0.3)
+    fig.add_tools(BoxSelectTool(renderers=[points]))
+    plots.tidy(fig)
+    assert points.muted_glyph == "auto" and points.nonselection_glyph.fill_alpha == 0.3

@@ -12,6 +12,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import panel as pn
 import tornado.web
@@ -25,6 +26,7 @@ from trainlab.threads import available_cpus
 from .dashboard import TrainingDashboard
 from .labs import LABS
 from .quiet import quiet_closed_connections
+from .ready import Ready
 
 LOCAL = ("localhost", "127.0.0.1", "[::1]")
 
@@ -40,6 +42,7 @@ class Limits:
     steps_per_second: float = 2_000     # per session
     jobs: int | None = None             # analyses (landscapes, Hessians...) at once (default: CPUs); others wait
     idle_minutes: float = 20            # a run nobody has touched for this long is paused (0: never)
+    ready: int = 20                     # dashboards built ahead while the server is quiet (about 4 MiB each)
 
     def share(self) -> Share:
         cpus = available_cpus()
@@ -56,9 +59,14 @@ def full_page(limits: Limits):
                          f"takes. Try again in a few minutes (a closed tab frees its place).", alert_type="warning")
 
 
-def create_app(limits: Limits | None = None, **run_options):
-    """One session's app: a fresh Run (an MLP on digits by default) and its dashboard; past the session
-    limit, a page saying so (nothing built)."""
+def build(limits: Limits | None = None, live: bool = True, **run_options) -> TrainingDashboard:
+    """A fresh Run (an MLP on digits by default) and its dashboard, under the served lab's idle limit."""
+    return TrainingDashboard(Run(**run_options), idle_timeout=60 * limits.idle_minutes if limits else 0, live=live)
+
+
+def create_app(limits: Limits | None = None, ready: Ready | None = None, **run_options):
+    """One session's app: a dashboard taken from `ready` (built ahead with these options), or a fresh one;
+    past the session limit, a page saying so (nothing built)."""
     quiet_closed_connections()  # here, so `panel serve binder/dashboard.py` is as quiet as `trainlab serve`
     # the Sweeps tab's table is a Tabulator, built after the page loaded: its script must come with the page
     pn.extension("tabulator")
@@ -66,7 +74,11 @@ def create_app(limits: Limits | None = None, **run_options):
         with _LIVE_LOCK:
             if len(_LIVE) >= limits.sessions:
                 return full_page(limits)
-    dashboard = TrainingDashboard(Run(**run_options), idle_timeout=60 * limits.idle_minutes if limits else 0)
+    dashboard = ready.take() if ready is not None else None
+    if dashboard is None:
+        dashboard = build(limits, **run_options)
+    else:
+        dashboard.go_live()
     key = id(dashboard)
     with _LIVE_LOCK:
         _LIVE.add(key)
@@ -133,10 +145,11 @@ def warm_up() -> None:
         dashboard.close()
 
 
-def _warm_up_and_say() -> None:
+def _warm_up_and_say(ready: Ready) -> None:
     started = time.perf_counter()
     warm_up()
     print(f"trainlab: warmed up in {time.perf_counter() - started:.1f} s", flush=True)
+    ready.start()
 
 
 def serve(port: int = 5006, address: str = "localhost", show: bool = False, origins: list[str] | None = None,
@@ -148,10 +161,12 @@ def serve(port: int = 5006, address: str = "localhost", show: bool = False, orig
     if "BOKEH_VALIDATE_DOC" not in os.environ:  # its checks are for developing a document: 10 % of a page's build
         settings.perform_document_validation.set_value(False)
     install(limits.share())
-    threading.Thread(target=_warm_up_and_say, name="trainlab-warm-up", daemon=True).start()
+    ready = Ready(partial(build, limits, live=False), limits.ready,
+                  on_full=lambda n: print(f"trainlab: {n} dashboards ready", flush=True))
+    threading.Thread(target=_warm_up_and_say, args=(ready,), name="trainlab-warm-up", daemon=True).start()
     origins = [f"{address}:{port}", f"localhost:{port}", f"127.0.0.1:{port}", *(origins or [])]
     def app():  # a plain function: Panel serves a partial as text
-        return create_app(limits)
+        return create_app(limits, ready)
 
     server = pn.serve(app, port=port, address=address, show=show, title="trainlab",
                       start=False, websocket_origin=["*"] if "*" in origins else origins, **kwargs)

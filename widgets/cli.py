@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
             ("--max-params", int, 2_000_000, "parameters of a model a session may build"),
             ("--max-steps-per-second", float, 2000.0, "training steps per second of each session"),
             ("--max-jobs", int, None, "analyses (landscapes, Hessians, ...) at once (default: CPUs); others wait"),
-            ("--idle-minutes", float, 20.0, "pause a run nobody has touched for this long (0: never)")):
+            ("--idle-minutes", float, 20.0, "pause a run nobody has touched for this long (0: never)"),
+            ("--ready", int, 20, "dashboards built ahead while the server is quiet, so a class opening the lab at "
+                                 "once does not wait (about 4 MiB each; 0: each page builds its own)")):
         limits.add_argument(flag, type=kind, default=default, help=text if default is None else f"{text} (default {default:g})")
     access = serve.add_argument_group("access (passed to Panel's server)")
     access.add_argument("--basic-auth", metavar="PASSWORD|FILE", help="one password, or a JSON file of users")
@@ -58,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if args.max_steps_per_second <= 0 or args.idle_minutes < 0:
-        parser.error("--max-steps-per-second must be > 0 and --idle-minutes >= 0")
+    if args.max_steps_per_second <= 0 or args.idle_minutes < 0 or args.ready < 0:
+        parser.error("--max-steps-per-second must be > 0, --idle-minutes >= 0 and --ready >= 0")
     if args.oauth_provider and not args.cookie_secret:
         parser.error("--oauth-provider needs --cookie-secret")
     torch.set_num_threads(args.torch_threads)
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     from .app import serve as run_server
 
     limits = Limits(sessions=args.max_sessions, training=args.max_training, params=args.max_params,
-                    steps_per_second=args.max_steps_per_second, jobs=args.max_jobs, idle_minutes=args.idle_minutes)
+                    steps_per_second=args.max_steps_per_second, jobs=args.max_jobs, idle_minutes=args.idle_minutes,
+                    ready=args.ready)
     access = {k: getattr(args, k) for k in ("basic_auth", "cookie_secret", "oauth_provider", "oauth_key",
                                             "oauth_secret") if getattr(args, k)}
     if args.num_procs > 1:

@@ -15,7 +15,7 @@ from trainlab import Run, datasets, models, share
 from trainlab.optimizers import optimizers
 from trainlab.probes import DeadUnits, DecisionBoundary, GradNorm
 
-from . import export, plots
+from . import export, lazy, plots
 from .base import plain
 from .controls import Control
 from .feed import Feed
@@ -52,8 +52,11 @@ class TrainingDashboard(Viewer):
     idle_timeout = param.Number(0, bounds=(0, None), doc="seconds without anyone touching the page after which a "
                                                           "training run is paused (a served lab's limit; 0: never)")
 
-    def __init__(self, run: Run | None = None, **params):
+    def __init__(self, run: Run | None = None, *, live: bool = True, **params):
+        """`live=False` builds the dashboard without starting its page updates (a served lab's dashboards built
+        ahead, off the event loop, have no page yet): `go_live()` starts them."""
         super().__init__(run=run if run is not None else Run(), **params)
+        self._live = live
         self._data = pn.widgets.Select(label="data")
         self._model = pn.widgets.Select(label="model")
         self._data.param.watch(partial(self._choose, "data"), "value")
@@ -84,8 +87,8 @@ class TrainingDashboard(Viewer):
         sidebar = pn.Column(
             pn.pane.Markdown("### trainlab"), self._data, self._data_options, self._model, self._model_options,
             self._controls,
-            pn.Card(self._more_controls, title="More: gradient noise, adaptive batch size", collapsed=True,
-                    sizing_mode="stretch_width"),
+            lazy.card(self._more_controls, title="More: gradient noise, adaptive batch size",
+                      sizing_mode="stretch_width"),
             pn.Row(self.start_button, self.pause_button, self.reset_button), pn.Row(self.rollback_button), width=330,
         )
         # the Training tab's plots in a grid, its Export card below them (each lab's ends its own controls)
@@ -129,7 +132,8 @@ class TrainingDashboard(Viewer):
         dead = DeadUnits().columns(run).scalars if any(isinstance(p, DeadUnits) for p in run.probes) else {}
         self._health_source = self.feed.source({"grad_norm": "grad_norm", **dead}, sparse=True)
         self.feed.tick()  # the run's past goes in before the first render: a notebook view would miss it
-        self.feed.start()
+        if self._live:
+            self.feed.start()
         self._open_tab()
 
     def open_lab(self, title: str):
@@ -303,6 +307,13 @@ class TrainingDashboard(Viewer):
         """The run's weights and optimizer state back to its newest restore point (say, before a blow-up)."""
         self.notice = f"Weights and optimizer state rolled back to step {self.run.rollback()}."
         self._refresh()
+
+    def go_live(self) -> None:
+        """A page shows this dashboard from now on: its updates start (on the page's event loop) and its idle
+        clock with them."""
+        self._live = True
+        self.touch()
+        self.feed.start()
 
     def touch(self) -> None:
         """Someone used the page: the idle clock starts again."""

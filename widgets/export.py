@@ -23,6 +23,8 @@ import pyarrow as pa
 
 from trainlab.store.format import history_table, parquet_bytes
 
+from . import lazy
+
 
 def csv_bytes(frame: pd.DataFrame) -> io.BytesIO:
     return io.BytesIO(frame.to_csv(index=False).encode())
@@ -165,5 +167,5 @@ def card(history: Callable[[], pd.DataFrame] | None, figures: Callable[[], Itera
         parts += [pn.pane.Markdown(heading, margin=(8, 10, 0, 10)), section.panel]
         title.append(what)
     title.append("the plots")
-    return pn.Card(*parts, svg_toggle(figures), note, title=f"Export: {', '.join(title)}", collapsed=True,
-                   sizing_mode="stretch_width")
+    return lazy.card(*parts, svg_toggle(figures), note, title=f"Export: {', '.join(title)}",
+                     sizing_mode="stretch_width")
