@@ -86,8 +86,12 @@ def _no_duplicates(sw) -> None:
 
 
 @pytest.mark.slow
-def test_a_grid_gives_what_the_same_runs_give_directly(client, tmp_path):
-    seen, live = [], {}
+def test_a_grid_gives_what_the_same_runs_give_directly(client, tmp_path, monkeypatch):
+    from distributed import Future
+
+    seen, live, fetched = [], {}, []
+    result = Future.result
+    monkeypatch.setattr(Future, "result", lambda self, *a, **k: (fetched.append(self.key), result(self, *a, **k))[1])
     sw = trainlab.sweep(BASE, grid={"lr": [0.05, 0.2], "model.width": [8, 16]}, seeds=[3], steps=120,
                         scheduler=client, store=FileStore(tmp_path), report_every=0.01)
     sw.on_metrics(lambda i, rows: live.setdefault(i, []).extend(rows))
@@ -112,6 +116,7 @@ def test_a_grid_gives_what_the_same_runs_give_directly(client, tmp_path):
         curve = sw.curves(row["index"])
         assert curve["step"].iloc[-1] == 120 and curve["train_loss"].iloc[-1] == row["train_loss"]
     assert live and all(r["step"] <= 120 for rows in live.values() for r in rows)  # live metrics while training
+    assert not fetched  # every row came with its run's event: no task's result was fetched again
 
 
 @pytest.mark.slow

@@ -5,7 +5,8 @@ fifth of a 45 ms run. How many share one is measured, not guessed: the first tas
 the runs' measured times on, a batch holds about TASK_SECONDS of runs, and never more than the remaining
 runs over twice the workers, so batches shrink towards the end and the workers finish together. Only a
 window of tasks (two per worker thread) is out at a time, the rest wait here. Each run of a batch still
-reports on its own ("started", live "metrics", then its "result" row), so results stream per configuration.
+reports on its own ("started", live "metrics", then its "result" row; a message of the topic is a list of
+them), so results stream per configuration. A task whose rows all came that way is not fetched again.
 
 One monitor thread owns every state change. It reads a single queue fed by the futures' done callbacks,
 the sweep's topic (each run's events) and the cluster's "all" topic (a worker removed). That makes each
@@ -121,7 +122,7 @@ class Sweep:
         self._on_metrics: list[Callable] = []
         uid = uuid.uuid4().hex[:10]
         self._uid, self._topic, self._event = uid, f"trainlab-sweep-{uid}", f"trainlab-cancel-{uid}"
-        client.subscribe_topic(self._topic, lambda event: self._queue.put(("event", event[1])))
+        client.subscribe_topic(self._topic, lambda event: [self._queue.put(("event", msg)) for msg in event[1]])
         watch_workers(client, uid, lambda worker: self._queue.put(("removed", worker)))
         self._take()  # here, not on the thread: results() lists every queued run from the start
         self._thread = threading.Thread(target=self._monitor, name=f"trainlab-sweep-{name}", daemon=True)
@@ -313,6 +314,8 @@ class Sweep:
         open_ = self._open(key, batch)
         status = future.status
         if status == "finished":
+            if not open_:  # every row came with its event: fetching them again is a round trip for nothing
+                return
             try:
                 rows = {row["index"]: row for row in future.result(timeout=60)}
             except Exception as e:

@@ -2,12 +2,15 @@
 
 `run_batch` is the Dask task: it trains a few configurations in turn (short runs share a task, so Dask's
 own cost per task is paid once for several of them) and says on the sweep's topic (`Worker.log_event`, read
-by the client with `Client.subscribe_topic`) when each starts, how it trains, and its row as soon as it
-ends: results stream back per configuration, however they were batched. Between steps it checks whether it
-should stop (the sweep's Dask `Event`, or its own future cancelled); once stopped, the configurations it had
-not started come back cancelled. What a run is and what its row holds is `trainlab.experiment.train`'s;
-here are only the worker's parts: the events, the worker's identity, the store. `train(config)` is one
-configuration of it; outside a worker it simply trains (the benchmark's sequential reference).
+by the client with `Client.subscribe_topic`) when each starts, how it trains (live rows every `report_every`
+s, 0.5 by default) and its row as soon as it ends: results stream back per configuration, however they were
+batched. A message of the topic is a list of events: a run's "result" goes out with the next run's
+"started", a moment later, so a short run costs the scheduler and the client one message instead of two.
+Between steps it checks whether it should stop (the sweep's Dask `Event`, or its own future cancelled); once
+stopped, the configurations it had not started come back cancelled. What a run is and what its row holds
+is `trainlab.experiment.train`'s; here are only the worker's parts: the events, the worker's identity, the
+store. `train(config)` is one configuration of it; outside a worker it simply trains (the benchmark's
+sequential reference).
 """
 from __future__ import annotations
 
@@ -69,25 +72,36 @@ def run_batch(items: list[tuple[int, dict, str | None]], *, topic: str | None = 
     key = worker.get_current_task() if worker is not None else None
     where = {"worker": worker.address if worker is not None else None, "pid": os.getpid()}
 
-    def emit(kind: str, index: int, **msg) -> None:
-        if worker is not None and topic is not None:
-            worker.log_event(topic, {"kind": kind, "key": key, "index": index, **msg})
+    waiting: list[dict] = []
+
+    def emit(kind: str, index: int, now: bool = True, **msg) -> None:
+        """Send an event on the topic, with any held one; `now=False` holds it for the next send."""
+        if worker is None or topic is None:
+            return
+        waiting.append({"kind": kind, "key": key, "index": index, **msg})
+        if now:
+            worker.log_event(topic, waiting[:])
+            waiting.clear()
 
     if isinstance(store, str):  # a store's folder: opened here, on the worker, once for the batch
         from ..store import Store
 
         store = Store(store)
     stop, rows = _Stop(worker, cancel), []
-    for index, config, name in items:
-        if stop():
-            rows.append({"index": index, "status": "cancelled"})
-            continue
-        emit("started", index, **where)
-        began = time.perf_counter()
-        row = {"index": index, **train(config, store=store, name=name, stop=stop, report_every=report_every,
-                                       report=lambda live, i=index: emit("metrics", i, rows=live)), **where}
-        emit("result", index, row=row, elapsed=time.perf_counter() - began)
-        rows.append(row)
+    try:
+        for n, (index, config, name) in enumerate(items):
+            if stop():
+                rows.append({"index": index, "status": "cancelled"})
+                continue
+            emit("started", index, **where)
+            began = time.perf_counter()
+            row = {"index": index, **train(config, store=store, name=name, stop=stop, report_every=report_every,
+                                           report=lambda live, i=index: emit("metrics", i, rows=live)), **where}
+            emit("result", index, now=n == len(items) - 1, row=row, elapsed=time.perf_counter() - began)
+            rows.append(row)
+    finally:
+        if waiting:  # the result held for a "started" that did not come (the next runs were cancelled)
+            worker.log_event(topic, waiting[:])
     return rows
 
 
