@@ -202,6 +202,11 @@ def test_a_fork_of_the_recorded_live_run_while_it_trains_is_recorded_beside_it(t
         assert at == runs.fork_step.options[-1] and at >= 200
         assert source.status == "running"
         forked = runs.fork(LIVE, "lr=0.01", at)  # taken between two of the thread's steps
+        for _ in range(20):  # on a busy machine the run may train past the point it offered (it keeps two)
+            if forked is not None or at in source.restore_points:
+                break
+            at = source.restore_points[-1]
+            forked = runs.fork(LIVE, "lr=0.01", at)
         assert forked is dashboard.run and forked.steps == at and forked.lr == 0.01
         assert forked.parent == {"run": "base", "step": at, "asked": at}
         assert store.recording(forked) == f"base.fork-{at}" and f"recorded as base.fork-{at}" in runs.note.object

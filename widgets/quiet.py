@@ -19,7 +19,8 @@ import traceback
 import panel as pn
 
 LOGGERS = ("asyncio", "tornado.application", "tornado.general", "bokeh.server.views.ws",
-           "bokeh.server.protocol_handler", "bokeh.server.connection", "bokeh.server.session")
+           "bokeh.server.protocol_handler", "bokeh.server.connection", "bokeh.server.session",
+           "panel.io.document")  # Panel's dispatch warns "Failed sending message as connection was closed" too
 
 
 def _closed_errors() -> tuple[type[BaseException], ...]:
