@@ -83,18 +83,28 @@ def test_a_failing_build_is_logged_and_stops_the_pool(caplog):
 
 def test_a_page_takes_a_built_dashboard_whose_updates_start_only_then():
     limits = Limits(idle_minutes=5)
-    built = build(limits, live=False, data="moons", device="cpu")
+    made = []
+
+    def make():
+        made.append(build(limits, live=False, data="moons", device="cpu"))
+        return made[-1]
+
+    ready = Ready(make, size=1, quiet=0.0, pace=0.0)
+    built = make()  # one built ahead, by hand: the pool's thread is not started
+    ready._items.append(built)
+    other = None
     assert not built.feed.running and built.idle_timeout == 300
-    ready = Ready(lambda: built, size=1, quiet=0.0, pace=0.0).start()
     try:
-        wait_until(lambda: len(ready) == 1, what="one built ahead")
         page = create_app(limits, ready)
         assert page is built and page.feed.running
-        other = create_app(limits, ready, data="moons", device="cpu")  # none ready: built for this page
-        assert other is not built and other.feed.running and other.run is not built.run
+        other = create_app(limits, ready)  # none ready: built for this page by the pool's build, with its options
+        assert other is made[-1] and other is not built and other.feed.running and other.run is not built.run
+        assert other.run.data.name == "moons"  # the pool's options, not the default digits
+        with pytest.raises(TypeError, match=r"run options \['data'\] given with a pool"):
+            create_app(limits, ready, data="moons")
     finally:
         ready.close()
-        for d in (built, other):
+        for d in made:
             d.close()
 
 

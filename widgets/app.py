@@ -65,8 +65,13 @@ def build(limits: Limits | None = None, live: bool = True, **run_options) -> Tra
 
 
 def create_app(limits: Limits | None = None, ready: Ready | None = None, **run_options):
-    """One session's app: a dashboard taken from `ready` (built ahead with these options), or a fresh one;
+    """One session's app: a dashboard taken from `ready`, or one built by its `build` when none is left (the pool
+    carries the Run's options: give them to its build, not here), or, without a pool, built from `run_options`;
     past the session limit, a page saying so (nothing built)."""
+    if ready is not None and run_options:
+        raise TypeError(f"create_app: run options {sorted(run_options)} given with a pool of dashboards built ahead; "
+                        f"give them to the pool's build instead, e.g. Ready(partial(build, limits, live=False, "
+                        f"**options), size)")
     quiet_closed_connections()  # here, so `panel serve binder/dashboard.py` is as quiet as `trainlab serve`
     # the Sweeps tab's table is a Tabulator, built after the page loaded: its script must come with the page
     pn.extension("tabulator")
@@ -74,10 +79,10 @@ def create_app(limits: Limits | None = None, ready: Ready | None = None, **run_o
         with _LIVE_LOCK:
             if len(_LIVE) >= limits.sessions:
                 return full_page(limits)
-    dashboard = ready.take() if ready is not None else None
-    if dashboard is None:
+    if ready is None:
         dashboard = build(limits, **run_options)
     else:
+        dashboard = ready.take() or ready.build()
         dashboard.go_live()
     key = id(dashboard)
     with _LIVE_LOCK:
