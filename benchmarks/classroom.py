@@ -24,7 +24,7 @@ protocol pages, keeps a real page in the test (its figures are printed apart) at
 Between cycles the test waits, as a class's server would between lessons, for the server's dashboards built
 ahead (`trainlab serve --ready`) to be ready again, and says how long that took.
 
-    python benchmarks/classroom.py [--sessions 20] [--browsers 1] [--cycles 3] [--train 10]
+    python benchmarks/classroom.py [--sessions 20] [--browsers 1] [--cycles 3] [--train 10] [--serve "--num-procs 2"]
 """
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ import argparse
 import json
 import os
 import re
+import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -54,17 +56,39 @@ STATUS_JS = r"""() => {
 }"""
 
 
-def rss(pid: int) -> float:
-    """Resident memory of a process, MiB."""
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used, seconds."""
+def _stat(pid: int) -> list[str]:
     with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def tree(pid: int) -> list[int]:
+    """A process and its children (`trainlab serve --num-procs N` forks N server processes)."""
+    kids = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and int(_stat(int(d.name))[1]) == pid:
+                kids.append(int(d.name))
+        except (OSError, ValueError, IndexError):
+            pass  # gone meanwhile
+    return [pid, *kids]
+
+
+def rss(pid: int) -> float:
+    """Resident memory of a process and its children, MiB."""
+    total = 0
+    for p in tree(pid):
+        with open(f"/proc/{p}/status") as f:
+            total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+    return total / 1024
+
+
+def cpu_seconds(pid: int, children: bool = True) -> float:
+    """User + system CPU time a process (and its children) has used, seconds."""
+    total = 0
+    for p in (tree(pid) if children else [pid]):
+        fields = _stat(p)
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def browser_cpu_seconds() -> float:
@@ -73,7 +97,7 @@ def browser_cpu_seconds() -> float:
     for d in Path("/proc").iterdir():
         try:
             if d.name.isdigit() and "chrom" in (d / "comm").read_text():
-                total += cpu_seconds(int(d.name))
+                total += cpu_seconds(int(d.name), children=False)
         except (OSError, ValueError, IndexError):
             pass  # gone meanwhile
     return total
@@ -151,7 +175,7 @@ def cycle(browser, url: str, n: int, browsers: int, train: float, server_pid: in
 
 
 def ready_lines(log: Path) -> int:
-    return log.read_text(errors="replace").count("dashboards ready")
+    return log.read_text(errors="replace").count("pages ready")
 
 
 def wait_ready(log: Path, seen: int, timeout: float = 180) -> float:
@@ -182,6 +206,7 @@ def main():
     ap.add_argument("--cycles", type=int, default=3)
     ap.add_argument("--train", type=float, default=10.0, help="seconds every session trains before the slider moves")
     ap.add_argument("--ready", type=int, default=None, help="the server's --ready (default: its own)")
+    ap.add_argument("--serve", default="", help="more arguments for trainlab serve, e.g. '--num-procs 2'")
     args = ap.parse_args()
     if not 0 <= args.browsers <= args.sessions:
         ap.error(f"--browsers must be between 0 and --sessions ({args.sessions}), got {args.browsers}")
@@ -193,7 +218,8 @@ def main():
     script = Path(sys.executable).parent / "trainlab"
     cmd = [str(script), "serve", "--port", str(port), "--address", "127.0.0.1", "--no-show",
            # a closed page's session lingers until Bokeh's cleanup (15-30 s): room for one cycle's and the next's
-           "--max-sessions", str(max(30, 2 * args.sessions + 1)), *(["--ready", str(args.ready)] if args.ready is not None else [])]
+           "--max-sessions", str(max(30, 2 * args.sessions + 1)), *(["--ready", str(args.ready)] if args.ready is not None else []),
+           *shlex.split(args.serve)]
     with open(log, "wb") as out:
         server = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True)
     try:
@@ -219,7 +245,7 @@ def main():
             time.sleep(5)
             base = rss(server.pid)
             print(f"{args.sessions} sessions ({args.browsers} in Chromium), {args.cycles} cycles, {os.cpu_count()} "
-                  f"CPUs, load {os.getloadavg()[0]:.1f}; server RSS at start {start:.0f} MiB, after a warm-up "
+                  f"CPUs{(', serve ' + args.serve) if args.serve else ''}, load {os.getloadavg()[0]:.1f}; server RSS at start {start:.0f} MiB, after a warm-up "
                   f"session and its dashboards built ahead ({waited:.0f} s) {base:.0f} MiB (the baseline)")
             for k in range(args.cycles):
                 seen = ready_lines(log)
@@ -250,7 +276,7 @@ def main():
                     print(f"  dashboards built ahead ready again {wait_ready(log, seen):.0f} s later")
             browser.close()
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)  # the group: with --num-procs the forked servers too
         server.wait(30)
     text = log.read_text(errors="replace")
     print(f"server log: {len(re.findall('Traceback', text))} tracebacks, "

@@ -40,6 +40,22 @@ def test_an_idle_run_is_paused_and_says_why():
         dashboard.close()
 
 
+def test_the_status_says_when_runs_take_turns_and_how_many_step_at_a_time():
+    old = share.install(Limits(training=1).share())
+    boards = [TrainingDashboard(Run(model=("mlp", {"width": 8}), data="moons", device="cpu")) for _ in range(2)]
+    try:
+        assert boards[0]._sharing() == ""  # not running: nothing to say
+        for d in boards:
+            d.run.start()
+        wait_until(lambda: "2 runs take turns: on this server one run steps at a time" in boards[0]._sharing(),
+                   what="both runs asked for turns")
+        assert Limits().training == 1  # the default: one at a time
+    finally:
+        for d in boards:
+            d.close()
+        share.install(old)
+
+
 def test_the_share_follows_the_limits():
     s = Limits(training=3, steps_per_second=50, jobs=1, params=1234).share()
     assert (s.concurrent, s.max_rate, s.job_slots, s.max_params) == (3, 50, 1, 1234)

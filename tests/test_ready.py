@@ -81,6 +81,37 @@ def test_a_failing_build_is_logged_and_stops_the_pool(caplog):
     assert "building a dashboard ahead failed" in caplog.text
 
 
+class Asked:
+    """A busy() or room() answer that counts how often it was asked."""
+
+    def __init__(self, value):
+        self.value, self.asked = value, 0
+
+    def __call__(self):
+        self.asked += 1
+        return self.value
+
+
+def test_building_waits_while_runs_train_keeps_to_its_room_and_a_take_for_a_page_ahead_is_no_arrival():
+    builds, busy, room = Builds(), Asked(True), Asked(2)
+    ready = Ready(builds, size=3, quiet=60.0, pace=0.0, busy=busy, room=room)
+    ready._taken_at = float("-inf")  # quiet from the start
+    ready.start()
+    try:
+        wait_until(lambda: busy.asked >= 3, what="the pool asked, while runs trained, three times")
+        assert len(ready) == 0 and not builds.at  # nothing built while runs train
+        busy.value = False
+        wait_until(lambda: len(ready) == 2, what="built up to its room (2 of size 3)")
+        asked = room.asked
+        wait_until(lambda: room.asked >= asked + 2, what="the pool looked at its room again")
+        assert len(ready) == 2 and len(builds.at) == 2
+        assert ready.take(arrival=False) is not None  # taken to make a page ahead: the 60 s quiet does not start
+        wait_until(lambda: len(ready) == 2, timeout=30, what="refilled at once")
+        assert len(builds.at) == 3
+    finally:
+        ready.close()
+
+
 def test_a_page_takes_a_built_dashboard_whose_updates_start_only_then():
     limits = Limits(idle_minutes=5)
     made = []
@@ -116,7 +147,7 @@ def test_a_served_page_of_a_dashboard_built_ahead_trains_plots_and_follows_its_s
     cmd = [*_trainlab_command(), "serve", "--port", str(port), "--address", "127.0.0.1", "--ready", "2"]
     with serving(cmd, port, tmp_path):
         log = tmp_path / "server.log"
-        wait_until(lambda: "2 dashboards ready" in log.read_text(), timeout=180, what="the pool filled")
+        wait_until(lambda: "2 pages ready" in log.read_text(), timeout=180, what="the pool filled")
 
         async def session():
             page = await Page.open(f"http://127.0.0.1:{port}/")

@@ -339,7 +339,9 @@ def test_forking_while_the_source_trains_in_its_thread():
         run.pause()
         assert run.status == "paused"
         theirs = run.history.frame()
-        assert sorted({f.steps for f in forks}) == [f.steps for f in forks] and forks[0].steps >= 100
+        # the newest point at each fork, never an older one (two forks may share one when a busy machine checked
+        # the step count late)
+        assert sorted(f.steps for f in forks) == [f.steps for f in forks] and forks[0].steps >= 100
         for fork in forks:
             at = fork.steps
             assert fork.parent["step"] == at and fork.history.frame().step.max() == at

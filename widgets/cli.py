@@ -26,14 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     limits = serve.add_argument_group("limits of a shared server (defaults fit a class on a small machine)")
     for flag, kind, default, text in (
             ("--max-sessions", int, 30, "browser sessions at once; the next page says the lab is full"),
-            ("--max-training", int, None, "runs stepping at once (default: the CPUs this process may use); the "
-                                          "others take turns"),
+            ("--max-training", int, 1, "runs stepping at once; the others take turns (a small model's step holds "
+                                       "the GIL, so one at a time trains as fast and keeps pages responsive; raise "
+                                       "it for models whose steps are long tensor work)"),
             ("--max-params", int, 2_000_000, "parameters of a model a session may build"),
             ("--max-steps-per-second", float, 2000.0, "training steps per second of each session"),
             ("--max-jobs", int, None, "analyses (landscapes, Hessians, ...) at once (default: CPUs); others wait"),
             ("--idle-minutes", float, 20.0, "pause a run nobody has touched for this long (0: never)"),
-            ("--ready", int, 20, "dashboards built ahead while the server is quiet, so a class opening the lab at "
-                                 "once does not wait (about 4 MiB each; 0: each page builds its own)")):
+            ("--ready", int, 20, "pages made ahead while the server is idle, so a class opening the lab at once "
+                                 "does not wait (about 5 MiB each; 0: each page makes its own)")):
         limits.add_argument(flag, type=kind, default=default, help=text if default is None else f"{text} (default {default:g})")
     access = serve.add_argument_group("access (passed to Panel's server)")
     access.add_argument("--basic-auth", metavar="PASSWORD|FILE", help="one password, or a JSON file of users")

@@ -334,7 +334,8 @@ class TrainingDashboard(Viewer):
         n = shared.contending()
         if n <= shared.concurrent:
             return ""
-        return f" · {n} runs take turns at this server's {shared.concurrent} training slots"
+        slots = "one run steps" if shared.concurrent == 1 else f"{shared.concurrent} runs step"
+        return f" · {n} runs take turns: on this server {slots} at a time"
 
     def _refresh(self) -> None:
         """On the UI's tick: show the run's status and move controls to its current settings."""

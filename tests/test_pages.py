@@ -1,0 +1,103 @@
+"""Pages made ahead (widgets/pages.py): a served lab's page request takes a whole session made while the server
+was idle, within the session limit; its token is made for the request; it waits for its websocket."""
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+from bokeh.util.token import get_session_id
+
+from conftest import free_port, wait_until
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks" / "parts"))
+
+from trainlab import share  # noqa: E402
+from trainlab.widgets import app  # noqa: E402
+
+
+@pytest.fixture
+def lab():
+    """The lab's server (trainlab serve's, with 2 pages made ahead and room for one session) on a thread."""
+    port, box = free_port(), {}
+    before = set(app._LIVE)  # sessions other tests' create_app counted (no server ended them): not this lab's
+    app._LIVE.clear()
+
+    def run():
+        asyncio.set_event_loop(asyncio.new_event_loop())
+        served = app.lab_server(port=port, address="127.0.0.1", limits=app.Limits(sessions=1, ready=2))
+        served.pages.quiet = 0.5  # the test's requests come a few seconds apart; refilling between them is tested
+        box["served"] = served
+        served.server.start()
+        served.server.io_loop.start()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    wait_until(lambda: "served" in box, timeout=60, what="the server built")
+    served = box["served"]
+    try:
+        yield served, f"http://127.0.0.1:{port}/"
+    finally:
+        def stop():
+            served.pages.stop()
+            served.server.stop()
+            served.server.io_loop.stop()
+
+        served.server.io_loop.add_callback(stop)
+        thread.join(30)
+        served.ready.close()
+        for _, dashboard in served.pages._waiting:
+            dashboard.close()
+        share.install(None)
+        app._LIVE.clear()
+        app._LIVE.update(before)
+
+
+def _token(html: str) -> str:
+    return re.search(r'"token":"([^"]+)"', html).group(1)
+
+
+def test_a_request_takes_the_oldest_page_made_ahead_within_the_session_limit(lab):
+    served, url = lab
+    wait_until(lambda: len(served.pages) == 2, timeout=180, what="two pages made ahead")
+    made = {session.id: dashboard for session, dashboard in served.pages._waiting}
+    assert all(not d.feed.running for d in made.values())  # made, not started: no page shows them yet
+
+    html = urllib.request.urlopen(url, timeout=60).read().decode()
+    sid = get_session_id(_token(html))
+    assert sid == next(iter(made)), "the oldest page made ahead"
+    assert made[sid].feed.running and len(app._LIVE) == 1  # claimed: counted and started
+    session = next(s for s in served.server.get_sessions("/") if s.id == sid)
+    assert session.expiration_blocked  # its page has not connected yet: Bokeh's cleanup must wait
+
+    # the next request: the lab is full (one session), so the other page made ahead stays waiting and the
+    # request's own session says so
+    full = urllib.request.urlopen(url, timeout=60).read().decode()
+    assert get_session_id(_token(full)) not in made
+    assert list(made)[1] in {s.id for s, _ in served.pages._waiting}
+    assert len(app._LIVE) == 1
+
+
+def test_the_taken_page_connects_and_is_the_session_made_ahead(lab):
+    from bokeh_client import Page
+
+    served, url = lab
+    wait_until(lambda: len(served.pages) == 2, timeout=180, what="two pages made ahead")
+    made = [session.id for session, _ in served.pages._waiting]
+
+    async def connect_and_look():
+        page = await Page.open(url)
+        try:
+            page.find("Button", label="Start")  # the dashboard's document arrived over the websocket
+            connected = [s for s in served.server.get_sessions("/") if s.connection_count > 0]
+            assert [s.id for s in connected] == made[:1]
+            wait_until(lambda: not connected[0].expiration_blocked, timeout=30,
+                       what="expiry left to Bokeh once connected")
+        finally:
+            page.close()
+
+    asyncio.run(connect_and_look())
