@@ -41,8 +41,10 @@ def test_axes_table_and_curves(frame):
     assert len(table) == 6 and table["val_loss"].is_monotonic_increasing
     assert table.iloc[0]["val_loss"] == pytest.approx(frame["val_loss"].min(), abs=1e-5)
     best = int(table.iloc[0]["row"])
+    assert panel.curve_note.visible and "pick a run" in panel.curve_note.text and not panel.curve_fig.legend.visible
     panel.table.selection = [0]
     np.testing.assert_allclose(panel.curve.data["train_loss"], frame.loc[best, "history"]["train_loss"])
+    assert not panel.curve_note.visible and panel.curve_fig.legend.visible  # drawn: the legend, not the note
     assert len(panel.grid.objects) == 2 and "best val_loss" in panel.status.object
 
 

@@ -78,6 +78,8 @@ class SweepPanel(pn.viewable.Viewer):
         curve.line("step", "train_loss", source=self.curve, color=plots.TRAIN, legend_label="train")
         curve.line("step", "val_loss", source=self.curve, color=plots.VAL, legend_label="validation", line_width=2)
         plots.legend(curve, "top_right")
+        curve.legend.visible = False  # a legend of nothing drawn yet: the note says what fills the plot
+        self.curve_note = plots.placeholder(curve, "pick a run in the table below to draw its training curve")
         self.curve_fig = curve
         self._shown: tuple | None = None
         self._grid_at, self._grid_stale = -float("inf"), False
@@ -256,8 +258,11 @@ class SweepPanel(pn.viewable.Viewer):
             history = self.frame.loc[row, "history"]
         elif hasattr(self.sweep, "curves"):  # a running Sweep: live rows while it trains, its thinned curve once ended
             history = self.sweep.curves(int(self.frame.loc[row, "index"]) if "index" in self.frame else row)
-        if history is None or history.empty:
+        drawn = history is not None and not history.empty
+        self.curve_note.visible, self.curve_fig.legend.visible = not drawn, drawn
+        if not drawn:
             self.curve.data = {"step": [], "train_loss": [], "val_loss": []}
+            self.curve_note.text = f"run {row} has no training curve to draw"
             return
         self.curve.data = {k: history[k].to_numpy(float) if k in history else np.full(len(history), np.nan)
                            for k in ("step", "train_loss", "val_loss")}
