@@ -13,7 +13,7 @@ from trainlab.widgets.dashboard import TrainingDashboard
 
 
 def test_past_the_session_limit_the_page_says_the_lab_is_full(monkeypatch):
-    monkeypatch.setattr(app_module, "_LIVE", set())
+    monkeypatch.setattr(app_module, "_LIVE", {})
     limits = Limits(sessions=2)
     made = [create_app(limits, model=("mlp", {"width": 8}), data="moons") for _ in range(2)]
     try:

@@ -202,6 +202,11 @@ class Feed:
                 self._plots()
             self._listen()
 
+    @property
+    def page_gone(self) -> bool:
+        """Its served page connected and has closed since (the session lingers until Bokeh's cleanup)."""
+        return self._heard and self not in _LIVE
+
     def soon(self, ticks: int = 10) -> None:
         """Plot on every tick for the next `ticks` (a setting changed: its effect is drawn within a tick of the
         step that applies it, not at the next of the plots' slower beats). In a served page, also one update as
