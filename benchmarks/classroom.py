@@ -217,8 +217,8 @@ def main():
     log = folder / "server.log"
     script = Path(sys.executable).parent / "trainlab"
     cmd = [str(script), "serve", "--port", str(port), "--address", "127.0.0.1", "--no-show",
-           # a closed page's session lingers until Bokeh's cleanup (15-30 s): room for one cycle's and the next's
-           "--max-sessions", str(max(30, 2 * args.sessions + 1)), *(["--ready", str(args.ready)] if args.ready is not None else []),
+           # a closed page frees its place at once (its session lingers until Bokeh's cleanup, uncounted)
+           "--max-sessions", str(max(30, args.sessions + 1)), *(["--ready", str(args.ready)] if args.ready is not None else []),
            *shlex.split(args.serve)]
     with open(log, "wb") as out:
         server = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True)
