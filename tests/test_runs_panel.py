@@ -218,3 +218,29 @@ def test_a_fork_of_the_recorded_live_run_while_it_trains_is_recorded_beside_it(t
         assert forked.history.frame().train_loss.tolist() == stored[stored.step <= at].train_loss.tolist()
     finally:
         dashboard.close()
+
+
+def test_the_chosen_runs_follow_the_live_run_while_it_is_recorded(tmp_path, monkeypatch):
+    monkeypatch.setattr("trainlab.widgets.runs.STORE", str(tmp_path / "runs"))
+    monkeypatch.setattr("trainlab.widgets.runs.FOLLOW_S", 0.0)
+    dashboard = TrainingDashboard(small(lr=0.1))
+    try:
+        runs = dashboard.open_lab("Runs")
+        assert runs.save("live") == "live"
+        runs.choose.value = ["live"]
+        assert len(runs.line_source.data["xs"][0]) == 0  # drawn before it trained
+
+        def followed(step):
+            dashboard.feed.tick()
+            xs = runs.line_source.data["xs"][0]
+            return len(xs) and max(xs) == step
+
+        # the store appends the history every 0.25 s, behind the run; the panel redraws on the feed's tick
+        for upto in (20, 60):
+            dashboard.run.step(upto - dashboard.run.steps)
+            wait_until(lambda: followed(upto), timeout=60, what=f"the recorded live run's drawn curve at {upto}")
+        at = runs._drawn
+        dashboard.feed.tick()
+        assert runs._drawn == at  # all drawn: no redraw while the run stands still
+    finally:
+        dashboard.close()

@@ -6,6 +6,7 @@ import ast
 import io
 import os
 import re
+import time
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,7 @@ from .base import LabPanel, plain
 from .feed import Feed
 
 STORE = os.environ.get("TRAINLAB_STORE", "runs")  # where the dashboard's Runs tab keeps runs
+FOLLOW_S = 2.0  # seconds between redraws of the chosen runs while the live run, one of them, is recorded
 LIVE = "the live run"  # the fork source that is not stored: never a store name (those have no spaces)
 
 
@@ -120,6 +122,7 @@ class RunsPanel(LabPanel):
             self.choose.value = [n for n in (parent, recorded) if n in self.choose.options]
             self.pick.value = recorded
         self.feed.on_tick(self._follow_points)
+        self.feed.on_tick(self._follow_recording)
         self._ready()
 
     # ---- the store ---------------------------------------------------------------------------
@@ -173,6 +176,15 @@ class RunsPanel(LabPanel):
         self.fork_steps.object = plain(
             f"Restore points of the live run at steps {', '.join(map(str, steps))}: the newest few it keeps, taken as "
             f"it trains and when settings change. A recorded run (Save run) forks at any of its checkpoints.")
+
+    def _follow_recording(self) -> None:
+        """On the Feed's tick: while the live run is recorded here and drawn, its curve grows as it trains (the
+        store appends its history every 0.25 s; redrawn at most every FOLLOW_S seconds, since a redraw reads the
+        chosen runs' histories)."""
+        at, step = self._drawn
+        if step is None or step >= self.run.steps or time.monotonic() - at < FOLLOW_S:
+            return
+        self._draw()
 
     def save(self, name: str | None = None) -> str | None:
         """Record the live run into the store (under the name typed, or a fresh one), a checkpoint every
@@ -281,6 +293,9 @@ class RunsPanel(LabPanel):
     def _draw(self) -> None:
         names = [n for n in self.selected if n in self.store.names()]
         history = self.store.history(names) if names else pd.DataFrame({"run": [], "step": []})
+        recorded = self.store.recording(self.run)  # the live run's own curve, if drawn: the last step it has
+        mine = history.step[history.run == recorded] if recorded in names else None
+        self._drawn = (time.monotonic(), None if mine is None else (int(mine.max()) if len(mine) else 0))
         columns = [c for c in history.columns if c not in ("run", "step", "epoch", "time", "event")
                    and pd.api.types.is_numeric_dtype(history[c])]
         self.metric_choice.options = sorted(set(columns) | {self.metric})
