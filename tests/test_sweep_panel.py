@@ -96,3 +96,24 @@ def test_a_preset_runs_on_the_cluster_and_draws_one_curve_per_criterion():
         assert legends == ["random", "magnitude"]
     finally:
         panel.sweep.close()
+
+
+def test_new_results_update_the_small_plots_in_place_until_their_axes_change(frame):
+    sweep = Arriving(frame)
+    panel = SweepPanel(sweep)
+    sweep.n = 4
+    panel.refresh()
+    panel._draw_grid(panel._ok())
+    figs = [p.object for p in panel.grid.objects]
+    assert [f.title.text for f in figs] == ["val_loss vs model.width", "val_loss vs lr"]
+    sweep.n = 6  # more results on the same axes: the same figures, their points updated
+    panel.refresh()
+    panel._draw_grid(panel._ok())
+    assert [p.object for p in panel.grid.objects] == figs
+    points = figs[1].renderers[0].data_source.data
+    np.testing.assert_allclose(sorted(points["y"]), sorted(frame["val_loss"]))
+    panel.metric = "val_acc"  # another metric: other axes, new figures
+    panel.refresh()
+    panel._draw_grid(panel._ok())
+    assert all(p.object not in figs for p in panel.grid.objects)
+    assert panel.grid.objects[0].object.title.text == "val_acc vs model.width"

@@ -22,8 +22,9 @@ RESULT_COLUMNS = {"status", "error", "steps", "seconds", "time", "train_loss", "
                   "best_val_loss", "best_val_acc", "best_step", "mean_train_loss", "full_train_loss", "history", "curve",
                   "worker", "pid", "attempts", "name", "index", "id", "trial"}
 _POLL_MS = 500  # results reach the page within a second of arriving
-# the small plots are new figures each time: redrawn at most this often while results arrive (replaced every
-# tick, the browser never finished laying them out: seen as empty, squashed plots in the served tab)
+# the small plots are redrawn at most this often while results arrive (figures replaced every tick were never
+# laid out by the browser: seen as empty, squashed plots in the served tab; now made anew only when their axes
+# change)
 _GRID_EVERY = 3.0
 
 
@@ -83,6 +84,7 @@ class SweepPanel(pn.viewable.Viewer):
         self.curve_fig = curve
         self._shown: tuple | None = None
         self._grid_at, self._grid_stale = -float("inf"), False
+        self._grid_key, self._grid_sources = None, {}
         self._callback = None
         self.refresh()
 
@@ -163,34 +165,62 @@ class SweepPanel(pn.viewable.Viewer):
         return cfg
 
     def _draw_grid(self, ok: pd.DataFrame) -> None:
-        """The metric against each setting, one small plot per axis (log where the setting is lr-like)."""
-        figs = []
-        if not ok.empty:
-            axes = parallel_axes(ok, self.settings, self._base_config())
-            # the first setting of names (an optimizer, a pruning criterion) colours the points and joins them,
-            # averaged over the rest, into one curve per name: accuracy against sparsity per criterion
-            by = next((c for c in self.settings if axes[c]["kind"] == "category"), None)
+        """The metric against each setting, one small plot per axis (log where the setting is lr-like). The plots
+        are made again only when their axes or groups change; new results only change their sources (a page
+        is sent the new points, not a new figure's models)."""
+        if ok.empty:
+            self.grid.objects, self._grid_key = [], None
+            return
+        axes = parallel_axes(ok, self.settings, self._base_config())
+        # the first setting of names (an optimizer, a pruning criterion) colours the points and joins them,
+        # averaged over the rest, into one curve per name: accuracy against sparsity per criterion
+        by = next((c for c in self.settings if axes[c]["kind"] == "category"), None)
+        groups = {c: [None] if by is None or by == c else list(dict.fromkeys(ok[by].astype(str))) for c in self.settings}
+        key = (self.metric, by, tuple((c, axes[c]["kind"], tuple(groups[c]),
+                                       tuple(axes[c]["ticks"]) if axes[c]["kind"] == "category" else ())
+                                      for c in self.settings))
+        data = {c: [self._grid_points(ok, axes, c, by, g) for g in groups[c]] for c in self.settings}
+        if key == self._grid_key:
             for c in self.settings:
-                kind = axes[c]["kind"]
-                fig = plots.figure(f"{self.metric} vs {c}", c, self.metric, log_x=kind == "log", width=300, height=220)
-                x = ok[c].to_numpy(float) if kind != "category" else axes[c]["values"]
-                groups = [None] if by is None or by == c else list(dict.fromkeys(ok[by].astype(str)))
-                for i, g in enumerate(groups):
-                    rows = np.ones(len(ok), bool) if g is None else (ok[by].astype(str) == g).to_numpy()
-                    color = plots.TRAIN if g is None else Category10_10[i % 10]
-                    src = ColumnDataSource({"x": x[rows], "y": ok[self.metric].to_numpy(float)[rows]})
-                    fig.scatter("x", "y", source=src, size=6, color=color, alpha=0.7,
-                                **({} if g is None else {"legend_label": g}))
-                    if g is not None and kind != "category":
-                        mean = pd.DataFrame({"x": x[rows], "y": src.data["y"]}).groupby("x")["y"].mean()
-                        fig.line(mean.index.to_numpy(), mean.to_numpy(), color=color, line_width=1.5)
-                if by is not None and by != c:
-                    plots.legend(fig, "top_right")
-                if kind == "category":
-                    fig.xaxis.ticker = FixedTicker(ticks=axes[c]["ticks"])
-                    fig.xaxis.major_label_overrides = dict(zip(axes[c]["ticks"], axes[c]["labels"]))
-                figs.append(pn.pane.Bokeh(fig))
-        self.grid.objects = figs
+                for (points, mean), (point_source, mean_source) in zip(data[c], self._grid_sources[c]):
+                    point_source.data = points
+                    if mean_source is not None:
+                        mean_source.data = mean
+            return
+        figs, self._grid_sources = [], {}
+        for c in self.settings:
+            kind = axes[c]["kind"]
+            fig = plots.figure(f"{self.metric} vs {c}", c, self.metric, log_x=kind == "log", width=300, height=220)
+            self._grid_sources[c] = []
+            for i, (g, (points, mean)) in enumerate(zip(groups[c], data[c])):
+                color = plots.TRAIN if g is None else Category10_10[i % 10]
+                point_source = ColumnDataSource(points)
+                fig.scatter("x", "y", source=point_source, size=6, color=color, alpha=0.7,
+                            **({} if g is None else {"legend_label": g}))
+                mean_source = None
+                if mean is not None:
+                    mean_source = ColumnDataSource(mean)
+                    fig.line("x", "y", source=mean_source, color=color, line_width=1.5)
+                self._grid_sources[c].append((point_source, mean_source))
+            if by is not None and by != c:
+                plots.legend(fig, "top_right")
+            if kind == "category":
+                fig.xaxis.ticker = FixedTicker(ticks=axes[c]["ticks"])
+                fig.xaxis.major_label_overrides = dict(zip(axes[c]["ticks"], axes[c]["labels"]))
+            figs.append(pn.pane.Bokeh(fig))
+        self.grid.objects, self._grid_key = figs, key
+
+    def _grid_points(self, ok: pd.DataFrame, axes: dict, c: str, by: str | None, g: str | None):
+        """Setting `c`'s plot, group `g`: its points, and (a group of names over numbers) their mean per value."""
+        kind = axes[c]["kind"]
+        x = ok[c].to_numpy(float) if kind != "category" else np.asarray(axes[c]["values"])
+        rows = np.ones(len(ok), bool) if g is None else (ok[by].astype(str) == g).to_numpy()
+        y = ok[self.metric].to_numpy(float)[rows]
+        points = {"x": x[rows], "y": y}
+        if g is None or kind == "category":
+            return points, None
+        mean = pd.DataFrame(points).groupby("x")["y"].mean()
+        return points, {"x": mean.index.to_numpy(), "y": mean.to_numpy()}
 
     @property
     def _higher(self) -> bool:
