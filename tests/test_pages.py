@@ -57,6 +57,25 @@ def lab():
         app._LIVE.update(before)
 
 
+def on_own_loop(coroutine_function, timeout: float = 300) -> None:
+    """Run a client coroutine on a thread and event loop of its own (an earlier test may have left this thread's
+    loop running, where asyncio.run refuses), raising what it raised."""
+    out = {}
+
+    def target():
+        try:
+            asyncio.run(coroutine_function())
+        except BaseException as e:  # noqa: BLE001 (re-raised on the test's thread)
+            out["error"] = e
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), "the client did not finish"
+    if "error" in out:
+        raise out["error"]
+
+
 def _token(html: str) -> str:
     return re.search(r'"token":"([^"]+)"', html).group(1)
 
@@ -100,7 +119,7 @@ def test_the_taken_page_connects_and_is_the_session_made_ahead(lab):
         finally:
             page.close()
 
-    asyncio.run(connect_and_look())
+    on_own_loop(connect_and_look)
 
 
 def test_a_closed_page_frees_its_place_before_bokeh_ends_its_session(lab):
@@ -118,7 +137,7 @@ def test_a_closed_page_frees_its_place_before_bokeh_ends_its_session(lab):
         page.close()
         listening.cancel()
 
-    asyncio.run(open_and_close())
+    on_own_loop(open_and_close)
     wait_until(lambda: first_board.feed.page_gone, timeout=60, what="the feed saw its page go")
     if first.destroyed:
         pytest.skip("Bokeh's cleanup ended the closed session before the next page came (a very busy machine)")
