@@ -27,10 +27,15 @@ from .sigmoid import sigmoid
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
-def s0_forward(x, v, w, b, groups, p, eps, y, s, mean, rstd):
-    """y as above; s = σ(v x), mean and rstd (N, groups) the blocks' mean and r, out for the backward."""
+def s0_forward(x, params, groups, p, eps):
+    """y as above, s = σ(v x), and stats (2, N, groups): the blocks' mean and r, for the backward.
+    params (3, C) are v, γ, β. The outputs are allocated here: on small tensors each array passed in
+    cost about as much as the work (a torch allocation, a conversion, the dispatcher's look at it)."""
     rows, length = x.shape
     k, cg = length // groups, length // groups // p
+    y, s, stats = np.empty_like(x), np.empty_like(x), np.empty((2, rows, groups), x.dtype)
+    v, w, b, mean, rstd = params[0], params[1], params[2], stats[0], stats[1]
+    rw = np.empty(length if p == 1 else 0, x.dtype)  # a row's r, entry by entry
     for n in range(rows):
         for g in range(groups):
             # 1-D slices and loops from 0: contiguous vector loads (an offset range, or 2-D indexing,
@@ -47,33 +52,42 @@ def s0_forward(x, v, w, b, groups, p, eps, y, s, mean, rstd):
             mean[n, g] = x0 + m
             rstd[n, g] = 1.0 / np.sqrt(max(q / k - m * m, 0.0) + eps)
             r = rstd[n, g]  # read back: in x's dtype, so the loops below stay in it
-            if p == 1:  # features: a channel per entry
-                sb, yb, wb, bb, vb = s[n, lo:hi], y[n, lo:hi], w[lo:hi], b[lo:hi], v[lo:hi]
-                for j in range(k):
-                    xj = xb[j]
-                    sj = sigmoid(vb[j] * xj)
-                    sb[j] = sj
-                    yb[j] = xj * sj * r * wb[j] + bb[j]
+            if p == 1:  # features: a channel per entry, σ and y below over the whole row
+                rw[lo:hi] = r
             else:  # feature maps: a channel's positions
                 for c in range(g * cg, (g + 1) * cg):
                     xc, sc, yc = x[n, c * p:(c + 1) * p], s[n, c * p:(c + 1) * p], y[n, c * p:(c + 1) * p]
-                    rw, bc, vc = r * w[c], b[c], v[c]
+                    rwc, bc, vc = r * w[c], b[c], v[c]
                     for i in range(p):
                         xi = xc[i]
                         si = sigmoid(vc * xi)
                         sc[i] = si
-                        yc[i] = xi * si * rw + bc
+                        yc[i] = xi * si * rwc + bc
+        if p == 1:
+            # in one loop over the row, not one per group: LLVM's vector loop takes 32 entries a turn, so a
+            # group of 16 (a width-64 layer in 4 groups) ran σ entry by entry, at 4x the time
+            xr, sr, yr = x[n], s[n], y[n]
+            for j in range(length):
+                xj = xr[j]
+                sj = sigmoid(v[j] * xj)
+                sr[j] = sj
+                yr[j] = xj * sj * rw[j] * w[j] + b[j]
+    return y, s, stats
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
-def s0_backward(gy, x, s, v, w, mean, rstd, groups, p, gx, gw, gv, gb, coef):
-    """gx, and the parameters' gradients gw, gv, gb (C,), zeroed by the caller. `coef` (N,) is scratch.
+def s0_backward(gy, x, s, params, stats, groups, p):
+    """gx (N, L) and the parameters' gradients (3, C): of v, γ, β (params' order).
 
     With g = ∂L/∂y γ r and num = x s: ∂L/∂x = g (s + v x s(1-s)) - (Σ_block ∂L/∂y γ num) r³ (x - μ) / k,
     ∂L/∂γ = Σ ∂L/∂y num r, ∂L/∂v = Σ g x² s(1-s), ∂L/∂β = Σ ∂L/∂y.
     """
     rows, length = x.shape
     k, cg = length // groups, length // groups // p
+    v, w, mean, rstd = params[0], params[1], stats[0], stats[1]
+    gx, grads = np.empty_like(x), np.zeros_like(params)
+    gv, gw, gb = grads[0], grads[1], grads[2]
+    coef = np.empty(1, x.dtype)  # -Σ r³ / k, rounded to x's dtype as the loop below computes in it
     zero = w[0] - w[0]
     for n in range(rows):
         for g in range(groups):
@@ -104,8 +118,8 @@ def s0_backward(gy, x, s, v, w, mean, rstd, groups, p, gx, gw, gv, gb, coef):
                     gw[c] += sw * r
                     gb[c] += sbias
                     gv[c] += sv * w[c] * r
-            coef[n] = -gr * r * r * r / k
-            cf, mu = coef[n], mean[n, g]
+            coef[0] = -gr * r * r * r / k
+            cf, mu = coef[0], mean[n, g]
             if p == 1:
                 gyb, xb, sb, gxb, wb, vb = gy[n, lo:hi], x[n, lo:hi], s[n, lo:hi], gx[n, lo:hi], w[lo:hi], v[lo:hi]
                 for j in range(k):
@@ -120,11 +134,13 @@ def s0_backward(gy, x, s, v, w, mean, rstd, groups, p, gx, gw, gv, gb, coef):
                     for i in range(p):
                         xi, si = xc[i], sc[i]
                         gxc[i] = gyc[i] * rw * (si + vc * xi * (si - si * si)) + cf * (xi - mu)
+    return gx, grads
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
 def b0_forward(x, v, w, b, running_var, eps, train, y, mean_nc, std_nc, mean_c, var_c, a):
-    """y as above. Out: mean_nc, std_nc (= b_nc) (N, C); mean_c, var_c the batch's (training), a (C,).
+    """y as above. Out: mean_nc, std_nc (= b_nc) (N, C); mean_c, var_c the batch's (training; in eval 0 and
+    the running variance), a (C,).
     The batch variance is the law of total variance over the examples' (exact, and stable)."""
     rows, channels, p = x.shape
     for n in range(rows):
@@ -152,7 +168,8 @@ def b0_forward(x, v, w, b, running_var, eps, train, y, mean_nc, std_nc, mean_c, 
                 q += std_nc[n, c] + d * d
             mean_c[c], var_c[c] = m, q / rows
             a[c] = np.sqrt(var_c[c] + eps)
-        else:
+        else:  # the batch's statistics unused; written all the same, as the backward reads them (times 0)
+            mean_c[c], var_c[c] = 0.0, running_var[c]
             a[c] = np.sqrt(running_var[c] + eps)
     for n in range(rows):
         for c in range(channels):

@@ -304,32 +304,30 @@ def _evonorm_s0(x, v, w, b, groups, eps):
 
 class _EvoNormS0Function(torch.autograd.Function):
     """S0's forward and backward by the Numba kernels (kernels/evonorm.py); a double backward by autograd of
-    the torch formula."""
+    the torch formula. Few Python steps on purpose: on a layer of 64 x 64 each tensor converted or allocated
+    here cost about what the kernel's work does, so the parameters go in as one stacked array and the
+    kernels allocate their outputs."""
 
     @staticmethod
     def forward(ctx, x, v, w, b, groups, eps):
-        n = x.shape[0]
-        y, s, stats = torch.empty(x.shape, dtype=x.dtype), torch.empty(x.shape, dtype=x.dtype), x.new_empty(2, n, groups)
-        _kernels("evonorm").s0_forward(_np(x).reshape(n, -1), _np(v), _np(w), _np(b), groups, x.numel() // x.shape[1] // n,
-                                       eps, y.numpy().reshape(n, -1), s.numpy().reshape(n, -1), *stats.numpy())
-        ctx.save_for_backward(x, v, w, b, s, stats)  # s = σ(v x); stats: the blocks' mean and rstd
+        n, p = x.shape[0], math.prod(x.shape[2:])
+        params = torch.stack((v, w, b)).numpy()  # grad mode is off inside forward: no graph, no detach
+        y, s, stats = _kernels("evonorm").s0_forward(_np(x).reshape(n, -1), params, groups, p, eps)
+        ctx.save_for_backward(x, v, w, b)
+        ctx.kernel_state = params, s, stats, groups, p  # s = σ(v x); stats: the blocks' mean and r
         ctx.groups, ctx.eps = groups, eps
-        return y
+        return torch.from_numpy(y.reshape(x.shape))  # NumPy's reshape: a tenth of torch's view here
 
     @staticmethod
     def backward(ctx, gy):
-        x, v, w, b, s, stats = ctx.saved_tensors
+        x, v, w, b = ctx.saved_tensors  # (unpacking checks that none was modified in place since)
         if torch.is_grad_enabled():
             plain = lambda x, v, w, b: _evonorm_s0(x, v, w, b, ctx.groups, ctx.eps)  # noqa: E731
             return (*_plain_grads(ctx, plain, (x, v, w, b), gy), None, None)
-        n, c, p = x.shape[0], x.shape[1], x[0, 0].numel()
-        gx = torch.empty(x.shape, dtype=x.dtype)
-        grads = x.new_zeros(3, c)  # w, v, b
-        _kernels("evonorm").s0_backward(_np(gy).reshape(n, -1), _np(x).reshape(n, -1), s.numpy().reshape(n, -1), _np(v),
-                                       _np(w), *stats.numpy(), ctx.groups, p, gx.numpy().reshape(n, -1), *grads.numpy(),
-                                       x.new_empty(n).numpy())
-        gw, gv, gb = grads
-        return gx, gv, gw, gb, None, None
+        params, s, stats, groups, p = ctx.kernel_state
+        gx, grads = _kernels("evonorm").s0_backward(_np(gy).reshape(s.shape), _np(x).reshape(s.shape), s, params,
+                                                    stats, groups, p)
+        return (torch.from_numpy(gx.reshape(x.shape)), *torch.from_numpy(grads).unbind(), None, None)
 
 
 class EvoNormS0(nn.Module):

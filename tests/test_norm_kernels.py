@@ -55,8 +55,8 @@ def test_s0_forward_kernel_equals_numpy(dtype, n, c, p, groups):
     x = rng.normal(0.5, 2, (n, c * p)).astype(dtype)
     v = rng.uniform(-1.5, 1.5, c).astype(dtype)
     w, b = (rng.uniform(0.5, 1.5, c).astype(dtype) for _ in range(2))
-    y, s, stats = np.empty_like(x), np.empty_like(x), np.empty((2, n, groups), dtype)
-    K.s0_forward(x, v, w, b, groups, p, 1e-5, y, s, *stats)
+    y, s, stats = K.s0_forward(x, np.stack([v, w, b]), groups, p, 1e-5)
+    assert y.dtype == s.dtype == stats.dtype == dtype and stats.shape == (2, n, groups)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     ref_y, ref_s = K.s0_reference(x, v, w, b, groups, p, 1e-5)
     np.testing.assert_allclose(y, ref_y, rtol=tol, atol=tol)
@@ -107,6 +107,24 @@ def test_b0_forward_kernel_equals_numpy(dtype, train):
         np.testing.assert_allclose(per_c[1], x.var(axis=(0, 2)), rtol=tol)  # the batch variance, for the running one
 
 
+def test_b0_backward_in_eval_reads_no_unwritten_statistics():
+    """In eval the batch's statistics are not needed, but the backward reads them (times 0): the forward must
+    write them, or a NaN left in torch's uninitialized buffer became a NaN gradient (a CI run in several)."""
+    rng = np.random.default_rng(2)
+    n, c, p = 3, 4, 6
+    x, gy = rng.normal(size=(n, c, p)), rng.normal(size=(n, c, p))
+    v, w, b, running = (rng.uniform(0.5, 1.5, c) for _ in range(4))
+    grads = {}
+    for fill in (np.nan, 0.0):
+        y, stats, per_c = np.empty_like(x), np.empty((2, n, c)), np.full((3, c), fill)
+        K.b0_forward(x, v, w, b, running, 1e-5, False, y, *stats, *per_c)
+        gx, gv, gw, gb, ga = np.empty_like(x), *np.zeros((4, c))
+        K.b0_backward(gy, x, v, w, *stats, per_c[0], per_c[2], False, 0.5, gx, gv, gw, gb, ga, np.empty((n, c)))
+        grads[fill] = np.concatenate([gx.ravel(), gv, gw, gb])
+    assert np.isfinite(grads[np.nan]).all()
+    np.testing.assert_array_equal(grads[np.nan], grads[0.0])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n, c, p", [(7, 8, 1), (3, 6, 12)])
 def test_powernorm_kernels_equal_numpy(dtype, n, c, p):
@@ -154,8 +172,7 @@ def test_kernels_without_jit_agree():
         "y, st, pc = np.empty_like(x), np.empty((2, 3, 4)), np.empty((3, 4))\n"
         "K.b0_forward(x, v, w, b, r, 1e-5, True, y, *st, *pc)\n"
         "assert np.allclose(y, K.b0_reference(x, v, w, b, 1e-5))\n"
-        "x2 = x.reshape(3, 20); y2, s2, st2 = np.empty_like(x2), np.empty_like(x2), np.empty((2, 3, 2))\n"
-        "K.s0_forward(x2, v, w, b, 2, 5, 1e-5, y2, s2, *st2)\n"
+        "x2 = x.reshape(3, 20); y2 = K.s0_forward(x2, np.stack([v, w, b]), 2, 5, 1e-5)[0]\n"
         "assert np.allclose(y2, K.s0_reference(x2, v, w, b, 2, 5, 1e-5)[0])\n"
         "from trainlab.kernels import powernorm as P\n"
         "y3, sv, r2 = np.empty_like(x), np.empty((2, 4)), r.copy()\n"
