@@ -2,8 +2,8 @@
 
 Written by hand because torch has no fused kernel for them: as a chain of torch ops (its variance
 alone is an unvectorized Welford pass on CPU) a forward and backward cost 8-30 LayerNorms; fused here,
-about one. Each function takes C-contiguous float arrays of one dtype and writes its outputs into
-arrays the caller allocates. B0's statistics are two-pass (mean, then the squared deviations) over
+about one. Each function takes C-contiguous float arrays of one dtype; B0's write their outputs into
+arrays the caller allocates, S0's allocate and return theirs (fewer arrays to pass, which small tensors feel). B0's statistics are two-pass (mean, then the squared deviations) over
 blocks that fit in cache; S0's groups are often short (64 entries of a layer of 256 features), where
 the second pass doubled the forward's time, so theirs are one pass over x minus the block's first entry.
 

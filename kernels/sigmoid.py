@@ -5,7 +5,8 @@ here). Here e^{-|z|} is Cephes' exp (Moshier), arithmetic only: k = round(t / ln
 two parts (Cody-Waite), a polynomial (float32) or Padé form (float64) in r, times 2^k built from its
 bits. Both tails keep their relative accuracy: σ = 1 / (1 + e) for z ≥ 0 and e / (1 + e) below. Within
 3 ulp of the exact value, as torch's is (tests/test_norm_kernels.py checks it against long double).
-On its own it is 2.5x torch's sigmoid (LLVM vectorizes it 8 wide here, torch's is 16); inside a kernel
+On its own it takes about torch's sigmoid's time (0.41-0.54 ms against 0.56 ms on 262,144 float32 entries,
+2026-12-03, the machine busy); inside a kernel
 that passes over the tensor anyway it saves torch's two passes (v x, then σ) and their Python calls.
 
 Call `sigmoid(z)` from a Numba kernel; from Python it is math's. Numba's cache keys a kernel on its own file's

@@ -314,7 +314,7 @@ class _EvoNormS0Function(torch.autograd.Function):
         params = torch.stack((v, w, b)).numpy()  # grad mode is off inside forward: no graph, no detach
         y, s, stats = _kernels("evonorm").s0_forward(_np(x).reshape(n, -1), params, groups, p, eps)
         ctx.save_for_backward(x, v, w, b)
-        ctx.kernel_state = params, s, stats, groups, p  # s = σ(v x); stats: the blocks' mean and r
+        ctx.kernel_state = params, s, stats, p  # s = σ(v x); stats: the blocks' mean and r
         ctx.groups, ctx.eps = groups, eps
         return torch.from_numpy(y.reshape(x.shape))  # NumPy's reshape: a tenth of torch's view here
 
@@ -324,9 +324,9 @@ class _EvoNormS0Function(torch.autograd.Function):
         if torch.is_grad_enabled():
             plain = lambda x, v, w, b: _evonorm_s0(x, v, w, b, ctx.groups, ctx.eps)  # noqa: E731
             return (*_plain_grads(ctx, plain, (x, v, w, b), gy), None, None)
-        params, s, stats, groups, p = ctx.kernel_state
+        params, s, stats, p = ctx.kernel_state
         gx, grads = _kernels("evonorm").s0_backward(_np(gy).reshape(s.shape), _np(x).reshape(s.shape), s, params,
-                                                    stats, groups, p)
+                                                    stats, ctx.groups, p)
         return (torch.from_numpy(gx.reshape(x.shape)), *torch.from_numpy(grads).unbind(), None, None)
 
 
