@@ -185,3 +185,20 @@ def stop_group(proc: subprocess.Popen, grace: float = 10) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+
+
+@pytest.fixture(autouse=True)
+def _no_training_left(request):
+    """A test leaves no run training behind: a forgotten training thread keeps a core busy for every later
+    test in this process (the browser tests' timings among them). Stopped here, and the test fails."""
+    import threading
+
+    before = {t for t in threading.enumerate() if t.name == "trainlab-run"}
+    yield
+    left = [t for t in threading.enumerate() if t.name == "trainlab-run" and t not in before and t.is_alive()]
+    for t in left:
+        run = getattr(getattr(t, "_target", None), "__self__", None)
+        if run is not None:
+            run.stop()
+    if left:
+        pytest.fail(f"{len(left)} run(s) left training after the test (stop them: run.stop())", pytrace=False)
