@@ -187,15 +187,20 @@ def stop_group(proc: subprocess.Popen, grace: float = 10) -> None:
             proc.wait(timeout=10)
 
 
-@pytest.fixture(autouse=True)
-def _no_training_left(request):
-    """A test leaves no run training behind: a forgotten training thread keeps a core busy for every later
-    test in this process (the browser tests' timings among them). Stopped here, and the test fails."""
+def training_threads() -> list:
+    """The runs' training threads alive in this process (Run.start names each "trainlab-run")."""
     import threading
 
-    before = {t for t in threading.enumerate() if t.name == "trainlab-run"}
+    return [t for t in threading.enumerate() if t.name == "trainlab-run"]
+
+
+@pytest.fixture(autouse=True)
+def _no_training_left():
+    """A test leaves no run training behind: a forgotten training thread keeps a core busy for every later
+    test in this process (the browser tests' timings among them). Stopped here, and the test fails."""
+    before = set(training_threads())
     yield
-    left = [t for t in threading.enumerate() if t.name == "trainlab-run" and t not in before and t.is_alive()]
+    left = [t for t in training_threads() if t not in before]
     for t in left:
         run = getattr(getattr(t, "_target", None), "__self__", None)
         if run is not None:

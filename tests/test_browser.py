@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ARTIFACTS, answers, free_port, serving, wait_until
+from conftest import ARTIFACTS, answers, free_port, serving, training_threads, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -150,12 +150,6 @@ def test_two_sessions_have_independent_runs(server, page, browser):
         other.close()
 
 
-def _training_threads() -> list:
-    import threading
-
-    return [t for t in threading.enumerate() if t.name == "trainlab-run" and t.is_alive()]
-
-
 def test_closing_the_tab_ends_the_sessions_training_thread(page):
     """The served app in this process, so its threads can be seen: a closed tab leaves none behind."""
     import panel as pn
@@ -170,12 +164,12 @@ def test_closing_the_tab_ends_the_sessions_training_thread(page):
         _wait_for("the in-process server never answered", lambda: answers(port), 30)
         _open(page, f"http://127.0.0.1:{port}/")
         page.get_by_role("button", name="Start").click()
-        _wait_for("no training thread after Start", _training_threads, 20)
+        _wait_for("no training thread after Start", training_threads, 20)
         page.close()  # the tab closes: Bokeh destroys the session, the app's cleanup runs
         deadline = time.monotonic() + 30
-        while _training_threads() and time.monotonic() < deadline:
+        while training_threads() and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not _training_threads(), "the closed session's training thread is still running"
+        assert not training_threads(), "the closed session's training thread is still running"
     finally:
         server.stop()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 import os
 import pickle
-import threading
 import time
 
 import numpy as np
@@ -18,15 +17,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from trainlab import Probe, Run, as_data, optimizers
 from trainlab.models import mse
 
-from conftest import small_run, wait_until
+from conftest import small_run, training_threads, wait_until
 
 
 def wait_for(cond, timeout=30.0, what="condition"):
     wait_until(cond, timeout, what, every=0.005)
-
-
-def run_threads():
-    return [t for t in threading.enumerate() if t.name == "trainlab-run"]
 
 
 def groups(run: Run) -> list[dict]:
@@ -70,7 +65,7 @@ class Recorder:
 @pytest.fixture(autouse=True)
 def _no_thread_left_behind():
     yield
-    leaked = run_threads()
+    leaked = training_threads()
     for t in leaked:
         t.join(5)
     assert not leaked, "a test left a training thread running"
@@ -534,12 +529,12 @@ def test_start_stop_leaves_no_thread():
     run.start()
     try:
         assert run.status == "running"
-        assert len(run_threads()) == 1
+        assert len(training_threads()) == 1
         wait_for(lambda: run.steps > 3)
     finally:
         run.stop()
     assert run.status == "stopped"
-    assert run_threads() == []
+    assert training_threads() == []
     n = run.steps
     time.sleep(0.05)
     assert run.steps == n
@@ -549,7 +544,7 @@ def test_start_with_a_step_budget_stops_by_itself():
     run = small_run()
     run.start(steps=25)
     run.wait(timeout=20)
-    assert run_threads() == []
+    assert training_threads() == []
     assert run.steps == 25 and len(run.history) == 25
     assert run.status == "stopped"
 
@@ -708,7 +703,7 @@ def test_a_failing_probe_pauses_a_background_run_and_keeps_its_history():
     assert run.steps == 10 and df["step"].tolist() == list(range(1, 11))  # the failing step's row is logged
     assert df["ok"].dropna().index.tolist() == [4]  # only the first measurement landed
     run.stop()
-    assert not run_threads()
+    assert not training_threads()
 
 
 def test_a_dataset_with_one_float_target_per_example_trains_with_mse():

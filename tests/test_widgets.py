@@ -4,13 +4,13 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import panel as pn
 import pytest
 import torch
 from bokeh.models import ColumnDataSource
+from conftest import training_threads
 
 from trainlab import Run
 from trainlab.optimizers import optimizers
@@ -190,7 +190,7 @@ def test_buttons_start_pause_and_close_leave_no_thread():
     n = dash.run.steps
     assert dash.run.steps == n
     dash.close()
-    assert not any(t.name == "trainlab-run" for t in threading.enumerate())
+    assert not training_threads()
     assert not dash.feed.running
 
 
