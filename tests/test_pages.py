@@ -144,3 +144,44 @@ def test_a_closed_page_frees_its_place_before_bokeh_ends_its_session(lab):
     assert first.id in {s.id for s in served.server.get_sessions("/")}  # it lingers, as Bokeh keeps it
     html = urllib.request.urlopen(url, timeout=60).read().decode()
     assert get_session_id(_token(html)) == second.id  # the place is free: the next page made ahead is taken
+
+
+
+def _pulled(doc) -> dict:
+    from bokeh.protocol import Protocol
+
+    return Protocol().create("PULL-DOC-REPLY", "1", doc).content["doc"]
+
+
+def test_a_page_made_ahead_is_pulled_as_serialized_ahead_until_its_document_changes():
+    """serialize_ahead: the pull sends the serialization made while idle, equal to a fresh one; a change the page
+    would be sent as a patch drops it, a session callback added (as the claim adds the feed's) does not."""
+    from bokeh.document import Document
+    from bokeh.models import Slider
+
+    from trainlab.widgets.pages import serialize_ahead
+
+    def doc_with_slider():
+        doc, slider = Document(), Slider(start=0, end=1, value=0.25, title="lr")
+        doc.add_root(slider)
+        return doc, slider
+
+    doc, slider = doc_with_slider()
+    serialize_ahead(doc)
+    ahead = doc.__dict__["to_json"]
+    used = []
+    doc.to_json = lambda **kw: used.append(kw) or ahead(**kw)  # the same function, seen being called
+    doc.add_periodic_callback(lambda: None, 1000)
+    pulled = _pulled(doc)
+    assert used == [{}], "the pull used the serialization made ahead"
+    assert "to_json" not in doc.__dict__  # once: a later pull serializes anew
+    assert pulled == Document.to_json(doc).content  # what a fresh serialization gives
+
+    doc, slider = doc_with_slider()
+    serialize_ahead(doc)
+    slider.value = 0.75  # a change the page would be sent as a patch
+    assert "to_json" not in doc.__dict__
+    assert _pulled(doc)["roots"][0]["attributes"]["value"] == 0.75
+    doc, slider = doc_with_slider()
+    serialize_ahead(doc)
+    assert doc.to_json(deferred=False)["roots"][0]["attributes"]["value"] == 0.25  # plain JSON: made anew
