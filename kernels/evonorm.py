@@ -22,8 +22,17 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .config import ERROR_MODEL, FASTMATH
+from .config import ERROR_MODEL, FASTMATH, FEW_POSITIONS, fold, per_entry
 from .sigmoid import sigmoid
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
+def _params_per_entry(params, p):
+    """(3, C) -> (3, C·p), for maps of few positions (config.FEW_POSITIONS)."""
+    out = np.empty((params.shape[0], params.shape[1] * p), params.dtype)
+    for a in range(params.shape[0]):
+        out[a] = per_entry(params[a], p)
+    return out
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
@@ -32,6 +41,8 @@ def s0_forward(x, params, groups, p, eps):
     params (3, C) are v, γ, β. The outputs are allocated here: on small tensors each array passed in
     cost about as much as the work (a torch allocation, a conversion, the dispatcher's look at it)."""
     rows, length = x.shape
+    if 1 < p < FEW_POSITIONS:  # as features (config.py)
+        params, p = _params_per_entry(params, p), 1
     k, cg = length // groups, length // groups // p
     y, s, stats = np.empty_like(x), np.empty_like(x), np.empty((2, rows, groups), x.dtype)
     v, w, b, mean, rstd = params[0], params[1], params[2], stats[0], stats[1]
@@ -83,6 +94,9 @@ def s0_backward(gy, x, s, params, stats, groups, p):
     ∂L/∂γ = Σ ∂L/∂y num r, ∂L/∂v = Σ g x² s(1-s), ∂L/∂β = Σ ∂L/∂y.
     """
     rows, length = x.shape
+    channels = params.shape[1]
+    if 1 < p < FEW_POSITIONS:  # as features (config.py)
+        params, p = _params_per_entry(params, p), 1
     k, cg = length // groups, length // groups // p
     v, w, mean, rstd = params[0], params[1], stats[0], stats[1]
     gx, grads = np.empty_like(x), np.zeros_like(params)
@@ -134,7 +148,12 @@ def s0_backward(gy, x, s, params, stats, groups, p):
                     for i in range(p):
                         xi, si = xc[i], sc[i]
                         gxc[i] = gyc[i] * rw * (si + vc * xi * (si - si * si)) + cf * (xi - mu)
-    return gx, grads
+    if grads.shape[1] == channels:
+        return gx, grads
+    folded = np.zeros((3, channels), x.dtype)
+    for a in range(3):
+        fold(grads[a], folded[a])
+    return gx, folded
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model=ERROR_MODEL)

@@ -7,7 +7,7 @@ terms, γ's gradient and β's) and a dozen small ops on the (C,) statistics. Bot
 memory-bound, and after a pass over a large tensor each small op paid 10-15 µs (the interpreter's data
 evicted from cache), not 1. 1.8x LayerNorm's forward and backward on (1024, 256) features as torch ops;
 fused here, the statistics updated in the same call. Shapes: x (N, C, P), P = 1 for features (whose
-loops then run along the channels, contiguous); every array C-contiguous and of x's dtype, outputs
+loops then run along the channels, contiguous; as do maps of fewer than FEW_POSITIONS, config.py); every array C-contiguous and of x's dtype, outputs
 allocated by the caller, as in evonorm.py. With ψ² = ψ²_{t-1} + ε, a = γ / ψ:
     forward:  y = a x + β; ψ_B² = mean_{n,p} x²; the running ψ² moves to α ψ² + (1-α) ψ_B²;
     backward: ∂L/∂x = a ∂L/∂y - ν x / ψ², ∂L/∂γ = Σ ∂L/∂y x / ψ, ∂L/∂β = Σ ∂L/∂y;
@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .config import ERROR_MODEL, FASTMATH
+from .config import ERROR_MODEL, FASTMATH, FEW_POSITIONS, fold, per_entry
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
@@ -30,14 +30,16 @@ def forward(x, w, b, running, eps, alpha, y, saved):
     for c in range(channels):                                            # they alias nothing (-20 %)
         saved[0, c] = running[c]
         a[c] = w[c] / np.sqrt(running[c] + eps)
-    if p == 1:  # features: a row at a time along its channels (1-D rows: contiguous vector loads)
-        x2, y2 = x.reshape(rows, channels), y.reshape(rows, channels)
+    if p < FEW_POSITIONS:  # features (or few positions, as features): a row at a time along its entries
+        ae, be, sqe = per_entry(a, p), per_entry(b, p), np.zeros(channels * p, x.dtype)
+        x2, y2 = x.reshape(rows, channels * p), y.reshape(rows, channels * p)  # 1-D rows: contiguous vector loads
         for n in range(rows):
             xr, yr = x2[n], y2[n]
-            for j in range(channels):
+            for j in range(channels * p):
                 xj = xr[j]
-                yr[j] = a[j] * xj + b[j]
-                sq[j] += xj * xj
+                yr[j] = ae[j] * xj + be[j]
+                sqe[j] += xj * xj
+        fold(sqe, sq)
     else:
         for n in range(rows):
             for c in range(channels):
@@ -62,15 +64,19 @@ def backward(gy, x, w, saved, nu, eps, alpha, gx, grads):
     for c in range(channels):
         inv2 = 1 / (saved[0, c] + eps)
         a[c], k[c] = w[c] * np.sqrt(inv2), nu[c] * inv2
-    if p == 1:
-        g2, x2, gx2 = gy.reshape(rows, channels), x.reshape(rows, channels), gx.reshape(rows, channels)
+    if p < FEW_POSITIONS:
+        e = channels * p
+        ae, ke, swe, sbe = per_entry(a, p), per_entry(k, p), np.zeros(e, x.dtype), np.zeros(e, x.dtype)
+        g2, x2, gx2 = gy.reshape(rows, e), x.reshape(rows, e), gx.reshape(rows, e)
         for n in range(rows):
             gr, xr, gxr = g2[n], x2[n], gx2[n]
-            for j in range(channels):
+            for j in range(e):
                 gj, xj = gr[j], xr[j]
-                gxr[j] = a[j] * gj - k[j] * xj
-                sw[j] += gj * xj
-                sb[j] += gj
+                gxr[j] = ae[j] * gj - ke[j] * xj
+                swe[j] += gj * xj
+                sbe[j] += gj
+        fold(swe, sw)
+        fold(sbe, sb)
     else:
         for n in range(rows):
             for c in range(channels):

@@ -99,12 +99,16 @@ class _RMSNorm2dFunction(torch.autograd.Function):
         if torch.is_grad_enabled():
             return (*_plain_grads(ctx, lambda x, w: _rms_norm_2d(x, w, ctx.eps), (x, weight), gy), None)
         n, c, m = x.shape[0], x.shape[1], x[0].numel()
-        if x.ndim == 2:
-            gyx = gy * x
-        else:  # Σ_{h,w} ∂L/∂y x
+        if m // c < 16:
+            # few positions (features: one): the sums as two matrix-vector products of ∂L/∂y x; the per-(n, c)
+            # pass below, over 2x2 maps, took 30x as long (3.3 ms against 0.11 ms on (1024, 64, 2, 2))
+            gyx = (gy * x).view(n, -1)
+            gw = (r @ gyx).view(c, -1).sum(1)
+            coef = gyx @ weight.repeat_interleave(m // c)
+        else:  # Σ_{h,w} ∂L/∂y x per (n, c) in one pass: from 8x8 maps on, 1.2-1.4x faster than the products
             gyx = _channel_dot(gy.reshape(1, n * c, -1), x.reshape(1, n * c, -1)).view(n, c)
-        gw = (gyx * r[:, None]).sum(0)
-        coef = (gyx @ weight).mul_(r.pow(3)).div_(m)  # r³ mean(g x), (N,)
+            gw, coef = r @ gyx, gyx @ weight
+        coef.mul_(r.pow(3)).div_(m)  # r³ mean(g x), (N,)
         shape = (n, c, *[1] * (x.ndim - 2))
         gx = (gy * (r[:, None] * weight).view(shape)).addcmul_(x, coef.view(n, *[1] * (x.ndim - 1)), value=-1)
         return gx, gw, None

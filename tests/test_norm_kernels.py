@@ -16,6 +16,7 @@ from trainlab.kernels import evonorm as K
 from trainlab.kernels import powernorm as P
 
 MAPS, FEATURES = (5, 6, 4, 3), (16, 6)
+WIDE_MAPS = (3, 6, 4, 5)  # 20 positions: the kernels loop over a channel's positions (fewer run as features)
 
 
 def _x(shape, seed=0, dtype=torch.float64):
@@ -34,9 +35,9 @@ def _randomize(m, seed=1):
 
 
 LAYERS = {  # name: (build, shapes)
-    "evonorm_s0": (lambda: L.EvoNormS0(6, groups=3), [FEATURES, MAPS]),
+    "evonorm_s0": (lambda: L.EvoNormS0(6, groups=3), [FEATURES, MAPS, WIDE_MAPS]),
     "evonorm_b0": (lambda: L.EvoNormB0(6), [MAPS]),
-    "rmsnorm2d": (lambda: L.RMSNorm2d(6), [MAPS]),
+    "rmsnorm2d": (lambda: L.RMSNorm2d(6), [FEATURES, MAPS, WIDE_MAPS]),
 }
 CASES = [(name, shape) for name, (_, shapes) in LAYERS.items() for shape in shapes]
 
@@ -49,7 +50,7 @@ def _torch_path(monkeypatch):
 
 # ---- kernels against NumPy -------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n, c, p, groups", [(7, 8, 1, 4), (3, 6, 12, 2), (2, 4, 5, 1)])
+@pytest.mark.parametrize("n, c, p, groups", [(7, 8, 1, 4), (3, 6, 12, 2), (2, 4, 5, 1), (2, 4, 20, 2)])
 def test_s0_forward_kernel_equals_numpy(dtype, n, c, p, groups):
     rng = np.random.default_rng(0)
     x = rng.normal(0.5, 2, (n, c * p)).astype(dtype)
@@ -126,7 +127,7 @@ def test_b0_backward_in_eval_reads_no_unwritten_statistics():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n, c, p", [(7, 8, 1), (3, 6, 12)])
+@pytest.mark.parametrize("n, c, p", [(7, 8, 1), (3, 6, 12), (3, 5, 20)])
 def test_powernorm_kernels_equal_numpy(dtype, n, c, p):
     rng = np.random.default_rng(2)
     x, gy = (rng.normal(0.5, 2, (n, c, p)).astype(dtype) for _ in range(2))
@@ -144,7 +145,7 @@ def test_powernorm_kernels_equal_numpy(dtype, n, c, p):
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("shape", [FEATURES, MAPS])
+@pytest.mark.parametrize("shape", [FEATURES, MAPS, WIDE_MAPS])
 def test_powernorm_fused_step_equals_torch_ops(monkeypatch, shape):
     """Three training steps and an eval through the fused kernels and through torch's batch-norm kernels (the
     path of CUDA and half precision): the same outputs, gradients and running ψ² and ν."""
