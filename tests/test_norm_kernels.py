@@ -209,6 +209,20 @@ def test_fast_path_equals_torch_formula(monkeypatch, name, shape, train):
             torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("channels, groups", [(130, 1), (128, 2), (192, 2)])
+def test_s0_features_in_long_and_short_groups_equal_torch_formula(monkeypatch, channels, groups):
+    """S0's backward on features takes whole-row loops for groups of up to ROW_GROUPS entries and block loops
+    beyond: both (and the boundary, 64) against the torch formula."""
+    fast, plain = _randomize(L.EvoNormS0(channels, groups=groups)), _randomize(L.EvoNormS0(channels, groups=groups))
+    x = _x((9, channels), dtype=torch.float32)
+    got = _grads(fast, x)
+    with monkeypatch.context() as mp:
+        _torch_path(mp)
+        ref = _grads(plain, x)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5)
+
+
 @pytest.mark.parametrize("name, shape", CASES)
 def test_hand_written_backward_passes_gradcheck(name, shape):
     m = _randomize(LAYERS[name][0]().double())
