@@ -37,8 +37,9 @@ SHAPES = {"features (1024, 256)": (1024, 256), "maps (32, 32, 16, 16)": (32, 32,
 # so the work they replace is LayerNorm and that activation: S0's x σ(v x) is SiLU's at v = 1, B0 stands
 # for BatchNorm-ReLU (Liu et al. 2020). Its σ alone costs about 0.6x LayerNorm's forward and backward.
 ACTIVATION = {"evonorm_s0": nn.SiLU, "evonorm_b0": nn.ReLU}
-TYPICAL = {"features (64, 64)": (64, 64), "features (1024, 64)": (1024, 64), "features (128, 256)": (128, 256), "features (256, 1024)": (256, 1024),
-           "maps (64, 32, 16, 16)": (64, 32, 16, 16), "maps (1024, 64, 2, 2)": (1024, 64, 2, 2)}
+TYPICAL = {"features (64, 64)": (64, 64), "features (1024, 64)": (1024, 64), "features (128, 256)": (128, 256),
+           "features (256, 1024)": (256, 1024), "maps (64, 32, 16, 16)": (64, 32, 16, 16),
+           "maps (1024, 64, 2, 2)": (1024, 64, 2, 2)}
 
 
 def _fwd_bwd(module, x, gy):

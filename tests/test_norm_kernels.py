@@ -40,7 +40,8 @@ LAYERS = {  # name: (build, shapes)
     "evonorm_s0 groups of 64": (lambda: L.EvoNormS0(128, groups=2), [(5, 128)]),
     "evonorm_s0 groups of 65": (lambda: L.EvoNormS0(130, groups=2), [(5, 130)]),
     "evonorm_b0": (lambda: L.EvoNormB0(6), [MAPS]),
-    "rmsnorm2d": (lambda: L.RMSNorm2d(6), [FEATURES, MAPS, WIDE_MAPS]),
+    # RMSNorm2d's backward sums by matrix-vector products up to 32 positions, per (n, c) beyond (42 here)
+    "rmsnorm2d": (lambda: L.RMSNorm2d(6), [FEATURES, MAPS, WIDE_MAPS, (2, 6, 6, 7)]),
 }
 CASES = [(name, shape) for name, (_, shapes) in LAYERS.items() for shape in shapes]
 
