@@ -28,6 +28,20 @@ def _per_channel(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t.view(1, -1, *([1] * (x.ndim - 2)))
 
 
+# torch broadcasts an (N, C, 1, 1) factor over a map's positions a few entries at a time: on 2x2 and 3x3 maps
+# t * (N, C, 1, 1) took 3.2-3.5x two passes over (N, C·P) rows (165 µs against 51 on (1024, 64, 2, 2)); from
+# 4x4 on the broadcast is as fast or faster.
+_FEW_POSITIONS = 16
+
+
+def _scale(t: torch.Tensor, r: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """t r_n γ_c, r (N,) per example and γ (C,) per channel."""
+    n, p = t.shape[0], t[0].numel() // t.shape[1]
+    if 1 < p < _FEW_POSITIONS:
+        return (t.reshape(n, -1) * r[:, None]).mul_(weight.repeat_interleave(p)).view(t.shape)
+    return t * (r[:, None] * weight).view(n, -1, *[1] * (t.ndim - 2))
+
+
 def _channel_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Σ a b over every axis but the channels', in one fused pass and without an (N, C, ...) temporary:
     batch norm's backward in eval mode with mean 0, variance 1 and ε 0 returns it as the weight's gradient.
@@ -91,7 +105,7 @@ class _RMSNorm2dFunction(torch.autograd.Function):
         r = (torch.linalg.vector_norm(x.reshape(n, -1), dim=1).square_().div_(m) + eps).rsqrt_()  # (N,)
         ctx.save_for_backward(x, weight, r)
         ctx.eps = eps
-        return x * (r[:, None] * weight).view(n, -1, *[1] * (x.ndim - 2))
+        return _scale(x, r, weight)
 
     @staticmethod
     def backward(ctx, gy):
@@ -110,8 +124,7 @@ class _RMSNorm2dFunction(torch.autograd.Function):
             gyx = _channel_dot(gy.reshape(1, n * c, -1), x.reshape(1, n * c, -1)).view(n, c)
             gw, coef = r @ gyx, gyx @ weight
         coef.mul_(r.pow(3)).div_(m)  # r³ mean(g x), (N,)
-        shape = (n, c, *[1] * (x.ndim - 2))
-        gx = (gy * (r[:, None] * weight).view(shape)).addcmul_(x, coef.view(n, *[1] * (x.ndim - 1)), value=-1)
+        gx = _scale(gy, r, weight).addcmul_(x, coef.view(n, *[1] * (x.ndim - 1)), value=-1)
         return gx, gw, None
 
 

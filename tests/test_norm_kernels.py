@@ -39,7 +39,7 @@ LAYERS = {  # name: (build, shapes)
     # S0's backward on features: whole-row loops for groups of up to kernels.evonorm.ROW_GROUPS = 64, block loops beyond
     "evonorm_s0 groups of 64": (lambda: L.EvoNormS0(128, groups=2), [(5, 128)]),
     "evonorm_s0 groups of 65": (lambda: L.EvoNormS0(130, groups=2), [(5, 130)]),
-    "evonorm_b0": (lambda: L.EvoNormB0(6), [MAPS]),
+    "evonorm_b0": (lambda: L.EvoNormB0(6), [MAPS, (4, 6, 2, 2)]),  # 2x2 maps: B0's kernels with a constant 4
     # RMSNorm2d's backward sums by matrix-vector products up to 32 positions, per (n, c) beyond (42 here)
     "rmsnorm2d": (lambda: L.RMSNorm2d(6), [FEATURES, MAPS, WIDE_MAPS, (2, 6, 6, 7)]),
 }
@@ -97,9 +97,10 @@ def test_vectorized_sigmoid_is_within_3_ulp(dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("train", [True, False])
-def test_b0_forward_kernel_equals_numpy(dtype, train):
+@pytest.mark.parametrize("p", [9, 4])  # 4: 2x2 maps, compiled with a constant 4 (kernels.evonorm)
+def test_b0_forward_kernel_equals_numpy(dtype, train, p):
     rng = np.random.default_rng(1)
-    n, c, p = 4, 5, 9
+    n, c = 4, 5
     x = rng.normal(0.5, 2, (n, c, p)).astype(dtype)
     v = rng.uniform(-0.5, 0.5, c).astype(dtype)
     w, b, running = (rng.uniform(0.5, 1.5, c).astype(dtype) for _ in range(3))
