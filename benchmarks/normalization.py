@@ -8,7 +8,7 @@ act on the layer before them, so theirs is "layer with standardized weight + its
 same plain layer + LayerNorm". Each pair runs in alternating chunks in one process (one torch thread),
 timed in CPU time of this thread (the machine is shared: wall time also counts other processes' turns)
 and taken at the best chunk (interference only ever adds). Shapes: the two of the target, then sizes
-typical of the models (MLP widths 64-1024 at batch 64-256, a CNN's (64, 32, 16, 16)) with `--sizes all`.
+typical of the models (MLP widths 64-1024 at batch 64-256, a CNN's maps from 16x16 to 2x2) with `--sizes all`.
 Target: <= 1.5x the layers each replaces (LayerNorm; for the EvoNorms, LayerNorm + activation).
 
 (b) μP's coordinate check, six widths 64 … 2048 (`benchmarks/parts/coord_check.py`, also runnable alone),
@@ -37,8 +37,10 @@ SHAPES = {"features (1024, 256)": (1024, 256), "maps (32, 32, 16, 16)": (32, 32,
 # so the work they replace is LayerNorm and that activation: S0's x σ(v x) is SiLU's at v = 1, B0 stands
 # for BatchNorm-ReLU (Liu et al. 2020). Its σ alone costs about 0.6x LayerNorm's forward and backward.
 ACTIVATION = {"evonorm_s0": nn.SiLU, "evonorm_b0": nn.ReLU}
+# (64, 16, 8, 8): the embedded CNN's first norm on digits at batch 64; 3x3 and 2x2: a CNN's last maps
 TYPICAL = {"features (64, 64)": (64, 64), "features (1024, 64)": (1024, 64), "features (128, 256)": (128, 256),
            "features (256, 1024)": (256, 1024), "maps (64, 32, 16, 16)": (64, 32, 16, 16),
+           "maps (64, 16, 8, 8)": (64, 16, 8, 8), "maps (1024, 64, 3, 3)": (1024, 64, 3, 3),
            "maps (1024, 64, 2, 2)": (1024, 64, 2, 2)}
 
 

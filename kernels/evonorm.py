@@ -2,8 +2,8 @@
 
 Written by hand because torch has no fused kernel for them: as a chain of torch ops (its variance
 alone is an unvectorized Welford pass on CPU) a forward and backward cost 8-30 LayerNorms; fused here,
-about one. Each function takes C-contiguous float arrays of one dtype; B0's write their outputs into
-arrays the caller allocates, S0's allocate and return theirs (fewer arrays to pass, which small tensors feel).
+about one. Each function takes C-contiguous float arrays of one dtype and allocates and returns its outputs
+(fewer arrays to make and pass in Python: on a CNN's (64, 16, 8, 8) they had cost as much as the kernels' work).
 B0's statistics are two-pass (mean, then the squared deviations) over blocks that fit in cache; S0's groups
 are often short (64 entries of a layer of 256 features), where the second pass doubled the forward's time, so
 theirs are one pass over x minus the block's first entry.
@@ -219,39 +219,62 @@ def _s0_backward_blocks(gy, x, s, params, stats, groups, p):
 # 2 and 3 gain as much, 8 half as much, 9 and 16 lose (2-3x slower); each constant compiles the kernels once more,
 # so only the common one is specialized.
 SPECIALIZED_POSITIONS = 4
+# Other maps of fewer positions than this (3x3, 2x3, ...) run B0's elementwise loops over whole rows, the parameters
+# repeated over their positions, since a loop over a channel's few positions is scalar code: on (1024, 64, 3, 3) the
+# kernels' forward 639 -> 470 µs, backward 1340 -> 852 (an A/B in one process, 2026-12-04). At 16 and 25 positions
+# the two take the same time, at 64 the rows lose (54 against 29 µs backward on (64, 16, 8, 8)).
+ROW_POSITIONS = 16
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
-def b0_forward(x, v, w, b, running_var, eps, train, y, mean_nc, std_nc, mean_c, var_c, a):
-    """y as above for x (N, C, P). Out: mean_nc, std_nc (= b_nc) (N, C); mean_c, var_c the batch's (training;
-    in eval 0 and the running variance), a (C,)."""
+def b0_forward(x, params, running_var, eps, momentum, train):
+    """y as above for x (N, C, P), params (3, C) v, γ, β; returns y, stats (2, N, C): mean_nc and std_nc (= b_nc),
+    and per_c (3, C): the batch's mean_c and var_c (in eval 0 and the running variance), a. In training the
+    running variance moves to the batch's in place, by `momentum` (x's dtype, as torch's lerp_)."""
     rows, channels, p = x.shape
+    y = np.empty_like(x)
+    stats, per_c = np.empty((2, rows, channels), x.dtype), np.empty((3, channels), x.dtype)
     x2, y2 = x.reshape((rows, channels * p)), y.reshape((rows, channels * p))
+    v, w, b, mean_nc, std_nc = params[0], params[1], params[2], stats[0], stats[1]
+    mean_c, var_c, a = per_c[0], per_c[1], per_c[2]
     if p == SPECIALIZED_POSITIONS:
-        _b0_forward(x2, SPECIALIZED_POSITIONS, v, w, b, running_var, eps, train, y2, mean_nc, std_nc, mean_c, var_c, a)
+        _b0_statistics(x2, SPECIALIZED_POSITIONS, running_var, eps, train, mean_nc, std_nc, mean_c, var_c, a)
+        _b0_output(x2, SPECIALIZED_POSITIONS, v, w, b, y2, std_nc, a)
     else:
-        _b0_forward(x2, p, v, w, b, running_var, eps, train, y2, mean_nc, std_nc, mean_c, var_c, a)
+        _b0_statistics(x2, p, running_var, eps, train, mean_nc, std_nc, mean_c, var_c, a)
+        if p < ROW_POSITIONS:
+            _b0_output_rows(x2, p, v, w, b, y2, std_nc, a)
+        else:
+            _b0_output(x2, p, v, w, b, y2, std_nc, a)
+    if train:
+        for c in range(channels):
+            running_var[c] += momentum * (var_c[c] - running_var[c])
+    return y, stats, per_c
 
 
 @njit(fastmath=FASTMATH, error_model=ERROR_MODEL, inline="always")
-def _b0_forward(x, p, v, w, b, running_var, eps, train, y, mean_nc, std_nc, mean_c, var_c, a):
-    """b0_forward on x (N, C·P), inlined so that a constant p reaches LLVM. Loops run channels innermost where
-    they can (the channels' statistics over the batch accumulate row by row, vectorized across channels).
-    The batch variance is the law of total variance over the examples' (exact, and stable)."""
+def _b0_statistics(x, p, running_var, eps, train, mean_nc, std_nc, mean_c, var_c, a):
+    """mean_nc, std_nc = b_nc, and per channel mean_c, var_c and a, of x (N, C·P); inlined (as every _b0_* is)
+    so that a constant p reaches LLVM. Loops run channels innermost where they can (the channels' statistics
+    over the batch accumulate row by row, vectorized across channels). The batch variance is the law of total
+    variance over the examples' (exact, and stable)."""
     rows, channels = mean_nc.shape
-    zero = eps - eps
+    inv = np.empty(1, x.dtype)
+    inv[0] = 1.0 / p
+    per_p = inv[0]  # in x's dtype: dividing by the int p made the loops float64
+    zero = per_p - per_p
     for n in range(rows):
         xr, mr, sr = x[n], mean_nc[n], std_nc[n]  # 1-D rows: contiguous loads (2-D indexing compiled to gathers)
         for c in range(channels):
             t = zero
             for i in range(p):
                 t += xr[c * p + i]
-            mu = t / p
+            mu = t * per_p
             q = zero
             for i in range(p):
                 d = xr[c * p + i] - mu
                 q += d * d
-            mr[c], sr[c] = mu, q / p  # sr the variance for now
+            mr[c], sr[c] = mu, q * per_p  # sr the variance for now
     if train:
         mean_c[:], var_c[:] = 0.0, 0.0
         for n in range(rows):
@@ -268,9 +291,18 @@ def _b0_forward(x, p, v, w, b, running_var, eps, train, y, mean_nc, std_nc, mean
         mean_c[:], var_c[:] = 0.0, running_var
         a[:] = np.sqrt(running_var + eps)
     for n in range(rows):
-        xr, yr, sr = x[n], y[n], std_nc[n]
+        sr = std_nc[n]
         for c in range(channels):
             sr[c] = np.sqrt(sr[c] + eps)
+
+
+@njit(fastmath=FASTMATH, error_model=ERROR_MODEL, inline="always")
+def _b0_output(x, p, v, w, b, y, std_nc, a):
+    """y, a channel's positions at a time (from 16 positions on, or a constant p)."""
+    rows, channels = std_nc.shape
+    for n in range(rows):
+        xr, yr, sr = x[n], y[n], std_nc[n]
+        for c in range(channels):
             ac, bn, vc, wc, bc = a[c], sr[c], v[c], w[c], b[c]
             for i in range(p):
                 xi = xr[c * p + i]
@@ -279,20 +311,54 @@ def _b0_forward(x, p, v, w, b, running_var, eps, train, y, mean_nc, std_nc, mean
                 yr[c * p + i] = xi / d * wc + bc
 
 
+@njit(fastmath=FASTMATH, error_model=ERROR_MODEL, inline="always")
+def _b0_output_rows(x, p, v, w, b, y, std_nc, a):
+    """y in whole-row loops, the parameters repeated over their positions (config.per_entry), b_nc row by row."""
+    rows, channels = std_nc.shape
+    ve, we, be, ae = per_entry(v, p), per_entry(w, p), per_entry(b, p), per_entry(a, p)
+    bne = np.empty(channels * p, x.dtype)
+    for n in range(rows):
+        xr, yr = x[n], y[n]
+        _repeat(std_nc[n], p, bne)
+        for j in range(channels * p):
+            xi = xr[j]
+            t = ve[j] * xi + bne[j]
+            d = ae[j] if ae[j] > t else t
+            yr[j] = xi / d * we[j] + be[j]
+
+
+@njit(fastmath=FASTMATH, error_model=ERROR_MODEL, inline="always")
+def _repeat(t, p, out):
+    """out[c·p + i] = t[c] (per_entry into an array of the caller's)."""
+    for c in range(t.size):
+        tc = t[c]
+        for i in range(p):
+            out[c * p + i] = tc
+
+
 @njit(cache=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
-def b0_backward(gy, x, v, w, mean_nc, std_nc, mean_c, a, train, half, gx, gv, gw, gb, ga, gstd):
-    """gx and the parameters' gradients gv, gw, gb (C,), zeroed by the caller; ga (C,) and gstd (N, C)
-    are scratch (∂L/∂a, zeroed by the caller too, and ∂L/∂b_nc). d = max(a, v x + b): ∂L/∂d = -∂L/∂y γ x / d², split
-    between its two sides as torch.maximum does (all to the larger, half each on a tie); a and b_nc pass it on to x
-    through the variances: ∂a/∂x = (x - μ_c) / (a N P), ∂b_nc/∂x = (x - μ_nc) / (b_nc P)."""
+def b0_backward(gy, x, params, stats, per_c, train):
+    """gx (N, C, P) and the parameters' gradients (3, C), in params' order, from b0_forward's stats and per_c.
+    d = max(a, v x + b): ∂L/∂d = -∂L/∂y γ x / d², split between its two sides as torch.maximum does (all to the
+    larger, half each on a tie); a and b_nc pass it on to x through the variances: ∂a/∂x = (x - μ_c) / (a N P),
+    ∂b_nc/∂x = (x - μ_nc) / (b_nc P)."""
     rows, channels, p = x.shape
     shape = (rows, channels * p)
+    gx, grads = np.empty_like(x), np.zeros((3, channels), x.dtype)
+    ga, gstd = np.zeros(channels, x.dtype), np.empty((rows, channels), x.dtype)  # ∂L/∂a, ∂L/∂b_nc
+    one = np.ones(1, x.dtype)[0]
+    half = one / (one + one)  # in x's dtype (a literal 0.5 would make the loops float64)
     g2, x2, gx2 = gy.reshape(shape), x.reshape(shape), gx.reshape(shape)
+    v, w, gv, gw, gb = params[0], params[1], grads[0], grads[1], grads[2]
     if p == SPECIALIZED_POSITIONS:
-        _b0_backward(g2, x2, SPECIALIZED_POSITIONS, v, w, mean_nc, std_nc, mean_c, a, train, half, gx2, gv, gw, gb, ga,
-                     gstd)
+        _b0_backward(g2, x2, SPECIALIZED_POSITIONS, v, w, stats[0], stats[1], per_c[0], per_c[2], train, half, gx2,
+                     gv, gw, gb, ga, gstd)
+    elif p < ROW_POSITIONS:
+        _b0_backward_rows(g2, x2, p, v, w, stats[0], stats[1], per_c[0], per_c[2], train, half, gx2, gv, gw, gb, ga,
+                          gstd)
     else:
-        _b0_backward(g2, x2, p, v, w, mean_nc, std_nc, mean_c, a, train, half, gx2, gv, gw, gb, ga, gstd)
+        _b0_backward(g2, x2, p, v, w, stats[0], stats[1], per_c[0], per_c[2], train, half, gx2, gv, gw, gb, ga, gstd)
+    return gx, grads
 
 
 @njit(fastmath=FASTMATH, error_model=ERROR_MODEL, inline="always")
@@ -341,6 +407,63 @@ def _b0_backward(gy, x, p, v, w, mean_nc, std_nc, mean_c, a, train, half, gx, gv
                 d = ac if ac > t else t
                 gu = gr[c * p + i] * wc / d
                 gxr[c * p + i] = gu - gu * xi / d * m * vc + ka * (xi - mc) + kb * (xi - mn)
+
+
+
+@njit(fastmath=FASTMATH, error_model=ERROR_MODEL, inline="always")
+def _b0_backward_rows(gy, x, p, v, w, mean_nc, std_nc, mean_c, a, train, half, gx, gv, gw, gb, ga, gstd):
+    """_b0_backward in whole-row loops (fewer than 16 positions): the sums over the batch accumulate entry by
+    entry and fold to channels at the end; only ∂L/∂b_nc's is summed per (n, c), from a row of its terms."""
+    rows, channels = mean_nc.shape
+    length = channels * p
+    zero = half - half
+    one = half + half
+    ve, we, ae = per_entry(v, p), per_entry(w, p), per_entry(a, p)
+    acc = np.zeros((4, length), x.dtype)  # Σ_n, entry by entry: of γ's, β's, a's and v's terms
+    swe, sbe, sae, sve = acc[0], acc[1], acc[2], acc[3]
+    bne, sne = np.empty(length, x.dtype), np.empty(length, x.dtype)
+    for n in range(rows):
+        xr, gr, sr, kr = x[n], gy[n], std_nc[n], gstd[n]
+        _repeat(sr, p, bne)
+        for j in range(length):
+            xi, gi, ac = xr[j], gr[j], ae[j]
+            t = ve[j] * xi + bne[j]
+            m = one if t > ac else zero  # the share of v x + b
+            m = half if t == ac else m
+            d = ac if ac > t else t
+            u = xi / d
+            gd = -gi * we[j] * u / d
+            swe[j] += gi * u
+            sbe[j] += gi
+            sae[j] += gd * (one - m)
+            sne[j] = gd * m
+            sve[j] += gd * m * xi
+        for c in range(channels):
+            sn = zero
+            for i in range(p):
+                sn += sne[c * p + i]
+            kr[c] = sn / (sr[c] * p)  # the factor of (x - μ_nc), kept in x's dtype (as the loop below is)
+    for k, out in enumerate((gw, gb, ga, gv)):
+        fold(acc[k], out)
+    if train:
+        ga /= a * (rows * p)
+    else:
+        ga[:] = zero
+    kae, mce = per_entry(ga, p), per_entry(mean_c, p)
+    kbe, mne = np.empty(length, x.dtype), np.empty(length, x.dtype)
+    for n in range(rows):
+        xr, gr, gxr = x[n], gy[n], gx[n]
+        _repeat(std_nc[n], p, bne)
+        _repeat(gstd[n], p, kbe)
+        _repeat(mean_nc[n], p, mne)
+        for j in range(length):
+            xi, ac = xr[j], ae[j]
+            t = ve[j] * xi + bne[j]
+            m = one if t > ac else zero
+            m = half if t == ac else m
+            d = ac if ac > t else t
+            gu = gr[j] * we[j] / d
+            gxr[j] = gu - gu * xi / d * m * ve[j] + kae[j] * (xi - mce[j]) + kbe[j] * (xi - mne[j])
 
 
 def s0_reference(x, v, w, b, groups, p, eps):

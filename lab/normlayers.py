@@ -28,20 +28,6 @@ def _per_channel(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t.view(1, -1, *([1] * (x.ndim - 2)))
 
 
-# torch broadcasts an (N, C, 1, 1) factor over a map's positions a few entries at a time: on 2x2 and 3x3 maps
-# t * (N, C, 1, 1) took 3.2-3.5x two passes over (N, C·P) rows (165 µs against 51 on (1024, 64, 2, 2)); from
-# 4x4 on the broadcast is as fast or faster.
-_FEW_POSITIONS = 16
-
-
-def _scale(t: torch.Tensor, r: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """t r_n γ_c, r (N,) per example and γ (C,) per channel."""
-    n, p = t.shape[0], t[0].numel() // t.shape[1]
-    if 1 < p < _FEW_POSITIONS:
-        return (t.reshape(n, -1) * r[:, None]).mul_(weight.repeat_interleave(p)).view(t.shape)
-    return t * (r[:, None] * weight).view(n, -1, *[1] * (t.ndim - 2))
-
-
 def _channel_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Σ a b over every axis but the channels', in one fused pass and without an (N, C, ...) temporary:
     batch norm's backward in eval mode with mean 0, variance 1 and ε 0 returns it as the weight's gradient.
@@ -93,39 +79,24 @@ def _rms_norm_2d(x, weight, eps):
 
 
 class _RMSNorm2dFunction(torch.autograd.Function):
-    """y = x r_n γ_c, r_n = (mean_{c,h,w} x² + ε)^(-1/2). Backward: with g = ∂L/∂y γ,
-    ∂L/∂x = r g - x r³ mean_{c,h,w}(g x), ∂L/∂γ_c = Σ_{n,h,w} ∂L/∂y x r: both from the per-(n, c) sums
-    Σ_{h,w} ∂L/∂y x (one fused pass), then two passes for ∂L/∂x. (torch's rms_norm backward on CPU is a
-    chain of elementwise ops, three times LayerNorm's.)"""
+    """RMSNorm2d's forward and backward by the Numba kernels (kernels/rmsnorm.py); a double backward by
+    autograd of the torch formula."""
 
     @staticmethod
     def forward(ctx, x, weight, eps):
-        n, m = x.shape[0], x[0].numel()
-        eps = torch.finfo(x.dtype).eps if eps is None else eps
-        r = (torch.linalg.vector_norm(x.reshape(n, -1), dim=1).square_().div_(m) + eps).rsqrt_()  # (N,)
-        ctx.save_for_backward(x, weight, r)
-        ctx.eps = eps
-        return _scale(x, r, weight)
+        y, r = _kernels("rmsnorm").forward(_np(x).reshape(x.shape[0], -1), _np(weight), eps)
+        ctx.save_for_backward(x, weight)
+        ctx.r, ctx.eps = r, eps
+        return torch.from_numpy(y.reshape(x.shape))
 
     @staticmethod
     def backward(ctx, gy):
-        x, weight, r = ctx.saved_tensors
+        x, weight = ctx.saved_tensors
         if torch.is_grad_enabled():
             return (*_plain_grads(ctx, lambda x, w: _rms_norm_2d(x, w, ctx.eps), (x, weight), gy), None)
-        n, c, m = x.shape[0], x.shape[1], x[0].numel()
-        if m // c <= 32:
-            # few positions (features: one): the sums as two matrix-vector products of ∂L/∂y x; the per-(n, c)
-            # pass below, over 2x2 maps, took 30x as long (3.3 ms against 0.11 ms on (1024, 64, 2, 2)), and
-            # 1.4-1.6x at 4x4 and 4x8; at 6x6 the two take the same time
-            gyx = (gy * x).view(n, -1)
-            gw = (r @ gyx).view(c, -1).sum(1)
-            coef = gyx @ weight.repeat_interleave(m // c)
-        else:  # Σ_{h,w} ∂L/∂y x per (n, c) in one pass: from 8x8 maps on, 1.2-1.4x faster than the products
-            gyx = _channel_dot(gy.reshape(1, n * c, -1), x.reshape(1, n * c, -1)).view(n, c)
-            gw, coef = r @ gyx, gyx @ weight
-        coef.mul_(r.pow(3)).div_(m)  # r³ mean(g x), (N,)
-        gx = _scale(gy, r, weight).addcmul_(x, coef.view(n, *[1] * (x.ndim - 1)), value=-1)
-        return gx, gw, None
+        n = x.shape[0]
+        gx, gw = _kernels("rmsnorm").backward(_np(gy).reshape(n, -1), _np(x).reshape(n, -1), _np(weight), ctx.r)
+        return torch.from_numpy(gx.reshape(x.shape)), torch.from_numpy(gw), None
 
 
 class RMSNorm2d(nn.Module):
@@ -138,9 +109,12 @@ class RMSNorm2d(nn.Module):
         self.weight = nn.Parameter(torch.ones(features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _transformed():
-            return _rms_norm_2d(x, self.weight, self.eps)
-        return _RMSNorm2dFunction.apply(x, self.weight, self.eps)
+        if not x.numel():  # an empty batch: nothing to normalize, no statistic to move
+            return x.clone()
+        eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps  # as nn.RMSNorm's None
+        if _on_kernels(x, self.weight):
+            return _RMSNorm2dFunction.apply(x, self.weight, eps)
+        return _rms_norm_2d(x, self.weight, eps)
 
 
 class _PowerNormFunction(torch.autograd.Function):
@@ -208,6 +182,8 @@ class PowerNorm(nn.Module):
         self.register_buffer("running_nu", torch.zeros(features))  # ν, the backward's running estimate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.numel():  # an empty batch: nothing to normalize, no statistic to move
+            return x.clone()
         if self.training and torch.is_grad_enabled():
             return _PowerNormFunction.apply(x, self.weight, self.bias, self)
         if self.training:  # a no-grad forward in training still moves ψ
@@ -248,39 +224,34 @@ def _evonorm_b0(x, v, w, b, var, eps):
 
 class _EvoNormB0Function(torch.autograd.Function):
     """B0's forward and backward by the Numba kernels (kernels/evonorm.py); a double backward by autograd
-    of the torch formula."""
+    of the torch formula. Few Python steps, as S0's: on a CNN's (64, 16, 8, 8) the tensors made and converted
+    here cost more than the kernels' work (44 µs forward against 16)."""
 
     @staticmethod
     def forward(ctx, x, v, w, b, module):
-        k, (n, c), train = _kernels("evonorm"), x.shape[:2], module.training
-        y = torch.empty(x.shape, dtype=x.dtype)
-        stats = x.new_empty(2, n, c)  # mean_nc, std_nc
-        per_c = x.new_empty(3, c)  # mean_c, var_c, a
-        k.b0_forward(_np(x).reshape(n, c, -1), _np(v), _np(w), _np(b), _np(module.running_var), module.eps, train,
-                     y.numpy().reshape(n, c, -1), *stats.numpy(), *per_c.numpy())
-        if train:
-            module.running_var.lerp_(per_c[1], module.momentum)
-        ctx.save_for_backward(x, v, w, b, stats, per_c, None if train else module.running_var.clone())
+        n, c, train = x.shape[0], x.shape[1], module.training
+        params = torch.stack((v, w, b)).numpy()  # grad mode is off inside forward: no graph, no detach
+        running = module.running_var.numpy()  # moved in place in training
+        y, stats, per_c = _kernels("evonorm").b0_forward(_np(x).reshape(n, c, -1), params, running, module.eps,
+                                                         running.dtype.type(module.momentum), train)
+        ctx.save_for_backward(x, v, w, b, None if train else module.running_var.clone())
+        ctx.kernel_state = params, stats, per_c
         ctx.train, ctx.eps = train, module.eps
-        return y
+        return torch.from_numpy(y.reshape(x.shape))
 
     @staticmethod
     def backward(ctx, gy):
-        x, v, w, b, stats, per_c, running = ctx.saved_tensors
+        x, v, w, b, running = ctx.saved_tensors
         if torch.is_grad_enabled():
             def plain(x, v, w, b):
                 var = x.var(_axes(x), unbiased=False) if ctx.train else running
                 return _evonorm_b0(x, v, w, b, var, ctx.eps)
             return (*_plain_grads(ctx, plain, (x, v, w, b), gy), None)
+        params, stats, per_c = ctx.kernel_state
         n, c = x.shape[:2]
-        gx = torch.empty(x.shape, dtype=x.dtype)
-        grads = x.new_zeros(3, c)  # v, w, b
-        scratch = x.new_zeros(c), x.new_empty(n, c)  # ∂L/∂a (accumulated), ∂L/∂b_nc
-        xn = _np(x)
-        _kernels("evonorm").b0_backward(_np(gy).reshape(n, c, -1), xn.reshape(n, c, -1), _np(v), _np(w), *stats.numpy(),
-                                       per_c[0].numpy(), per_c[2].numpy(), ctx.train, xn.dtype.type(0.5),
-                                       gx.numpy().reshape(n, c, -1), *grads.numpy(), *(t.numpy() for t in scratch))
-        return gx, *grads, None
+        gx, grads = _kernels("evonorm").b0_backward(_np(gy).reshape(n, c, -1), _np(x).reshape(n, c, -1), params,
+                                                    stats, per_c, ctx.train)
+        return torch.from_numpy(gx.reshape(x.shape)), *torch.from_numpy(grads).unbind(), None
 
 
 class EvoNormB0(nn.Module):
@@ -300,6 +271,8 @@ class EvoNormB0(nn.Module):
         self.register_buffer("running_var", torch.ones(features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.numel():  # an empty batch: nothing to normalize, no statistic to move
+            return x.clone()
         if _on_kernels(x, self.v1, self.weight, self.bias, self.running_var):
             return _EvoNormB0Function.apply(x, self.v1, self.weight, self.bias, self)
         if self.training:
@@ -363,6 +336,8 @@ class EvoNormS0(nn.Module):
         self.v1 = nn.Parameter(torch.ones(features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.numel():  # an empty batch: nothing to normalize, no statistic to move
+            return x.clone()
         if _on_kernels(x, self.v1, self.weight, self.bias):
             return _EvoNormS0Function.apply(x, self.v1, self.weight, self.bias, self.groups, self.eps)
         return _evonorm_s0(x, self.v1, self.weight, self.bias, self.groups, self.eps)

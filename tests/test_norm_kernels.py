@@ -14,6 +14,7 @@ import torch
 import trainlab.normlayers as L
 from trainlab.kernels import evonorm as K
 from trainlab.kernels import powernorm as P
+from trainlab.kernels import rmsnorm as R
 
 MAPS, FEATURES = (5, 6, 4, 3), (16, 6)
 WIDE_MAPS = (3, 6, 4, 5)  # 20 positions: the kernels loop over a channel's positions (fewer run as features)
@@ -39,8 +40,8 @@ LAYERS = {  # name: (build, shapes)
     # S0's backward on features: whole-row loops for groups of up to kernels.evonorm.ROW_GROUPS = 64, block loops beyond
     "evonorm_s0 groups of 64": (lambda: L.EvoNormS0(128, groups=2), [(5, 128)]),
     "evonorm_s0 groups of 65": (lambda: L.EvoNormS0(130, groups=2), [(5, 130)]),
-    "evonorm_b0": (lambda: L.EvoNormB0(6), [MAPS, (4, 6, 2, 2)]),  # 2x2 maps: B0's kernels with a constant 4
-    # RMSNorm2d's backward sums by matrix-vector products up to 32 positions, per (n, c) beyond (42 here)
+    # B0's kernels: 2x2 maps with a constant 4, up to 16 positions in whole-row loops, from 16 on per channel
+    "evonorm_b0": (lambda: L.EvoNormB0(6), [MAPS, (4, 6, 2, 2), WIDE_MAPS]),
     "rmsnorm2d": (lambda: L.RMSNorm2d(6), [FEATURES, MAPS, WIDE_MAPS, (2, 6, 6, 7)]),
 }
 CASES = [(name, shape) for name, (_, shapes) in LAYERS.items() for shape in shapes]
@@ -97,38 +98,67 @@ def test_vectorized_sigmoid_is_within_3_ulp(dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("train", [True, False])
-@pytest.mark.parametrize("p", [9, 4])  # 4: 2x2 maps, compiled with a constant 4 (kernels.evonorm)
+@pytest.mark.parametrize("p", [9, 4, 20])  # 4: compiled with a constant 4; 9 in row loops; 20 per channel
 def test_b0_forward_kernel_equals_numpy(dtype, train, p):
     rng = np.random.default_rng(1)
     n, c = 4, 5
     x = rng.normal(0.5, 2, (n, c, p)).astype(dtype)
     v = rng.uniform(-0.5, 0.5, c).astype(dtype)
     w, b, running = (rng.uniform(0.5, 1.5, c).astype(dtype) for _ in range(3))
-    y, stats, per_c = np.empty_like(x), np.empty((2, n, c), dtype), np.empty((3, c), dtype)
-    K.b0_forward(x, v, w, b, running, 1e-5, train, y, *stats, *per_c)
+    moved = running.copy()
+    y, stats, per_c = K.b0_forward(x, np.stack([v, w, b]), moved, 1e-5, dtype(0.1), train)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     ref = K.b0_reference(x, v, w, b, 1e-5, None if train else running)
     np.testing.assert_allclose(y, ref, rtol=tol, atol=tol)
     if train:
         np.testing.assert_allclose(per_c[1], x.var(axis=(0, 2)), rtol=tol)  # the batch variance, for the running one
+        np.testing.assert_allclose(moved, 0.9 * running + 0.1 * x.var(axis=(0, 2)), rtol=tol)
+    else:
+        np.testing.assert_array_equal(moved, running)
 
 
 def test_b0_backward_in_eval_reads_no_unwritten_statistics():
     """In eval the batch's statistics are not needed, but the backward reads them (times 0): the forward must
-    write them, or a NaN left in torch's uninitialized buffer became a NaN gradient (a CI run in several)."""
+    write them, or a NaN left in an uninitialized buffer became a NaN gradient (a CI run in several). Here the
+    buffers the forward returns are overwritten with what it should have written there, and the gradients
+    must not change."""
     rng = np.random.default_rng(2)
     n, c, p = 3, 4, 6
     x, gy = rng.normal(size=(n, c, p)), rng.normal(size=(n, c, p))
-    v, w, b, running = (rng.uniform(0.5, 1.5, c) for _ in range(4))
-    grads = {}
-    for fill in (np.nan, 0.0):
-        y, stats, per_c = np.empty_like(x), np.empty((2, n, c)), np.full((3, c), fill)
-        K.b0_forward(x, v, w, b, running, 1e-5, False, y, *stats, *per_c)
-        gx, gv, gw, gb, ga = np.empty_like(x), *np.zeros((4, c))
-        K.b0_backward(gy, x, v, w, *stats, per_c[0], per_c[2], False, 0.5, gx, gv, gw, gb, ga, np.empty((n, c)))
-        grads[fill] = np.concatenate([gx.ravel(), gv, gw, gb])
-    assert np.isfinite(grads[np.nan]).all()
-    np.testing.assert_array_equal(grads[np.nan], grads[0.0])
+    params, running = rng.uniform(0.5, 1.5, (3, c)), rng.uniform(0.5, 1.5, c)
+    y, stats, per_c = K.b0_forward(x, params, running, 1e-5, 0.1, False)
+    got = K.b0_backward(gy, x, params, stats, per_c, False)
+    np.testing.assert_array_equal(per_c[0], 0.0)
+    np.testing.assert_array_equal(per_c[1], running)
+    np.testing.assert_allclose(per_c[2], np.sqrt(running + 1e-5))
+    np.testing.assert_allclose(stats[0], x.mean(axis=2))
+    np.testing.assert_allclose(stats[1], np.sqrt(x.var(axis=2) + 1e-5))
+    assert all(np.isfinite(t).all() for t in got)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, c, p", [(7, 8, 1), (3, 6, 4), (3, 5, 20)])
+def test_rmsnorm_kernels_equal_numpy(dtype, n, c, p):
+    """Forward against NumPy; backward against the gradient of the NumPy forward by central differences (float64,
+    every entry of x and γ)."""
+    rng = np.random.default_rng(4)
+    x, gy = (rng.normal(0.5, 2, (n, c * p)).astype(dtype) for _ in range(2))
+    w = rng.uniform(0.5, 1.5, c).astype(dtype)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    y, r = R.forward(x, w, 1e-5)
+    np.testing.assert_allclose(y, R.reference(x, w, 1e-5), rtol=tol, atol=tol)
+    gx, gw = R.backward(gy, x, w, r)
+    loss = lambda x, w: (R.reference(x, w, 1e-5) * gy).sum()  # noqa: E731
+    h, x64, w64 = 1e-6, x.astype(np.float64), w.astype(np.float64)
+    num_gx = np.zeros_like(x64)
+    for i in np.ndindex(x.shape):
+        e = np.zeros_like(x64)
+        e[i] = h
+        num_gx[i] = (loss(x64 + e, w64) - loss(x64 - e, w64)) / (2 * h)
+    num_gw = np.array([(loss(x64, w64 + h * e) - loss(x64, w64 - h * e)) / (2 * h) for e in np.eye(c)])
+    tol = 1e-4 if dtype == np.float32 else 1e-7
+    np.testing.assert_allclose(gx, num_gx, rtol=tol, atol=tol)
+    np.testing.assert_allclose(gw, num_gw, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -175,8 +205,7 @@ def test_kernels_without_jit_agree():
         "from trainlab.kernels import evonorm as K\n"
         "rng = np.random.default_rng(0)\n"
         "x = rng.normal(size=(3, 4, 5)); v, w, b, r = (rng.uniform(0.5, 1.5, 4) for _ in range(4))\n"
-        "y, st, pc = np.empty_like(x), np.empty((2, 3, 4)), np.empty((3, 4))\n"
-        "K.b0_forward(x, v, w, b, r, 1e-5, True, y, *st, *pc)\n"
+        "y = K.b0_forward(x, np.stack([v, w, b]), r.copy(), 1e-5, 0.1, True)[0]\n"
         "assert np.allclose(y, K.b0_reference(x, v, w, b, 1e-5))\n"
         "x2 = x.reshape(3, 20); y2 = K.s0_forward(x2, np.stack([v, w, b]), 2, 5, 1e-5)[0]\n"
         "assert np.allclose(y2, K.s0_reference(x2, v, w, b, 2, 5, 1e-5)[0])\n"
@@ -265,3 +294,19 @@ def test_feature_group_norm_equals_torch_group_norm():
         got, want = _grads(ours, x), _grads(ref, x)
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("build", [lambda: L.EvoNormS0(6, groups=3), lambda: L.EvoNormB0(6), lambda: L.RMSNorm2d(6),
+                                   lambda: L.PowerNorm(6)], ids=["evonorm_s0", "evonorm_b0", "rmsnorm2d", "powernorm"])
+def test_empty_batch_passes_through_and_moves_no_statistic(build, train):
+    """As torch's LayerNorm: an empty batch gives an empty output and a backward; the running statistics stay."""
+    m = _randomize(build()).train(train)
+    before = [b.clone() for b in m.buffers()]
+    x = torch.randn(0, 6, 3, 3, requires_grad=True)
+    y = m(x)
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    for a, b in zip(m.buffers(), before):
+        torch.testing.assert_close(a, b)
