@@ -219,11 +219,13 @@ def _s0_backward_blocks(gy, x, s, params, stats, groups, p):
 # 2 and 3 gain as much, 8 half as much, 9 and 16 lose (2-3x slower); each constant compiles the kernels once more,
 # so only the common one is specialized.
 SPECIALIZED_POSITIONS = 4
-# Other maps of fewer positions than this (3x3, 2x3, ...) run B0's elementwise loops over whole rows, the parameters
-# repeated over their positions, since a loop over a channel's few positions is scalar code: on (1024, 64, 3, 3) the
-# kernels' forward 639 -> 470 µs, backward 1340 -> 852 (an A/B in one process, 2026-12-04). At 16 and 25 positions
-# the two take the same time, at 64 the rows lose (54 against 29 µs backward on (64, 16, 8, 8)).
-ROW_POSITIONS = 16
+# Other maps of fewer positions than these (3x3, 4x4, 5x5, ...) run B0's elementwise loops over whole rows, the
+# parameters repeated over their positions, since a loop over a channel's few positions is scalar code. A/B in one
+# process, 2026-12-04, µs: (1024, 64, 3, 3) forward 639 -> 470, backward 1340 -> 852 (-> 457 with the backward's
+# second pass vectorized); (256, 64, 4, 4) backward 248 -> 203 but forward 88 -> 114; (128, 32, 5, 5) backward
+# 102 -> 77, forward 37 -> 42; at 64 positions rows lose both ways (backward 32 against 24).
+ROW_POSITIONS = 16  # the forward's
+BACKWARD_ROW_POSITIONS = 32
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
@@ -353,7 +355,7 @@ def b0_backward(gy, x, params, stats, per_c, train):
     if p == SPECIALIZED_POSITIONS:
         _b0_backward(g2, x2, SPECIALIZED_POSITIONS, v, w, stats[0], stats[1], per_c[0], per_c[2], train, half, gx2,
                      gv, gw, gb, ga, gstd)
-    elif p < ROW_POSITIONS:
+    elif p < BACKWARD_ROW_POSITIONS:
         _b0_backward_rows(g2, x2, p, v, w, stats[0], stats[1], per_c[0], per_c[2], train, half, gx2, gv, gw, gb, ga,
                           gstd)
     else:
@@ -363,7 +365,7 @@ def b0_backward(gy, x, params, stats, per_c, train):
 
 @njit(fastmath=FASTMATH, error_model=ERROR_MODEL, inline="always")
 def _b0_backward(gy, x, p, v, w, mean_nc, std_nc, mean_c, a, train, half, gx, gv, gw, gb, ga, gstd):
-    """b0_backward on (N, C·P) arrays, inlined as _b0_forward is."""
+    """b0_backward on (N, C·P) arrays, a channel's positions at a time (from 32 positions on, or a constant p)."""
     rows, channels = mean_nc.shape
     zero = half - half
     one = half + half
@@ -412,7 +414,7 @@ def _b0_backward(gy, x, p, v, w, mean_nc, std_nc, mean_c, a, train, half, gx, gv
 
 @njit(fastmath=FASTMATH, error_model=ERROR_MODEL, inline="always")
 def _b0_backward_rows(gy, x, p, v, w, mean_nc, std_nc, mean_c, a, train, half, gx, gv, gw, gb, ga, gstd):
-    """_b0_backward in whole-row loops (fewer than 16 positions): the sums over the batch accumulate entry by
+    """_b0_backward in whole-row loops (fewer than 32 positions): the sums over the batch accumulate entry by
     entry and fold to channels at the end; only ∂L/∂b_nc's is summed per (n, c), from a row of its terms."""
     rows, channels = mean_nc.shape
     length = channels * p

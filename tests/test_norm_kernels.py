@@ -40,8 +40,8 @@ LAYERS = {  # name: (build, shapes)
     # S0's backward on features: whole-row loops for groups of up to kernels.evonorm.ROW_GROUPS = 64, block loops beyond
     "evonorm_s0 groups of 64": (lambda: L.EvoNormS0(128, groups=2), [(5, 128)]),
     "evonorm_s0 groups of 65": (lambda: L.EvoNormS0(130, groups=2), [(5, 130)]),
-    # B0's kernels: 2x2 maps with a constant 4, up to 16 positions in whole-row loops, from 16 on per channel
-    "evonorm_b0": (lambda: L.EvoNormB0(6), [MAPS, (4, 6, 2, 2), WIDE_MAPS]),
+    # B0's kernels: 2x2 maps with a constant 4; whole-row loops under 16 positions (forward) and 32 (backward)
+    "evonorm_b0": (lambda: L.EvoNormB0(6), [MAPS, (4, 6, 2, 2), WIDE_MAPS, (2, 6, 6, 7)]),
     "rmsnorm2d": (lambda: L.RMSNorm2d(6), [FEATURES, MAPS, WIDE_MAPS, (2, 6, 6, 7)]),
 }
 CASES = [(name, shape) for name, (_, shapes) in LAYERS.items() for shape in shapes]
