@@ -11,12 +11,14 @@ from numba import njit
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 ERROR_MODEL = "numpy"
 
-# Feature maps of fewer positions than this (a CNN's last 2x2 or 4x4 maps) are run as features, each entry with its
+# Feature maps of fewer positions than this (a CNN's last 2x2 to 6x6 maps) are run as features, each entry with its
 # channel's parameters, sums folded back per channel: a loop over a channel's 4 positions is scalar code. EvoNorm-S0
 # on (1024, 64, 2, 2) took 3.9x the time of a (1024, 256) of as many entries, forward and backward (670 against 173
-# µs forward); as features it takes the same. At 16 positions the channel loop was 1.1-1.3x the features' time
-# (there, two AVX2 vectors), at 32 the same.
-FEW_POSITIONS = 16
+# µs forward); as features it takes the same. On an AVX-512 machine (2026-12-04, A/B in one process, µs forward +
+# backward) the channel loops lost up to 36 positions too: S0 (256, 64, 4, 4) 294 -> 182, (128, 32, 5, 5) 144 -> 82,
+# (113, 64, 6, 6) 251 -> 192, (83, 64, 7, 7) the same, 8x8 better per channel; PowerNorm 4x4 87 -> 58, 5x5 32 -> 23,
+# 6x6 the same. (On AVX2, 16 positions had been 1.1-1.3x the features' time per channel, 32 the same.)
+FEW_POSITIONS = 40  # Numba caches its users (evonorm.py, powernorm.py) by their own files: touch them after changing it
 
 
 @njit(cache=True)

@@ -7,8 +7,9 @@ terms, γ's gradient and β's) and a dozen small ops on the (C,) statistics. Bot
 memory-bound, and after a pass over a large tensor each small op paid 10-15 µs (the interpreter's data
 evicted from cache), not 1. 1.8x LayerNorm's forward and backward on (1024, 256) features as torch ops;
 fused here, the statistics updated in the same call. Shapes: x (N, C, P), P = 1 for features (whose
-loops then run along the channels, contiguous; as do maps of fewer than FEW_POSITIONS, config.py); every
-array C-contiguous and of x's dtype, outputs allocated by the caller, as in evonorm.py. With ψ² = ψ²_{t-1} + ε, a = γ / ψ:
+loops then run along the channels, contiguous; as do maps of fewer than FEW_POSITIONS, config.py: Numba's cache
+keys this file on its own stamp, so after changing that constant touch this file); every array C-contiguous and
+of x's dtype, outputs allocated by the caller. With ψ² = ψ²_{t-1} + ε, a = γ / ψ:
     forward:  y = a x + β; ψ_B² = mean_{n,p} x²; the running ψ² moves to α ψ² + (1-α) ψ_B²;
     backward: ∂L/∂x = a ∂L/∂y - ν x / ψ², ∂L/∂γ = Σ ∂L/∂y x / ψ, ∂L/∂β = Σ ∂L/∂y;
               ν ← ν (1 - (1-α) Γ) + (1-α) Λ, Γ = ψ_B² / ψ², Λ = γ ∂L/∂γ / (N P).
