@@ -27,9 +27,26 @@ def per_entry(t, p):
     if p == 1:
         return t
     out = np.empty(t.size * p, t.dtype)
-    for c in range(t.size):
-        out[c * p:(c + 1) * p] = t[c]
+    repeat_into(t, p, out)
     return out
+
+
+@njit(inline="always")
+def repeat_into(t, p, out):
+    """per_entry into an array of the caller's, out[c·p + i] = t[c]: for a per-row statistic, row after row."""
+    for c in range(t.size):
+        tc = t[c]
+        for i in range(p):
+            out[c * p + i] = tc
+
+
+@njit(inline="always")
+def in_dtype(value, like):
+    """`value` as a scalar of the array `like`'s dtype: a kernel's loop that meets a Python float or an int
+    divisor (1.0 / p, 0.5) is computed in float64, at half the vector width for float32 data."""
+    out = np.empty(1, like.dtype)
+    out[0] = value
+    return out[0]
 
 
 @njit(cache=True)

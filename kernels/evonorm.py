@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .config import ERROR_MODEL, FASTMATH, FEW_POSITIONS, fold, per_entry
+from .config import ERROR_MODEL, FASTMATH, FEW_POSITIONS, fold, in_dtype, per_entry, repeat_into
 from .sigmoid import sigmoid
 
 
@@ -261,10 +261,7 @@ def _b0_statistics(x, p, running_var, eps, train, mean_nc, std_nc, mean_c, var_c
     over the batch accumulate row by row, vectorized across channels). The batch variance is the law of total
     variance over the examples' (exact, and stable)."""
     rows, channels = mean_nc.shape
-    inv = np.empty(1, x.dtype)
-    inv[0] = 1.0 / p
-    per_p = inv[0]  # in x's dtype: dividing by the int p made the loops float64
-    zero = per_p - per_p
+    per_p, zero = in_dtype(1.0 / p, x), in_dtype(0.0, x)
     for n in range(rows):
         xr, mr, sr = x[n], mean_nc[n], std_nc[n]  # 1-D rows: contiguous loads (2-D indexing compiled to gathers)
         for c in range(channels):
@@ -321,21 +318,12 @@ def _b0_output_rows(x, p, v, w, b, y, std_nc, a):
     bne = np.empty(channels * p, x.dtype)
     for n in range(rows):
         xr, yr = x[n], y[n]
-        _repeat(std_nc[n], p, bne)
+        repeat_into(std_nc[n], p, bne)
         for j in range(channels * p):
             xi = xr[j]
             t = ve[j] * xi + bne[j]
             d = ae[j] if ae[j] > t else t
             yr[j] = xi / d * we[j] + be[j]
-
-
-@njit(fastmath=FASTMATH, error_model=ERROR_MODEL, inline="always")
-def _repeat(t, p, out):
-    """out[c·p + i] = t[c] (per_entry into an array of the caller's)."""
-    for c in range(t.size):
-        tc = t[c]
-        for i in range(p):
-            out[c * p + i] = tc
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
@@ -348,8 +336,7 @@ def b0_backward(gy, x, params, stats, per_c, train):
     shape = (rows, channels * p)
     gx, grads = np.empty_like(x), np.zeros((3, channels), x.dtype)
     ga, gstd = np.zeros(channels, x.dtype), np.empty((rows, channels), x.dtype)  # ∂L/∂a, ∂L/∂b_nc
-    one = np.ones(1, x.dtype)[0]
-    half = one / (one + one)  # in x's dtype (a literal 0.5 would make the loops float64)
+    half = in_dtype(0.5, x)
     g2, x2, gx2 = gy.reshape(shape), x.reshape(shape), gx.reshape(shape)
     v, w, gv, gw, gb = params[0], params[1], grads[0], grads[1], grads[2]
     if p == SPECIALIZED_POSITIONS:
@@ -426,7 +413,7 @@ def _b0_backward_rows(gy, x, p, v, w, mean_nc, std_nc, mean_c, a, train, half, g
     bne, sne = np.empty(length, x.dtype), np.empty(length, x.dtype)
     for n in range(rows):
         xr, gr, sr, kr = x[n], gy[n], std_nc[n], gstd[n]
-        _repeat(sr, p, bne)
+        repeat_into(sr, p, bne)
         for j in range(length):
             xi, gi, ac = xr[j], gr[j], ae[j]
             t = ve[j] * xi + bne[j]

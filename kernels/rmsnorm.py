@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .config import ERROR_MODEL, FASTMATH, fold, per_entry
+from .config import ERROR_MODEL, FASTMATH, fold, in_dtype, per_entry
 
 
 @njit(cache=True, fastmath=FASTMATH, error_model=ERROR_MODEL)
@@ -42,9 +42,7 @@ def backward(gy, x, weight, r):
     rows, length = x.shape
     we = per_entry(weight, length // weight.size)
     gx, gwe = np.empty_like(x), np.zeros(length, x.dtype)  # gwe: γ's gradient entry by entry, folded at the end
-    inv = np.empty(1, x.dtype)
-    inv[0] = 1.0 / length
-    per_length = inv[0]  # in x's dtype: dividing by the int length made the loop below float64
+    per_length = in_dtype(1.0 / length, x)
     for n in range(rows):
         gr, xr, gxr, rn = gy[n], x[n], gx[n], r[n]
         s = rn - rn

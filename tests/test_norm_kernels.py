@@ -119,9 +119,9 @@ def test_b0_forward_kernel_equals_numpy(dtype, train, p):
 
 def test_b0_backward_in_eval_reads_no_unwritten_statistics():
     """In eval the batch's statistics are not needed, but the backward reads them (times 0): the forward must
-    write them, or a NaN left in an uninitialized buffer became a NaN gradient (a CI run in several). Here the
-    buffers the forward returns are overwritten with what it should have written there, and the gradients
-    must not change."""
+    write them, or a NaN left in an uninitialized buffer became a NaN gradient (a CI run in several). The
+    buffers it allocates must hold the eval values (mean 0, the running variance, its a) and the examples'
+    statistics, and the gradients be finite."""
     rng = np.random.default_rng(2)
     n, c, p = 3, 4, 6
     x, gy = rng.normal(size=(n, c, p)), rng.normal(size=(n, c, p))
